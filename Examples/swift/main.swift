@@ -1,0 +1,2 @@
+import SwiftQuant
+print(SwiftQuantInfo.version)

@@ -1,0 +1,50 @@
+// Support code in C for the SwiftQuant core: run-time BLAS loading and CPU feature detection.
+// Not part of the public C ABI (that is CSwiftQuant/include/swiftquant.h).
+#ifndef SQ_SUPPORT_H
+#define SQ_SUPPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// CPU features that decide kernels (x86-64; all false elsewhere).
+typedef struct {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512cd, avx512bf16;
+    char vendor[13];
+    char brand[49];
+} sqs_cpu_features;
+
+void sqs_cpu_detect(sqs_cpu_features *out);
+
+/// Loads a CBLAS library once (thread safe). Before loading OpenBLAS it chooses OPENBLAS_CORETYPE from the
+/// CPU's features unless the user has set it (Debian's OpenBLAS 0.3.21 falls back to a generic kernel on
+/// processors newer than it knows). Search order: $SWIFTQUANT_BLAS, libopenblas.so.0, libopenblas.so,
+/// libblas.so.3. Returns 1 when a BLAS with cblas_sgemm is available, 0 otherwise.
+int sqs_blas_load(void);
+
+/// A description such as "OpenBLAS 0.3.21 ... (core: SkylakeX, OPENBLAS_CORETYPE set by SwiftQuant)",
+/// or "none: built-in reference GEMM" (never NULL).
+const char *sqs_blas_description(void);
+
+/// The OpenBLAS kernel name ("Haswell", "SkylakeX", ...), or "" when unknown.
+const char *sqs_blas_core(void);
+
+/// Number of threads the BLAS uses (1 when unknown).
+int sqs_blas_threads(void);
+void sqs_blas_set_threads(int n);
+
+/// Row-major single-precision GEMM: C = alpha * op(A) * op(B) + beta * C.
+/// Returns 0 when a BLAS did the work, -1 when no BLAS is loaded (the caller uses its own kernel).
+int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
+              const float *b, int ldb, float beta, float *c, int ldc);
+
+/// Monotonic clock in seconds.
+double sqs_now(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

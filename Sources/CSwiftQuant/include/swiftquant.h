@@ -1,0 +1,3 @@
+#ifndef SWIFTQUANT_H
+#define SWIFTQUANT_H
+#endif

@@ -1,0 +1,5 @@
+// SwiftQuant: post-training quantization of large language models (OmniQuant, ZeroQuant-FP, GPTQ, RTN).
+//
+// Layout, in data-flow order: Tensor (storage, BLAS, parallel loops) → Formats (integer grids, minifloats,
+// bit packing) → Quantizers (granularity, policies, fake-quant, QuantizedTensor) → IO → Models → Autodiff →
+// Algorithms → Pipeline → Export → Eval.

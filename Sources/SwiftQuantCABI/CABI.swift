@@ -1,0 +1,2 @@
+import CSwiftQuant
+import SwiftQuant
