@@ -163,3 +163,15 @@ double sqs_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Thread-local last error of the C ABI
+
+static __thread char *last_error = NULL;
+
+void sqs_set_last_error(const char *message) {
+    free(last_error);
+    last_error = message ? strdup(message) : NULL;
+}
+
+const char *sqs_last_error(void) { return last_error ? last_error : ""; }

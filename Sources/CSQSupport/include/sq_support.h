@@ -41,6 +41,10 @@ void sqs_blas_set_threads(int n);
 int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc);
 
+/// Thread-local last-error message of the C ABI (copied; "" when none).
+void sqs_set_last_error(const char *message);
+const char *sqs_last_error(void);
+
 /// Monotonic clock in seconds.
 double sqs_now(void);
 

@@ -1,3 +1,133 @@
+/*
+ * swiftquant.h: the C ABI of SwiftQuant (post-training quantization of large language models).
+ *
+ * This header is the ABI's source of truth. It is implemented by the dynamic library `libSwiftQuantCABI`
+ * (SwiftPM product `SwiftQuantCABI`) and used by the Python module `swiftquant` and by C programs.
+ *
+ * Conventions
+ *  - Every function that can fail returns an `int` status: SQ_OK (0) or one of the SQ_ERR_* codes. On
+ *    failure, `sq_last_error()` returns a message for the calling thread (valid until that thread's next
+ *    call into the library). Nothing is written to output buffers on argument errors; on errors found while
+ *    working (for example NaN in the input), outputs may be partly written.
+ *  - Outputs are caller-allocated; the library never keeps a pointer past the call. Inputs may be read in
+ *    place from any memory (NumPy buffers, mapped files); `out` may equal `w` where noted.
+ *  - Matrices are row-major float32, `[rows, cols]`, contiguous.
+ *  - Format names are UTF-8 strings: "int2" … "int8", or the minifloats "e4m3fn", "e5m2", "e3m2", "e2m3",
+ *    "e2m1" (aliases: "fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4").
+ *  - Thread safety: every function may be called from any thread; calls do not share mutable state.
+ */
 #ifndef SWIFTQUANT_H
 #define SWIFTQUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
 #endif
+
+/* Incremented on every incompatible change of this header. Compare with sq_abi_version() at run time. */
+#define SQ_ABI_VERSION 1
+
+/* Status codes. */
+#define SQ_OK 0
+#define SQ_ERR_INVALID_ARGUMENT 1 /* a setting or argument that cannot work (Python: ValueError) */
+#define SQ_ERR_TYPE 2             /* wrong element type (Python: TypeError) */
+#define SQ_ERR_NON_FINITE 3       /* NaN or Inf where it cannot be represented (Python: ValueError) */
+#define SQ_ERR_FORMAT 4           /* unreadable or inconsistent file (Python: swiftquant.FormatError) */
+#define SQ_ERR_IO 5               /* the operating system refused (Python: OSError) */
+#define SQ_ERR_UNSUPPORTED 6      /* valid but not implemented (Python: NotImplementedError) */
+#define SQ_ERR_INTERNAL 7         /* a bug: please report it */
+
+/* Message of the calling thread's last error ("" when none). */
+const char *sq_last_error(void);
+
+/* "0.1.0" */
+const char *sq_version(void);
+
+/* SQ_ABI_VERSION of the library that is loaded. */
+int sq_abi_version(void);
+
+/* The BLAS in use and its kernel, for example
+ * "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ... [libopenblas.so.0] (core: SkylakeX; ...)". */
+const char *sq_blas_info(void);
+
+/* Bit width of a format name ("int4" -> 4, "e4m3fn" -> 8, "e2m1" -> 4) in *bits. */
+int sq_format_bits(const char *format, int *bits);
+
+/* ---- Minifloat formats ------------------------------------------------------------------------------- */
+
+/* Encodes n float32 values to the format's bit pattern (low bits of each byte): round to nearest, ties to
+ * even, subnormals and signed zero kept, the format's own overflow rule (bit-exact with ml_dtypes' astype). */
+int sq_encode(const float *x, size_t n, const char *format, uint8_t *codes);
+
+/* Decodes n codes of the format to float32. */
+int sq_decode(const uint8_t *codes, size_t n, const char *format, float *out);
+
+/* ---- Quantizers ---------------------------------------------------------------------------------------- */
+
+#define SQ_POLICY_MINMAX 0 /* OmniQuant: min/max of the group, zero not forced into the range */
+#define SQ_POLICY_GPTQ 1   /* GPTQ: 0 forced into the range */
+
+#define SQ_SCALE_FREE 0 /* scales as computed */
+#define SQ_SCALE_M1 1   /* power-of-two scale per group (ZeroQuant-FP) */
+#define SQ_SCALE_M2 2   /* per-row real scale times a power of two per group (ZeroQuant-FP) */
+
+typedef struct sq_quant_options {
+    int64_t group_size;     /* consecutive input columns per group; 0 = one group per row */
+    int32_t symmetric;      /* 0 asymmetric, 1 symmetric */
+    int32_t policy;         /* SQ_POLICY_* (integer formats only) */
+    int32_t scale_constraint; /* SQ_SCALE_* (minifloat formats only) */
+    int32_t reserved;       /* must be 0 */
+} sq_quant_options;
+
+/* Number of groups per row for `cols` columns: ceil(cols / group_size), or 1 when group_size is 0. */
+int64_t sq_group_count(int64_t cols, int64_t group_size);
+
+/* Quantizes w [rows, cols]. codes [rows, cols]: integer codes or minifloat bit patterns; scales and zeros
+ * [rows, groups]: step (or minifloat scale) and integer zero-point (0 for minifloats). clip_up / clip_low
+ * (either both NULL or both [rows, groups] in [0, 1]) multiply each group's max and min before the scale is
+ * computed (OmniQuant's Learnable Weight Clipping, sigma(u) and sigma(l)). */
+int sq_quantize(const float *w, int64_t rows, int64_t cols, const char *format, const sq_quant_options *options,
+                const float *clip_up, const float *clip_low, uint8_t *codes, float *scales, int32_t *zeros);
+
+/* As sq_quantize, but writes the codes packed row by row (sq_pack of each row; row stride
+ * sq_packed_size(cols, bits) bytes) instead of one byte per code. */
+int sq_quantize_packed(const float *w, int64_t rows, int64_t cols, const char *format,
+                       const sq_quant_options *options, const float *clip_up, const float *clip_low,
+                       uint8_t *packed, float *scales, int32_t *zeros);
+
+/* Dequantizes codes [rows, cols] with scales and zeros [rows, groups] into out [rows, cols]. */
+int sq_dequantize(const uint8_t *codes, const float *scales, const int32_t *zeros, int64_t rows, int64_t cols,
+                  const char *format, const sq_quant_options *options, float *out);
+
+/* out = dequantize(quantize(w)); out may equal w (in place). */
+int sq_fake_quantize(const float *w, int64_t rows, int64_t cols, const char *format,
+                     const sq_quant_options *options, const float *clip_up, const float *clip_low, float *out);
+
+/* ---- Bit packing --------------------------------------------------------------------------------------- */
+
+/* Bytes needed for `count` codes of `bits` bits: ceil(count * bits / 8). */
+size_t sq_packed_size(size_t count, int bits);
+
+/* Packs codes (each < 2^bits, bits 1..8) as one little-endian bit stream: code i occupies bits
+ * [i*bits, (i+1)*bits), least significant bit first, zero-padded to a whole byte. */
+int sq_pack(const uint8_t *codes, size_t count, int bits, uint8_t *out, size_t out_size);
+
+/* Packs codes [rows, cols] row by row: each row is its own sq_pack stream of sq_packed_size(cols, bits)
+ * bytes (out holds rows times that). */
+int sq_pack_rows(const uint8_t *codes, int64_t rows, int64_t cols, int bits, uint8_t *out, size_t out_size);
+
+/* Inverse of sq_pack. */
+int sq_unpack(const uint8_t *packed, size_t packed_size, int bits, size_t count, uint8_t *codes);
+
+/* ---- Matrix products ------------------------------------------------------------------------------------ */
+
+/* Row-major C[m, n] = alpha * op(A) * op(B) + beta * C through the library's BLAS. */
+int sq_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+             int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SWIFTQUANT_H */

