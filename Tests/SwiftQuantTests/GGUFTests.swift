@@ -331,3 +331,46 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(GGUFTensorSource.permuteRows(k, heads: 3).array, try g.float32("blk.0.attn_k.weight").array)
     }
 }
+
+final class FormatFuzzTests: XCTestCase {
+    /// Cheap deterministic fuzzing: random byte flips and truncations of valid files never crash the parsers.
+    func testMutatedFilesNeverCrash() throws {
+        let gguf = try Data(contentsOf: URL(fileURLWithPath: try fixture("gguf_small", "gguf")))
+        var st = Data()
+        do {
+            let dir = try makeTempDir(self)
+            let p = (dir as NSString).appendingPathComponent("f.safetensors")
+            try SafetensorsWriter.write([
+                SafetensorsEntry(name: "a", dtype: .f16, shape: [2, 3], bytes: Data(count: 12)),
+                SafetensorsEntry(name: "b", dtype: .i64, shape: [2], bytes: Data(count: 16)),
+            ], metadata: ["k": "v"], to: p)
+            st = try Data(contentsOf: URL(fileURLWithPath: p))
+        }
+        var rng = SplitMix(seed: 42)
+        for (base, parse) in [(gguf, FormatFuzz.parseGGUF), (st, FormatFuzz.parseSafetensors)] {
+            base.withUnsafeBytes { parse($0) }
+            let headerEnd = base == gguf ? 2048 : base.count
+            for _ in 0..<400 {
+                var d = base
+                for _ in 0..<Int(rng.next() % 4 + 1) {
+                    let i = Int(rng.next() % UInt64(min(headerEnd, d.count)))
+                    d[i] = UInt8(truncatingIfNeeded: rng.next())
+                }
+                if rng.next() % 4 == 0 { d = d.prefix(Int(rng.next() % UInt64(d.count))) }
+                d.withUnsafeBytes { parse($0) }
+            }
+        }
+    }
+}
+
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
