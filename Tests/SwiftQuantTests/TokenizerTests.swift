@@ -136,17 +136,14 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
-    func testLongSentencePieceInputUsesTheSameMerges() throws {
-        // A whole SentencePiece text is one BPE word; long words take the heap path. Repeating a sentence must
-        // give the repeated ids (after the first, whose "▁" prefix comes from the normalizer).
+    func testLongSentencePieceInputRoundTrips() throws {
+        // A whole SentencePiece text is one BPE word; long words take the heap path (the fixtures' long cases
+        // check its ids against tokenizers; this checks a much longer one round-trips).
         let tok = try loadFixture("sp")
-        let s = "Hello world! It's a test, café 日本 123."
-        let one = tok.encode(s + " ")
-        let many = tok.encode(String(repeating: s + " ", count: 40))
-        let tail = tok.encode(" " + s + " ").dropFirst(2)   // drop <s> and the doubled "▁" start
-        XCTAssertEqual(Array(many.prefix(one.count - 0)).count, one.count)
-        XCTAssertEqual(many.count, one.count + 39 * (tail.count + 1) - 39, "lengths")
-        XCTAssertEqual(try tok.decode(many, skipSpecialTokens: true), String(repeating: s + " ", count: 40))
+        let s = String(repeating: "Hello world! It's a test, café 日本 123.\n", count: 200)
+        let ids = tok.encode(s)
+        XCTAssertEqual(ids.first, tok.bosId)
+        XCTAssertEqual(try tok.decode(ids, skipSpecialTokens: true), s)
     }
 
     // MARK: SmolLM2 on WikiText-2

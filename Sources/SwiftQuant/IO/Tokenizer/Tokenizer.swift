@@ -53,7 +53,7 @@ public final class Tokenizer: @unchecked Sendable {
             switch st {
             case .split(let pattern, let behavior, let invert):
                 guard let sc = SplitScanner(pattern: pattern) else {
-                    throw SwiftQuantError.unsupported("tokenizer: pre-tokenizer regex \(pattern.debugDescription) is not "
+                    throw SwiftQuantError.unsupported("tokenizer: pre-tokenizer regex `\(pattern)` is not "
                         + "implemented (known: GPT-2, Llama-3, Qwen2 patterns)")
                 }
                 guard behavior == "Isolated", !invert else {
@@ -436,7 +436,10 @@ public final class Tokenizer: @unchecked Sendable {
             result += spec.vocab[Int(id)].replacingOccurrences(of: "▁", with: " ")
         }
         flush()
-        if stripPrefixOnDecode && result.hasPrefix(" ") { result.removeFirst() }
+        // Scalar-wise: " " followed by a combining mark is one Character, so `hasPrefix(" ")` would miss it.
+        if stripPrefixOnDecode && result.unicodeScalars.first == " " {
+            result.unicodeScalars.removeFirst()
+        }
         return result
     }
 }
