@@ -1,0 +1,445 @@
+import Foundation
+
+/// A BPE tokenizer (byte-level or SentencePiece) built from a `TokenizerSpec`. `encode` gives the ids that the
+/// Hugging Face `tokenizers` library's `encode(text).ids` gives (special tokens added by the post-processor);
+/// `decode` follows its decoders.
+///
+/// Thread safety: `encode` keeps a word cache behind a lock (calls on one instance run one at a time), so one
+/// instance may be shared between threads.
+public final class Tokenizer: @unchecked Sendable {
+    public let spec: TokenizerSpec
+    public var vocabSize: Int { spec.vocab.count }
+    public var bosId: Int32? { spec.bosId }
+    public var eosId: Int32? { spec.eosId }
+
+    private enum Step {
+        case split(SplitScanner)
+        case digits(individual: Bool)
+        case prefixSpace
+        case metaspace(replacement: Unicode.Scalar, prependAlways: Bool, prependFirst: Bool, split: Bool)
+    }
+
+    private let steps: [Step]
+    private let byteLevel: Bool
+    private var tokenToId: [String: Int32] = [:]
+    private var merges = MergeTable()
+    // byte level
+    private var byteToChar: [Unicode.Scalar] = []
+    private var charToByte: [UInt32: UInt8] = [:]
+    private var byteToId = [Int32](repeating: -1, count: 256)
+    // SentencePiece
+    private var scalarToId: [UInt32: Int32] = [:]
+    private var byteTokenId = [Int32](repeating: -1, count: 256)
+    private var byteTokenValue: [Int32: UInt8] = [:]
+    // added tokens, matched leftmost-longest
+    private var addedByFirst: [UInt32: [(scalars: [Unicode.Scalar], index: Int)]] = [:]
+    private var addedFirstASCII = [Bool](repeating: false, count: 128)
+    private var specialIds: Set<Int32> = []
+    private var addedIds: Set<Int32> = []
+    private let stripPrefixOnDecode: Bool
+
+    private var cache: [String: [Int32]] = [:]
+    private let cacheLock = NSLock()
+
+    /// Builds the tables. Throws `.unsupported` for a pre-tokenizer pattern this library does not implement and
+    /// `.invalidArgument` for an inconsistent spec (merge of unknown tokens, id out of range).
+    public init(spec: TokenizerSpec) throws {
+        self.spec = spec
+        var steps: [Step] = []
+        var byteLevel = spec.kind == .byteLevelBPE
+        var stripPrefix = false
+        for s in spec.normalizer { if case .prepend(let p) = s, p == "▁" { stripPrefix = true } }
+        for st in spec.preTokenizer {
+            switch st {
+            case .split(let pattern, let behavior, let invert):
+                guard let sc = SplitScanner(pattern: pattern) else {
+                    throw SwiftQuantError.unsupported("tokenizer: pre-tokenizer regex `\(pattern)` is not "
+                        + "implemented (known: GPT-2, Llama-3, Qwen2 patterns)")
+                }
+                guard behavior == "Isolated", !invert else {
+                    throw SwiftQuantError.unsupported(
+                        "tokenizer: Split behavior \(behavior) with invert=\(invert) is not implemented")
+                }
+                steps.append(.split(sc))
+            case .byteLevel(let addPrefixSpace, let useRegex):
+                byteLevel = true
+                if addPrefixSpace { steps.append(.prefixSpace) }
+                if useRegex { steps.append(.split(.gpt2)) }
+            case .digits(let individual):
+                steps.append(.digits(individual: individual))
+            case .metaspace(let replacement, let scheme, let split):
+                let rs = Array(replacement.unicodeScalars)
+                guard rs.count == 1 else {
+                    throw SwiftQuantError.unsupported("tokenizer: Metaspace replacement must be one character")
+                }
+                guard ["always", "first", "never"].contains(scheme) else {
+                    throw SwiftQuantError.unsupported("tokenizer: Metaspace prepend_scheme \(scheme)")
+                }
+                if scheme != "never" { stripPrefix = true }
+                steps.append(.metaspace(replacement: rs[0], prependAlways: scheme == "always",
+                                        prependFirst: scheme == "first", split: split))
+            }
+        }
+        try require(!(byteLevel && spec.kind == .sentencePieceBPE),
+                    "tokenizer: a ByteLevel pre-tokenizer in a SentencePiece spec")
+        self.steps = steps
+        self.byteLevel = byteLevel
+        self.stripPrefixOnDecode = stripPrefix && !byteLevel
+
+        let n = spec.vocab.count
+        tokenToId.reserveCapacity(n)
+        for (i, t) in spec.vocab.enumerated() where tokenToId[t] == nil { tokenToId[t] = Int32(i) }
+        for a in spec.addedTokens {
+            try require(a.id >= 0 && Int(a.id) < n, "tokenizer: added token id \(a.id) outside the vocabulary")
+            tokenToId[a.content] = a.id
+        }
+        for id in [spec.bosId, spec.eosId, spec.unkId] {
+            if let id = id { try require(id >= 0 && Int(id) < n, "tokenizer: special id \(id) outside the vocabulary") }
+        }
+        try require(!spec.addBOS || spec.bosId != nil, "tokenizer: addBOS without a bos id")
+        try require(!spec.addEOS || spec.eosId != nil, "tokenizer: addEOS without an eos id")
+
+        if byteLevel {
+            // GPT-2's printable byte map: printable Latin-1 bytes map to themselves, the rest to U+0100 + k.
+            var map = [UInt32](repeating: 0, count: 256)
+            var k: UInt32 = 0
+            for b in 0..<256 {
+                if (33...126).contains(b) || (161...172).contains(b) || (174...255).contains(b) {
+                    map[b] = UInt32(b)
+                } else {
+                    map[b] = 256 + k
+                    k += 1
+                }
+            }
+            byteToChar = map.map { Unicode.Scalar($0)! }
+            for b in 0..<256 {
+                charToByte[map[b]] = UInt8(b)
+                if let id = tokenToId[String(byteToChar[b])] { byteToId[b] = id }
+            }
+        } else {
+            for (i, t) in spec.vocab.enumerated() {
+                let us = t.unicodeScalars
+                if us.count == 1, scalarToId[us.first!.value] == nil { scalarToId[us.first!.value] = Int32(i) }
+                if spec.byteFallback, let b = Tokenizer.byteTokenValue(t) {
+                    if byteTokenId[Int(b)] < 0 { byteTokenId[Int(b)] = Int32(i) }
+                    byteTokenValue[Int32(i)] = b
+                }
+            }
+        }
+
+        if !spec.merges.isEmpty {
+            merges.table.reserveCapacity(spec.merges.count)
+            for (rank, (a, b)) in spec.merges.enumerated() {
+                guard let ia = tokenToId[a], let ib = tokenToId[b], let ic = tokenToId[a + b] else {
+                    throw SwiftQuantError.invalidArgument(
+                        "tokenizer: merge \(rank) (\(a.debugDescription), \(b.debugDescription)) uses a token "
+                        + "missing from the vocabulary")
+                }
+                merges.insert(ia, ib, rank: Int32(rank), id: ic)
+            }
+        } else if let scores = spec.scores {
+            try require(scores.count == n, "tokenizer: \(scores.count) scores for \(n) tokens")
+            // Rank = position of the merged token's score among the distinct scores, best first; equal scores
+            // share a rank so the leftmost pair wins, as in SentencePiece / llama.cpp.
+            let distinct = Array(Set(scores.map { $0.isNaN ? -Float.infinity : $0 })).sorted(by: >)
+            var rankOf: [Float: Int32] = [:]
+            for (r, s) in distinct.enumerated() { rankOf[s] = Int32(r) }
+            let skip = Set(spec.addedTokens.map { $0.id })
+            for (i, t) in spec.vocab.enumerated() where !skip.contains(Int32(i)) && byteTokenValue[Int32(i)] == nil {
+                let us = Array(t.unicodeScalars)
+                if us.count < 2 { continue }
+                let sc = scores[i].isNaN ? -Float.infinity : scores[i]
+                for k in 1..<us.count {
+                    var l = String.UnicodeScalarView(), r = String.UnicodeScalarView()
+                    l.append(contentsOf: us[..<k]); r.append(contentsOf: us[k...])
+                    if let il = tokenToId[String(l)], let ir = tokenToId[String(r)] {
+                        merges.insert(il, ir, rank: rankOf[sc]!, id: Int32(i))
+                    }
+                }
+            }
+        }
+
+        for (idx, a) in spec.addedTokens.enumerated() {
+            let sc = Array(a.content.unicodeScalars)
+            guard let f = sc.first else { continue }
+            addedByFirst[f.value, default: []].append((sc, idx))
+            if f.value < 128 { addedFirstASCII[Int(f.value)] = true }
+            addedIds.insert(a.id)
+            if a.special { specialIds.insert(a.id) }
+        }
+        for k in addedByFirst.keys { addedByFirst[k]!.sort { $0.scalars.count > $1.scalars.count } }
+    }
+
+    static func byteTokenValue(_ t: String) -> UInt8? {
+        let u = Array(t.utf8)
+        guard u.count == 6, u[0] == 60, u[1] == 48, u[2] == 120, u[5] == 62 else { return nil }   // <0xNN>
+        func hex(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 65...70: return c - 55
+            case 97...102: return c - 87
+            default: return nil
+            }
+        }
+        guard let h = hex(u[3]), let l = hex(u[4]) else { return nil }
+        return h << 4 | l
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    public func tokenId(_ token: String) -> Int32? { tokenToId[token] }
+
+    /// The token string of an id.
+    public func token(_ id: Int32) throws -> String {
+        try require(id >= 0 && Int(id) < spec.vocab.count, "tokenizer: id \(id) outside 0..<\(spec.vocab.count)")
+        return spec.vocab[Int(id)]
+    }
+
+    // MARK: - encode
+
+    /// Encodes `text` like tokenizers' `encode(text).ids` (add_special_tokens=True): added tokens matched in the
+    /// raw text first, then normalizer, pre-tokenizer and BPE on the rest, then bos/eos per the post-processor.
+    public func encode(_ text: String) -> [Int32] {
+        let scalars = Array(text.unicodeScalars)
+        var out: [Int32] = []
+        out.reserveCapacity(scalars.count / 3 + 2)
+        if spec.addBOS, let b = spec.bosId { out.append(b) }
+        cacheLock.lock()
+        defer { cacheLock.unlock() }
+        if cache.count > 1_000_000 { cache.removeAll() }
+        var segStart = 0
+        var i = 0
+        let n = scalars.count
+        while i < n {
+            let v = scalars[i].value
+            if v < 128 ? addedFirstASCII[Int(v)] : addedByFirst[v] != nil, let cands = addedByFirst[v] {
+                var matched: (len: Int, index: Int)? = nil
+                for c in cands where c.scalars.count <= n - i {
+                    var ok = true
+                    for k in 1..<max(c.scalars.count, 1) where scalars[i + k] != c.scalars[k] { ok = false; break }
+                    if ok { matched = (c.scalars.count, c.index); break }
+                }
+                if let m = matched {
+                    let tok = spec.addedTokens[m.index]
+                    var start = i, end = i + m.len
+                    if tok.lstrip {
+                        while start > segStart && scalars[start - 1].properties.isWhitespace { start -= 1 }
+                    }
+                    if tok.rstrip {
+                        while end < n && scalars[end].properties.isWhitespace { end += 1 }
+                    }
+                    if start > segStart {
+                        encodeSegment(scalars[segStart..<start], atTextStart: segStart == 0, into: &out)
+                    }
+                    out.append(tok.id)
+                    i = end
+                    segStart = end
+                    continue
+                }
+            }
+            i += 1
+        }
+        if segStart < n {
+            encodeSegment(scalars[segStart..<n], atTextStart: segStart == 0, into: &out)
+        }
+        if spec.addEOS, let e = spec.eosId { out.append(e) }
+        return out
+    }
+
+    private func normalize(_ seg: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
+        var s = Array(seg)
+        for step in spec.normalizer {
+            switch step {
+            case .nfc:
+                var v = String.UnicodeScalarView()
+                v.append(contentsOf: s)
+                s = Array(String(v).precomposedStringWithCanonicalMapping.unicodeScalars)
+            case .prepend(let p):
+                if !s.isEmpty { s.insert(contentsOf: p.unicodeScalars, at: 0) }
+            case .replace(let from, let to):
+                let f = Array(from.unicodeScalars), t = Array(to.unicodeScalars)
+                if f.count == 1 && t.count == 1 {
+                    for k in s.indices where s[k] == f[0] { s[k] = t[0] }
+                } else if !f.isEmpty {
+                    var v = String.UnicodeScalarView()
+                    v.append(contentsOf: s)
+                    s = Array(String(v).replacingOccurrences(of: from, with: to).unicodeScalars)
+                }
+            }
+        }
+        return s
+    }
+
+    private func encodeSegment(_ seg: ArraySlice<Unicode.Scalar>, atTextStart: Bool, into out: inout [Int32]) {
+        var buf = spec.normalizer.isEmpty ? Array(seg) : normalize(seg)
+        if buf.isEmpty { return }
+        var ranges: [Range<Int>] = [0..<buf.count]
+        var cls: [UInt8] = []
+        var clsValid = false
+        for step in steps {
+            switch step {
+            case .split(let sc):
+                if !clsValid { cls = buf.map(CharClass.of); clsValid = true }
+                var nr: [Range<Int>] = []
+                nr.reserveCapacity(ranges.count + buf.count / 4)
+                buf.withUnsafeBufferPointer { b in
+                    cls.withUnsafeBufferPointer { c in
+                        for r in ranges { sc.split(b, c, r.lowerBound, r.upperBound, into: &nr) }
+                    }
+                }
+                ranges = nr
+            case .digits(let individual):
+                if !clsValid { cls = buf.map(CharClass.of); clsValid = true }
+                var nr: [Range<Int>] = []
+                for r in ranges {
+                    var k = r.lowerBound
+                    while k < r.upperBound {
+                        let num = cls[k] & CharClass.number != 0
+                        var e = k + 1
+                        if !(num && individual) {
+                            while e < r.upperBound && (cls[e] & CharClass.number != 0) == num { e += 1 }
+                        }
+                        nr.append(k..<e)
+                        k = e
+                    }
+                }
+                ranges = nr
+            case .prefixSpace:
+                var nb: [Unicode.Scalar] = []
+                nb.reserveCapacity(buf.count + ranges.count)
+                var nr: [Range<Int>] = []
+                for r in ranges {
+                    let s = nb.count
+                    if buf[r.lowerBound] != " " { nb.append(" ") }
+                    nb.append(contentsOf: buf[r])
+                    nr.append(s..<nb.count)
+                }
+                buf = nb
+                ranges = nr
+                clsValid = false
+            case .metaspace(let rep, let always, let first, let split):
+                var nb: [Unicode.Scalar] = []
+                nb.reserveCapacity(buf.count + ranges.count)
+                var nr: [Range<Int>] = []
+                for r in ranges {
+                    let s = nb.count
+                    if buf[r.lowerBound] != rep && buf[r.lowerBound] != " "
+                        && (always || (first && atTextStart && r.lowerBound == 0)) {
+                        nb.append(rep)
+                    }
+                    for c in buf[r] { nb.append(c == " " ? rep : c) }
+                    if split {
+                        var st = s
+                        for k in (s + 1)..<max(nb.count, s + 1) where nb[k] == rep {
+                            nr.append(st..<k)
+                            st = k
+                        }
+                        nr.append(st..<nb.count)
+                    } else {
+                        nr.append(s..<nb.count)
+                    }
+                }
+                buf = nb
+                ranges = nr
+                clsValid = false
+            }
+        }
+        for r in ranges where !r.isEmpty {
+            var v = String.UnicodeScalarView()
+            v.append(contentsOf: buf[r])
+            let key = String(v)
+            if let ids = cache[key] {
+                out.append(contentsOf: ids)
+                continue
+            }
+            let ids = bpeWord(buf[r], key: key)
+            if r.count <= 64 { cache[key] = ids }
+            out.append(contentsOf: ids)
+        }
+    }
+
+    private func bpeWord(_ word: ArraySlice<Unicode.Scalar>, key: String) -> [Int32] {
+        var syms: [Int32] = []
+        syms.reserveCapacity(word.count * 2)
+        if byteLevel {
+            if spec.ignoreMerges {
+                var m = String.UnicodeScalarView()
+                for b in key.utf8 { m.append(byteToChar[Int(b)]) }
+                if let id = tokenToId[String(m)] { return [id] }
+            }
+            var lastUnk = false
+            for b in key.utf8 {
+                let id = byteToId[Int(b)]
+                if id >= 0 { syms.append(id); lastUnk = false } else if let u = spec.unkId, !lastUnk {
+                    syms.append(u); lastUnk = true
+                }
+            }
+        } else {
+            if spec.ignoreMerges, let id = tokenToId[key] { return [id] }
+            var lastUnk = false
+            for s in word {
+                if let id = scalarToId[s.value] { syms.append(id); lastUnk = false; continue }
+                var usedBytes = false
+                if spec.byteFallback {
+                    let bytes = Array(String(s).utf8)
+                    if bytes.allSatisfy({ byteTokenId[Int($0)] >= 0 }) {
+                        for b in bytes { syms.append(byteTokenId[Int(b)]) }
+                        usedBytes = true
+                        lastUnk = false
+                    }
+                }
+                if !usedBytes, let u = spec.unkId, !lastUnk { syms.append(u); lastUnk = true }
+            }
+        }
+        merges.merge(&syms)
+        return syms
+    }
+
+    // MARK: - decode
+
+    /// Decodes ids to text like tokenizers' `decode` (ByteLevel decoder, or SentencePiece's
+    /// "▁" → " " + byte fallback + strip of the prefix space). Throws `.invalidArgument` for an id outside the
+    /// vocabulary.
+    public func decode(_ ids: [Int32], skipSpecialTokens: Bool = false) throws -> String {
+        var bytes: [UInt8] = []
+        for id in ids {
+            try require(id >= 0 && Int(id) < spec.vocab.count,
+                        "tokenizer: id \(id) outside the vocabulary 0..<\(spec.vocab.count)")
+        }
+        let kept = skipSpecialTokens ? ids.filter { !specialIds.contains($0) } : ids
+        if byteLevel {
+            for id in kept {
+                let t = spec.vocab[Int(id)]
+                var tb: [UInt8] = []
+                var ok = true
+                for s in t.unicodeScalars {
+                    guard let b = charToByte[s.value] else { ok = false; break }
+                    tb.append(b)
+                }
+                bytes.append(contentsOf: ok ? tb : Array(t.utf8))
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        var result = ""
+        var pending: [UInt8] = []
+        func flush() {
+            if pending.isEmpty { return }
+            if let s = String(validating: pending, as: UTF8.self) {
+                result += s
+            } else {
+                result += String(repeating: "\u{FFFD}", count: pending.count)
+            }
+            pending.removeAll()
+        }
+        for id in kept {
+            if let b = byteTokenValue[id] { pending.append(b); continue }
+            flush()
+            result += spec.vocab[Int(id)].replacingOccurrences(of: "▁", with: " ")
+        }
+        flush()
+        // Scalar-wise: " " followed by a combining mark is one Character, so `hasPrefix(" ")` would miss it.
+        if stripPrefixOnDecode && result.unicodeScalars.first == " " {
+            result.unicodeScalars.removeFirst()
+        }
+        return result
+    }
+}
