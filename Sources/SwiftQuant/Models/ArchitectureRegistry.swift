@@ -36,4 +36,13 @@ public enum ArchitectureRegistry {
         }
         return try model(config: dict, source: source)
     }
+
+    /// A Hugging Face model directory (config.json + model.safetensors or sharded safetensors).
+    public static func model(directory: String) throws -> TransformerModel {
+        let source = try HFDirectorySource(directory: directory)
+        guard let config = try source.config() else {
+            throw SwiftQuantError.format("\(directory): no config.json")
+        }
+        return try model(config: config, source: source)
+    }
 }

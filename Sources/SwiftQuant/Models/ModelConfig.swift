@@ -142,6 +142,13 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         case tieWordEmbeddings = "tie_word_embeddings", attentionBias = "attention_bias", mlpBias = "mlp_bias"
         case maxPositionEmbeddings = "max_position_embeddings", hiddenAct = "hidden_act"
         case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
+        case ropeParameters = "rope_parameters"
+    }
+
+    /// transformers ≥ 5 writes `rope_parameters` (`rope_type`, `rope_theta` and the scaling fields together).
+    struct RopeParameters: Decodable {
+        var ropeTheta: Double?
+        enum CodingKeys: String, CodingKey { case ropeTheta = "rope_theta" }
     }
 
     public init(from decoder: Decoder) throws {
@@ -159,8 +166,12 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
             numKeyValueHeads: try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads),
             headDim: try c.decodeIfPresent(Int.self, forKey: .headDim),
             rmsNormEps: try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6,
-            ropeTheta: try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000,
-            ropeScaling: try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling),
+            ropeTheta: try c.decodeIfPresent(RopeParameters.self, forKey: .ropeParameters)?.ropeTheta
+                ?? c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000,
+            ropeScaling: try (c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling)
+                ?? c.decodeIfPresent(RopeScaling.self, forKey: .ropeParameters)).flatMap {
+                    $0.type == "default" ? nil : $0
+                },
             vocabSize: try c.decode(Int.self, forKey: .vocabSize),
             tieWordEmbeddings: try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false,
             attentionBias: try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? false,
