@@ -28,12 +28,14 @@ final class ModelTests: XCTestCase {
             maxDiff = max(maxDiff, abs(got.pointer[i] - want.pointer[i]))
             maxRef = max(maxRef, abs(want.pointer[i]))
         }
+        print("\(name): logits rel diff \(maxDiff / maxRef)")
         XCTAssertLessThan(maxDiff / maxRef, 1e-4, "\(name): logits max |diff| \(maxDiff), max |logit| \(maxRef)",
                           file: file, line: line)
 
         let loss = try model.windowLoss(ids: ids)
         XCTAssertEqual(loss.count, ids.count - 1, file: file, line: line)
         let refLoss = Double(try expected.float32("loss").pointer[0])
+        print("\(name): loss rel diff \(abs(loss.mean - refLoss) / refLoss)")
         XCTAssertLessThan(abs(loss.mean - refLoss) / refLoss, 1e-5, "\(name): loss \(loss.mean) vs \(refLoss)",
                           file: file, line: line)
         XCTAssertEqual(try model.nll(ids: ids), loss.nllSum, file: file, line: line)
