@@ -1,0 +1,273 @@
+import Foundation
+
+// Forward-pass kernels shared by the architecture adapters: tight loops over raw row-major float32 rows,
+// parallel over rows (or rows × heads); matrix products go to BLAS with all rows at once.
+
+/// Vectorised exp for float32 (Cephes range reduction and polynomial; relative error ≈ 2 ulp on the range
+/// used here). Arguments are clamped to [-87.3, 88]: below, the result is ~1e-38 instead of 0.
+@inline(__always)
+@usableFromInline
+func simdExp(_ x0: SIMD8<Float>) -> SIMD8<Float> {
+    var x = x0
+    x.replace(with: SIMD8(repeating: 88.0), where: x .> 88.0)
+    x.replace(with: SIMD8(repeating: -87.3), where: x .< -87.3)
+    let magic = SIMD8<Float>(repeating: 12582912.0)  // 1.5·2²³: adding it rounds to an integer
+    let t = x * 1.44269504088896341 + magic
+    let n = t - magic
+    var r = x - n * 0.693359375
+    r = r - n * -2.12194440e-4
+    var p = SIMD8<Float>(repeating: 1.9875691500e-4)
+    p = p * r + 1.3981999507e-3
+    p = p * r + 8.3334519073e-3
+    p = p * r + 4.1665795894e-2
+    p = p * r + 1.6666665459e-1
+    p = p * r + 5.0000001201e-1
+    let y = p * (r * r) + r + 1
+    let ni = unsafeBitCast(t, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+    let scale = unsafeBitCast((ni &+ 127) &<< 23, to: SIMD8<Float>.self)
+    return y * scale
+}
+
+@inline(__always)
+func scalarExp(_ x: Float) -> Float {
+    simdExp(SIMD8(repeating: x))[0]
+}
+
+@inline(__always)
+func loadSIMD8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+func storeSIMD8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+
+/// A reusable set of scratch buffers, grown on demand: allocate once per forward, not per block.
+public final class Workspace {
+    private var buffers: [Tensor] = []
+    public init() {}
+
+    /// Buffer number `slot` with room for at least `count` floats (contents unspecified).
+    func buffer(_ slot: Int, _ count: Int) -> UnsafeMutablePointer<Float> {
+        while buffers.count <= slot { buffers.append(Tensor(zeros: [0])) }
+        if buffers[slot].count < count { buffers[slot] = Tensor(zeros: [count]) }
+        return buffers[slot].pointer
+    }
+}
+
+enum Kernels {
+    /// `y[rows, out] = x[rows, in] · Wᵀ (+ b)`, or `y += …` when `accumulate`.
+    static func linear(_ x: UnsafePointer<Float>, rows: Int, _ lin: Linear, _ y: UnsafeMutablePointer<Float>,
+                       accumulate: Bool = false) {
+        let n = lin.outFeatures, k = lin.inFeatures
+        BLAS.sgemm(transB: true, m: rows, n: n, k: k, a: x, lda: k, b: lin.weight.pointer, ldb: k,
+                   beta: accumulate ? 1 : 0, c: y, ldc: n)
+        if let bias = lin.bias { addBias(y, rows: rows, bias.pointer, n) }
+    }
+
+    static func addBias(_ y: UnsafeMutablePointer<Float>, rows: Int, _ b: UnsafePointer<Float>, _ n: Int) {
+        parallelFor(rows, minChunk: max(1, 16384 / max(n, 1))) { range in
+            for r in range {
+                let row = y + r * n
+                for j in 0..<n { row[j] += b[j] }
+            }
+        }
+    }
+
+    /// `out = x · rsqrt(mean(x²) + eps) · weight`, row by row, in float32 (as transformers does).
+    static func rmsNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, eps: Float,
+                        _ out: UnsafeMutablePointer<Float>) {
+        parallelFor(rows, minChunk: 16) { range in
+            for r in range {
+                let xr = x + r * dim, yr = out + r * dim
+                var acc = SIMD8<Float>()
+                var j = 0
+                while j + 8 <= dim { let v = loadSIMD8(xr + j); acc += v * v; j += 8 }
+                var ss = acc.sum()
+                while j < dim { ss += xr[j] * xr[j]; j += 1 }
+                let inv = 1 / (ss / Float(dim) + eps).squareRoot()
+                for j in 0..<dim { yr[j] = weight[j] * (xr[j] * inv) }
+            }
+        }
+    }
+
+    /// LayerNorm over the last dimension with biased variance; `weight`/`bias` nil means no affine part.
+    static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>?,
+                          bias: UnsafePointer<Float>?, eps: Float, _ out: UnsafeMutablePointer<Float>) {
+        parallelFor(rows, minChunk: 16) { range in
+            for r in range {
+                let xr = x + r * dim, yr = out + r * dim
+                var acc = SIMD8<Float>()
+                var j = 0
+                while j + 8 <= dim { acc += loadSIMD8(xr + j); j += 8 }
+                var s = acc.sum()
+                while j < dim { s += xr[j]; j += 1 }
+                let mean = s / Float(dim)
+                var acc2 = SIMD8<Float>()
+                let m8 = SIMD8<Float>(repeating: mean)
+                j = 0
+                while j + 8 <= dim { let d = loadSIMD8(xr + j) - m8; acc2 += d * d; j += 8 }
+                var v = acc2.sum()
+                while j < dim { let d = xr[j] - mean; v += d * d; j += 1 }
+                let inv = 1 / (v / Float(dim) + eps).squareRoot()
+                for j in 0..<dim {
+                    var y = (xr[j] - mean) * inv
+                    if let w = weight { y *= w[j] }
+                    if let b = bias { y += b[j] }
+                    yr[j] = y
+                }
+            }
+        }
+    }
+
+    /// Rotary embedding in the "rotate_half" convention: within each head the pairs are (j, j + d/2).
+    /// `cos`/`sin` are `[rows, d/2]`; `x` is `[rows, heads·d]` with row stride `stride`.
+    static func applyRoPE(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, stride: Int,
+                          cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        let half = headDim / 2
+        parallelFor(rows, minChunk: 16) { range in
+            for r in range {
+                let c = cos + r * half, s = sin + r * half
+                for h in 0..<heads {
+                    let p = x + r * stride + h * headDim
+                    for j in 0..<half {
+                        let a = p[j], b = p[j + half]
+                        p[j] = a * c[j] - b * s[j]
+                        p[j + half] = b * c[j] + a * s[j]
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal softmax attention with grouped-query heads. `q` is `[T, heads·d]` (already including any
+    /// scaling other than `scale`), `k`/`v` are `[T, kvHeads·d]`; writes `out` `[T, heads·d]`.
+    /// Queries are processed in tiles so only the causal part of QKᵀ is computed.
+    static func causalAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                out: UnsafeMutablePointer<Float>, T: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                scale: Float, workspace: Workspace, slot: Int) {
+        let tile = min(T, 256)
+        let scores = workspace.buffer(slot, tile * T)
+        let group = heads / kvHeads
+        let qStride = heads * headDim, kvStride = kvHeads * headDim
+        for h in 0..<heads {
+            let kvh = h / group
+            var r0 = 0
+            while r0 < T {
+                let r1 = min(T, r0 + tile), rows = r1 - r0, keys = r1
+                BLAS.sgemm(transB: true, m: rows, n: keys, k: headDim, alpha: scale,
+                           a: q + r0 * qStride + h * headDim, lda: qStride,
+                           b: k + kvh * headDim, ldb: kvStride, c: scores, ldc: keys)
+                parallelFor(rows, minChunk: 16) { range in
+                    for i in range {
+                        softmaxRow(scores + i * keys, valid: r0 + i + 1, total: keys)
+                    }
+                }
+                BLAS.sgemm(m: rows, n: headDim, k: keys, a: scores, lda: keys, b: v + kvh * headDim, ldb: kvStride,
+                           c: out + r0 * qStride + h * headDim, ldc: qStride)
+                r0 = r1
+            }
+        }
+    }
+
+    /// Softmax over the first `valid` entries of a row; entries `valid..<total` are set to 0.
+    @inline(__always)
+    static func softmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
+        var m8 = SIMD8<Float>(repeating: -.infinity)
+        var j = 0
+        while j + 8 <= valid { m8 = pointwiseMax8(m8, loadSIMD8(row + j)); j += 8 }
+        var mx = m8.max()
+        while j < valid { mx = Swift.max(mx, row[j]); j += 1 }
+        let mv = SIMD8<Float>(repeating: mx)
+        var s8 = SIMD8<Float>()
+        j = 0
+        while j + 8 <= valid {
+            let e = simdExp(loadSIMD8(row + j) - mv)
+            storeSIMD8(e, row + j)
+            s8 += e
+            j += 8
+        }
+        var sum = s8.sum()
+        while j < valid { let e = scalarExp(row[j] - mx); row[j] = e; sum += e; j += 1 }
+        let inv = 1 / sum
+        let iv = SIMD8<Float>(repeating: inv)
+        j = 0
+        while j + 8 <= valid { storeSIMD8(loadSIMD8(row + j) * iv, row + j); j += 8 }
+        while j < valid { row[j] *= inv; j += 1 }
+        if valid < total { (row + valid).update(repeating: 0, count: total - valid) }
+    }
+
+    @inline(__always)
+    static func pointwiseMax8(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+        var r = a
+        r.replace(with: b, where: b .> a)
+        return r
+    }
+
+    /// `gate[i] = silu(gate[i]) · up[i]` over `count` elements.
+    static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        parallelFor(count, minChunk: 16384) { range in
+            var i = range.lowerBound
+            let one = SIMD8<Float>(repeating: 1)
+            while i + 8 <= range.upperBound {
+                let g = loadSIMD8(gate + i)
+                let s = g / (one + simdExp(-g))
+                storeSIMD8(s * loadSIMD8(up + i), gate + i)
+                i += 8
+            }
+            while i < range.upperBound {
+                let g = gate[i]
+                gate[i] = g / (1 + scalarExp(-g)) * up[i]
+                i += 1
+            }
+        }
+    }
+
+    static func relu(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        parallelFor(count, minChunk: 16384) { range in
+            for i in range where !(x[i] > 0) { x[i] = 0 }
+        }
+    }
+
+    static func add(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
+        parallelFor(count, minChunk: 16384) { range in
+            for i in range { y[i] += x[i] }
+        }
+    }
+
+    /// Summed negative log-likelihood `Σ_i [logsumexp(logits_i) − logits_i[target_i]]` over rows, each row
+    /// reduced with a float64 running sum of float32 exponentials shifted by the row maximum.
+    static func nllRows(_ logits: UnsafePointer<Float>, rows: Int, vocab: Int, targets: UnsafePointer<Int32>)
+        -> Double {
+        var partial = [Double](repeating: 0, count: rows)
+        partial.withUnsafeMutableBufferPointer { out in
+            let outp = out.baseAddress!
+            parallelFor(rows, minChunk: 1) { range in
+                for r in range {
+                    let row = logits + r * vocab
+                    var m8 = SIMD8<Float>(repeating: -.infinity)
+                    var j = 0
+                    while j + 8 <= vocab { m8 = pointwiseMax8(m8, loadSIMD8(row + j)); j += 8 }
+                    var mx = m8.max()
+                    while j < vocab { mx = Swift.max(mx, row[j]); j += 1 }
+                    let mv = SIMD8<Float>(repeating: mx)
+                    var total: Double = 0
+                    j = 0
+                    // Sum in float32 SIMD lanes over blocks of 1024, then into a float64 total.
+                    while j < vocab {
+                        let end = Swift.min(vocab, j + 1024)
+                        var s8 = SIMD8<Float>()
+                        while j + 8 <= end { s8 += simdExp(loadSIMD8(row + j) - mv); j += 8 }
+                        var s = s8.sum()
+                        while j < end { s += scalarExp(row[j] - mx); j += 1 }
+                        total += Double(s)
+                    }
+                    let lse = Double(mx) + Foundation.log(total)
+                    outp[r] = lse - Double(row[Int(targets[r])])
+                }
+            }
+        }
+        return partial.reduce(0, +)
+    }
+}

@@ -1,0 +1,246 @@
+import Foundation
+
+/// A linear layer `y = x · Wᵀ + b` with the weight in Hugging Face layout `[out, in]`.
+public struct Linear: @unchecked Sendable {
+    public var weight: Tensor
+    public var bias: Tensor?
+
+    public var outFeatures: Int { weight.shape[0] }
+    public var inFeatures: Int { weight.shape[1] }
+
+    public init(weight: Tensor, bias: Tensor? = nil) {
+        precondition(weight.rank == 2, "linear weight must be [out, in], got \(weight.shape)")
+        precondition(bias == nil || bias!.count == weight.shape[0], "bias does not match weight \(weight.shape)")
+        self.weight = weight
+        self.bias = bias
+    }
+}
+
+/// Weight (and optional bias) of a normalisation layer.
+public struct NormWeights: @unchecked Sendable {
+    public var weight: Tensor?
+    public var bias: Tensor?
+    public init(weight: Tensor?, bias: Tensor? = nil) {
+        self.weight = weight
+        self.bias = bias
+    }
+}
+
+/// Where a LET (learnable equivalent transformation) scale can be folded: into the norm (or linear) whose output
+/// feeds `targets`. Names are relative to the block (Hugging Face names, e.g. "self_attn.q_proj").
+public struct LETPair: Equatable, Sendable {
+    public enum Source: Equatable, Sendable {
+        case norm(String)
+        case linear(String)
+    }
+    public var source: Source
+    public var targets: [String]
+    public init(source: Source, targets: [String]) {
+        self.source = source
+        self.targets = targets
+    }
+}
+
+/// The weights of one decoder block, as data: its linears and norms under block-relative Hugging Face names.
+/// Calibration replaces entries (e.g. with fake-quantized weights) and installs the block with
+/// `TransformerModel.setBlock`.
+public final class TransformerBlock: @unchecked Sendable {
+    public let index: Int
+    /// Block-relative names of the linears in execution order ("self_attn.q_proj", …, "mlp.down_proj").
+    public let linearNames: [String]
+    public var linears: [String: Linear]
+    public var norms: [String: NormWeights]
+
+    public init(index: Int, linearNames: [String], linears: [String: Linear], norms: [String: NormWeights]) {
+        self.index = index
+        self.linearNames = linearNames
+        self.linears = linears
+        self.norms = norms
+    }
+
+    /// The linear named `name`; the adapters only ask for names they created.
+    public func linear(_ name: String) -> Linear {
+        guard let l = linears[name] else { preconditionFailure("block \(index) has no linear '\(name)'") }
+        return l
+    }
+
+    /// An independent copy (weights copied), e.g. to modify without touching the source tensors.
+    public func copy() -> TransformerBlock {
+        TransformerBlock(index: index, linearNames: linearNames,
+                         linears: linears.mapValues { Linear(weight: $0.weight.copy(), bias: $0.bias?.copy()) },
+                         norms: norms.mapValues { NormWeights(weight: $0.weight?.copy(), bias: $0.bias?.copy()) })
+    }
+}
+
+/// A decoder-only transformer adapter: embedding, blocks loaded on demand from a `TensorSource`, final norm
+/// and LM head. Batch 1; hidden states are `[T, hiddenSize]` row-major float32.
+public protocol TransformerModel: AnyObject {
+    var modelType: String { get }
+    var hiddenSize: Int { get }
+    var vocabSize: Int { get }
+    var numBlocks: Int { get }
+    /// Longest window the model can take (position table size, sliding window).
+    var maxSequenceLength: Int { get }
+    var source: TensorSource { get }
+    /// Block-relative names of every block's linears, in execution order.
+    var blockLinearNames: [String] { get }
+    /// Where LET scales fold, as data.
+    var letPairs: [LETPair] { get }
+
+    /// Hugging Face prefix of block `i`, e.g. "model.layers.3.".
+    func blockPrefix(_ i: Int) -> String
+    /// Block `i` read from the source (views of the source's tensors, no copy when they are float32).
+    func loadBlock(_ i: Int) throws -> TransformerBlock
+    /// Block `i` as the forward pass uses it: the one installed with `setBlock`, else `loadBlock(i)`.
+    func block(_ i: Int) throws -> TransformerBlock
+    /// Installs a replacement for block `i` (nil goes back to the source).
+    func setBlock(_ i: Int, _ block: TransformerBlock?)
+
+    /// Token embeddings (plus positions where the architecture adds them): `[T, hiddenSize]`.
+    func embed(_ ids: [Int32]) throws -> Tensor
+    /// Runs one block in place on `hidden` `[T, hiddenSize]`.
+    func forward(block: TransformerBlock, hidden: Tensor, workspace: Workspace) throws
+    /// Applies the final norm in place.
+    func applyFinalNorm(_ hidden: Tensor) throws
+    /// The LM head weight `[vocabSize, hiddenSize]` (the embedding when tied).
+    func lmHeadWeight() throws -> Tensor
+}
+
+/// Summed next-token NLL over one window and the number of predicted tokens (T − 1).
+public struct WindowLoss: Equatable, Sendable {
+    public var nllSum: Double
+    public var count: Int
+    public var mean: Double { count > 0 ? nllSum / Double(count) : 0 }
+}
+
+/// Perplexity per ALGORITHMS §7: non-overlapping windows, mean NLL over every predicted token of every window.
+public struct PerplexityResult: Equatable, Sendable {
+    public var windows: Int
+    public var tokens: Int
+    public var meanNLL: Double
+    public var perplexity: Double { Foundation.exp(meanNLL) }
+}
+
+extension TransformerModel {
+    public func preloadBlocks() throws {
+        for i in 0..<numBlocks { setBlock(i, try loadBlock(i)) }
+    }
+
+    func checkIds(_ ids: [Int32]) throws {
+        try require(!ids.isEmpty, "empty token window")
+        try require(ids.count <= maxSequenceLength,
+                    "window of \(ids.count) tokens is longer than this model's \(maxSequenceLength)")
+        for id in ids where id < 0 || Int(id) >= vocabSize {
+            throw SwiftQuantError.invalidArgument("token id \(id) outside the vocabulary 0..<\(vocabSize)")
+        }
+    }
+
+    /// Runs block `i` on `hidden` `[T, hiddenSize]` and returns the new hidden state (`hidden` is unchanged).
+    public func forwardBlock(_ i: Int, hidden: Tensor) throws -> Tensor {
+        try require(i >= 0 && i < numBlocks, "block index \(i) outside 0..<\(numBlocks)")
+        try require(hidden.rank == 2 && hidden.shape[1] == hiddenSize,
+                    "hidden state must be [T, \(hiddenSize)], got \(hidden.shape)")
+        try require(hidden.shape[0] <= maxSequenceLength,
+                    "window of \(hidden.shape[0]) tokens is longer than this model's \(maxSequenceLength)")
+        let out = hidden.copy()
+        try forward(block: try block(i), hidden: out, workspace: Workspace())
+        return out
+    }
+
+    /// Final hidden states (after the final norm) for a window: `[T, hiddenSize]`.
+    public func finalHidden(ids: [Int32]) throws -> Tensor {
+        try checkIds(ids)
+        let hidden = try embed(ids)
+        let ws = Workspace()
+        for i in 0..<numBlocks { try forward(block: try block(i), hidden: hidden, workspace: ws) }
+        try applyFinalNorm(hidden)
+        return hidden
+    }
+
+    /// Logits `[T, vocabSize]`.
+    public func logits(ids: [Int32]) throws -> Tensor {
+        let h = try finalHidden(ids: ids)
+        let w = try lmHeadWeight()
+        let T = ids.count
+        let out = Tensor(zeros: [T, vocabSize])
+        BLAS.sgemm(transB: true, m: T, n: vocabSize, k: hiddenSize, a: h.pointer, lda: hiddenSize,
+                   b: w.pointer, ldb: hiddenSize, c: out.pointer, ldc: vocabSize)
+        return out
+    }
+
+    /// Summed NLL of next-token prediction over the window (T − 1 predictions, as transformers' loss with
+    /// `labels = input_ids`, times T − 1). Logits are produced in row chunks so no `[T, vocab]` buffer exists.
+    public func windowLoss(ids: [Int32]) throws -> WindowLoss {
+        try require(ids.count >= 2, "a window needs at least 2 tokens to predict one")
+        let h = try finalHidden(ids: ids)
+        let w = try lmHeadWeight()
+        let predicted = ids.count - 1
+        let chunk = 128
+        let buf = Tensor(zeros: [min(chunk, predicted), vocabSize])
+        let targets = Array(ids.dropFirst())
+        var total: Double = 0
+        try targets.withUnsafeBufferPointer { tp in
+            var r0 = 0
+            while r0 < predicted {
+                let rows = min(chunk, predicted - r0)
+                BLAS.sgemm(transB: true, m: rows, n: vocabSize, k: hiddenSize, a: h.pointer + r0 * hiddenSize,
+                           lda: hiddenSize, b: w.pointer, ldb: hiddenSize, c: buf.pointer, ldc: vocabSize)
+                let s = Kernels.nllRows(buf.pointer, rows: rows, vocab: vocabSize, targets: tp.baseAddress! + r0)
+                guard s.isFinite else { throw SwiftQuantError.nonFinite("NLL is not finite in rows \(r0)..<\(r0 + rows)") }
+                total += s
+                r0 += rows
+            }
+        }
+        return WindowLoss(nllSum: total, count: predicted)
+    }
+
+    /// Summed next-token NLL over the window.
+    public func nll(ids: [Int32]) throws -> Double { try windowLoss(ids: ids).nllSum }
+
+    /// Perplexity over non-overlapping windows of `windowLength` tokens (a shorter tail is dropped).
+    public func perplexity(tokens: [Int32], windowLength: Int, maxWindows: Int? = nil) throws -> PerplexityResult {
+        try require(windowLength >= 2, "window length must be at least 2")
+        var n = tokens.count / windowLength
+        if let m = maxWindows { n = min(n, m) }
+        try require(n > 0, "\(tokens.count) tokens do not fill one window of \(windowLength)")
+        var sum: Double = 0, count = 0
+        for w in 0..<n {
+            let l = try windowLoss(ids: Array(tokens[(w * windowLength)..<((w + 1) * windowLength)]))
+            sum += l.nllSum
+            count += l.count
+        }
+        return PerplexityResult(windows: n, tokens: count, meanNLL: sum / Double(count))
+    }
+}
+
+/// Reads tensors with shape checks, naming the tensor in errors.
+struct WeightLoader {
+    let source: TensorSource
+
+    func load(_ name: String, _ shape: [Int]) throws -> Tensor {
+        guard source.info(name) != nil else {
+            throw SwiftQuantError.format("missing weight '\(name)' (expected shape \(shape))")
+        }
+        let t = try source.float32(name)
+        guard t.shape == shape else {
+            throw SwiftQuantError.format("weight '\(name)' has shape \(t.shape), expected \(shape)")
+        }
+        return t
+    }
+
+    func has(_ name: String) -> Bool { source.info(name) != nil }
+
+    func linear(_ name: String, out: Int, in inF: Int, bias: Bool) throws -> Linear {
+        Linear(weight: try load(name + ".weight", [out, inF]), bias: bias ? try load(name + ".bias", [out]) : nil)
+    }
+}
+
+/// Installed block replacements, shared by the adapters.
+final class BlockOverrides {
+    private var blocks: [Int: TransformerBlock] = [:]
+    private let lock = NSLock()
+    subscript(i: Int) -> TransformerBlock? {
+        get { lock.lock(); defer { lock.unlock() }; return blocks[i] }
+        set { lock.lock(); blocks[i] = newValue; lock.unlock() }
+    }
+}
