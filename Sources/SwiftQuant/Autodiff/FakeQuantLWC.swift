@@ -16,30 +16,45 @@ extension Autodiff {
     /// ```
     ///
     /// Backward (straight-through estimator, `round_ste(t) = t + stopgrad(round(t) − t)`, `z` constant):
-    /// - "inside" means `0 ≤ p ≤ 2^N − 1`, boundaries *included*, exactly PyTorch's `clamp` gradient
-    ///   (it passes where `min ≤ x ≤ max`). A value that rounds onto the top or bottom code still passes.
+    /// - "inside" is the pass-through region of `clamp(p, 0, 2^N − 1)`. Its boundaries depend on `clampGradient`:
+    ///   `.inclusive` (default) passes where `0 ≤ p ≤ 2^N − 1` — PyTorch's `clamp` gradient up to at least 2.12 (subgradient
+    ///   1 at the bounds, pytorch#7049), the semantics OmniQuant was trained with; a value that rounds exactly onto
+    ///   the top or bottom code still passes. `.exclusive` passes only where `0 < p < 2^N − 1` — what PyTorch 2.15
+    ///   does for scalar bounds (minimum-norm subgradient, pytorch#184572): values on the end codes get no STE
+    ///   gradient and contribute `q − z` to `∂Ŵ/∂h`. The same choice applies to the scale clamp below.
     /// - `∂Ŵ/∂W = 1` inside, `0` outside (plus the min/max path below).
     /// - `∂Ŵ/∂h = (q − z) − [inside]·W/h`, i.e. `round(t) − t` inside and `q − z` (a constant code) outside.
     /// - `∂L/∂h = Σ_group ∂L/∂Ŵ · ∂Ŵ/∂h`, then it passes the scale clamp only where `1e-5 ≤ h_raw ≤ 1e4`
-    ///   (inclusive again). asym: `∂h/∂xmax' = 1/(2^N−1)`, `∂h/∂xmin' = −1/(2^N−1)`; sym: through `max` of the
+    ///   (`<` for `.exclusive`). asym: `∂h/∂xmax' = 1/(2^N−1)`, `∂h/∂xmin' = −1/(2^N−1)`; sym: through `max` of the
     ///   absolute values (ties split the gradient in half, `|·|` has gradient `sign`, 0 at 0, like PyTorch).
     /// - `∂L/∂u = ∂L/∂xmax' · xmax · σ(u)(1 − σ(u))`, `∂L/∂l = ∂L/∂xmin' · xmin · σ(l)(1 − σ(l))`.
     /// - `∂L/∂W` also receives `∂L/∂xmax'·σ(u)` on the element(s) holding the group max (shared evenly among
     ///   ties, like `amax`) and likewise for the min. LWC keeps `W` frozen; the full gradient is there for LET.
     public struct FakeQuantLWC: Sendable {
+        /// Where a clamp passes the gradient at its bounds (see the type's documentation).
+        public enum ClampGradient: Sendable, Equatable {
+            /// `min ≤ x ≤ max` (PyTorch ≤ 2.12, OmniQuant's training).
+            case inclusive
+            /// `min < x < max` (PyTorch 2.15 scalar-bound `clamp`).
+            case exclusive
+        }
+
         public let rows: Int, columns: Int, bits: Int, groupSize: Int, groupsPerRow: Int
         public let symmetric: Bool
+        public let clampGradient: ClampGradient
         /// OmniQuant's initial value of `u` and `l` (σ(4) ≈ 0.982).
         public static let initialValue: Float = 4
 
         public var qmax: Float { Float((1 << bits) - 1) }
 
-        public init(rows: Int, columns: Int, bits: Int, groupSize: Int = 0, symmetric: Bool = false) throws {
+        public init(rows: Int, columns: Int, bits: Int, groupSize: Int = 0, symmetric: Bool = false,
+                    clampGradient: ClampGradient = .inclusive) throws {
             try require(rows > 0 && columns > 0, "fake-quant: shape [\(rows), \(columns)] must be positive")
             try require(bits >= (symmetric ? 2 : 1) && bits <= 16,
                         "fake-quant: \(bits) bits out of range (\(symmetric ? 2 : 1)...16)")
             try require(groupSize >= 0, "fake-quant: negative group size \(groupSize)")
             self.rows = rows; self.columns = columns; self.bits = bits; self.symmetric = symmetric
+            self.clampGradient = clampGradient
             self.groupSize = (groupSize == 0 || groupSize > columns) ? columns : groupSize
             groupsPerRow = (columns + self.groupSize - 1) / self.groupSize
         }
@@ -65,6 +80,7 @@ extension Autodiff {
                             out: UnsafeMutablePointer<Float>, state: State) {
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
             let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
+            let inclusive = clampGradient == .inclusive
             let hs = state.scales.pointer, zs = state.zeros.pointer, pass = state.hPass.pointer
             let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer, sus = state.su.pointer, sls = state.sl.pointer
             parallelFor(rows, minChunk: max(1, 8192 / cols)) { range in
@@ -90,7 +106,8 @@ extension Autodiff {
                             z = Swift.min(Swift.max(-xminp / h, -1e4), 1e4).rounded(.toNearestOrEven)
                         }
                         hs[idx] = h; zs[idx] = z
-                        pass[idx] = (hRaw >= 1e-5 && hRaw <= 1e4) ? 1 : 0
+                        let hIn = inclusive ? (hRaw >= 1e-5 && hRaw <= 1e4) : (hRaw > 1e-5 && hRaw < 1e4)
+                        pass[idx] = hIn ? 1 : 0
                         xmaxs[idx] = mx; xmins[idx] = mn; sus[idx] = su; sls[idx] = sl
                         for i in 0..<n {
                             let p = (w[i] / h).rounded(.toNearestOrEven) + z
@@ -109,6 +126,7 @@ extension Autodiff {
                              dWeight: UnsafeMutablePointer<Float>? = nil) {
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
             let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
+            let inclusive = clampGradient == .inclusive
             let hs = state.scales.pointer, zs = state.zeros.pointer, pass = state.hPass.pointer
             let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer, sus = state.su.pointer, sls = state.sl.pointer
             parallelFor(rows, minChunk: max(1, 8192 / cols)) { range in
@@ -123,7 +141,7 @@ extension Autodiff {
                         for i in 0..<n {
                             let t = w[i] / h
                             let p = t.rounded(.toNearestOrEven) + z
-                            let inside = p >= 0 && p <= qmax
+                            let inside = inclusive ? (p >= 0 && p <= qmax) : (p > 0 && p < qmax)
                             let q = Swift.min(Swift.max(p, 0), qmax)
                             let dWhat = inside ? (q - z) - t : (q - z)
                             dh += Double(dy[i] * dWhat)

@@ -68,7 +68,8 @@ public final class LlamaBlockGrad {
     private var usedQuantized = true
 
     public init(config c: LlamaBlockConfig, weights: LlamaBlockWeights, bits: Int, groupSize: Int,
-                symmetric: Bool = false, maxRows: Int) throws {
+                symmetric: Bool = false,
+                clampGradient: Autodiff.FakeQuantLWC.ClampGradient = .inclusive, maxRows: Int) throws {
         try require(c.hidden > 0 && c.ffn > 0 && c.headDim > 0 && c.headDim % 2 == 0,
                     "Llama block: hidden, ffn must be positive and headDim positive and even")
         let qd = c.heads * c.headDim, kd = c.kvHeads * c.headDim
@@ -88,7 +89,8 @@ public final class LlamaBlockGrad {
                                                  maxRows: maxRows)
         quantizers = try LlamaLinear.allCases.map {
             try Autodiff.FakeQuantLWC(rows: shapes[$0]![0], columns: shapes[$0]![1], bits: bits,
-                                      groupSize: groupSize, symmetric: symmetric)
+                                      groupSize: groupSize, symmetric: symmetric,
+                                      clampGradient: clampGradient)
         }
         states = quantizers.map { $0.makeState() }
         u = quantizers.map { q in
