@@ -1,0 +1,93 @@
+import Foundation
+
+extension Autodiff {
+    /// Causal softmax attention with grouped-query heads (HF `repeat_kv`: query head `h` reads kv head
+    /// `h / (heads / kvHeads)`), scale `1/√headDim`. Inputs are token-major: `q`, `out` `[rows, heads·d]`,
+    /// `k`, `v` `[rows, kvHeads·d]`; position `t` attends to positions `0...t`.
+    ///
+    /// The object owns its saved state (the probabilities, `[heads, rows, rows]`) and scratch, allocated once for
+    /// `maxRows`; `backward` uses the probabilities of the last `forward`.
+    public final class CausalAttention {
+        public let heads: Int, kvHeads: Int, headDim: Int, maxRows: Int
+        public let scale: Float
+        /// Softmax probabilities of the last forward, `[heads, rows, rows]` (row stride `rows`).
+        public let probs: Tensor
+        private let scratch: Tensor
+        private var lastRows = 0
+
+        public init(heads: Int, kvHeads: Int, headDim: Int, maxRows: Int) throws {
+            try require(heads > 0 && kvHeads > 0 && heads % kvHeads == 0,
+                        "attention: heads (\(heads)) must be a positive multiple of kv heads (\(kvHeads))")
+            try require(headDim > 0 && maxRows > 0, "attention: headDim and maxRows must be positive")
+            self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.maxRows = maxRows
+            scale = 1 / Float(headDim).squareRoot()
+            probs = Tensor(zeros: [heads, maxRows, maxRows])
+            scratch = Tensor(zeros: [maxRows, maxRows])
+        }
+
+        public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                            out: UnsafeMutablePointer<Float>, rows: Int) {
+            precondition(rows <= maxRows && rows > 0, "attention: \(rows) rows, capacity \(maxRows)")
+            lastRows = rows
+            let d = headDim, qw = heads * d, kw = kvHeads * d, rep = heads / kvHeads, T = rows
+            for h in 0..<heads {
+                let g = h / rep
+                let p = probs.pointer + h * T * T
+                BLAS.sgemm(transB: true, m: T, n: T, k: d, alpha: scale, a: q + h * d, lda: qw,
+                           b: k + g * d, ldb: kw, c: p, ldc: T)
+                parallelFor(T, minChunk: max(1, 8192 / T)) { range in
+                    for t in range {
+                        let row = p + t * T
+                        var m = -Float.infinity
+                        for j in 0...t { m = Swift.max(m, row[j]) }
+                        var sum: Float = 0
+                        for j in 0...t {
+                            let e = Foundation.exp(row[j] - m)
+                            row[j] = e
+                            sum += e
+                        }
+                        let inv = 1 / sum
+                        for j in 0...t { row[j] *= inv }
+                        for j in (t + 1)..<T { row[j] = 0 }
+                    }
+                }
+                BLAS.sgemm(m: T, n: d, k: T, a: p, lda: T, b: v + g * d, ldb: kw, c: out + h * d, ldc: qw)
+            }
+        }
+
+        /// Writes `dQ` and `dK`, `dV` (the kv gradients sum over the query heads of each group).
+        public func backward(dOut: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                             v: UnsafePointer<Float>, dQ: UnsafeMutablePointer<Float>,
+                             dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>, rows: Int) {
+            precondition(rows == lastRows, "attention backward: \(rows) rows, forward saw \(lastRows)")
+            let d = headDim, qw = heads * d, kw = kvHeads * d, rep = heads / kvHeads, T = rows
+            dK.update(repeating: 0, count: T * kw)
+            dV.update(repeating: 0, count: T * kw)
+            let dp = scratch.pointer
+            let scale = self.scale
+            for h in 0..<heads {
+                let g = h / rep
+                let p = probs.pointer + h * T * T
+                // dP = dO·Vᵀ ; dV += Pᵀ·dO
+                BLAS.sgemm(transB: true, m: T, n: T, k: d, a: dOut + h * d, lda: qw, b: v + g * d, ldb: kw,
+                           c: dp, ldc: T)
+                BLAS.sgemm(transA: true, m: T, n: d, k: T, a: p, lda: T, b: dOut + h * d, ldb: qw, beta: 1,
+                           c: dV + g * d, ldc: kw)
+                // dS = scale · P ⊙ (dP − Σ_j P·dP)   (masked entries have P = 0)
+                parallelFor(T, minChunk: max(1, 8192 / T)) { range in
+                    for t in range {
+                        let pr = p + t * T, gr = dp + t * T
+                        var dot: Float = 0
+                        for j in 0...t { dot += pr[j] * gr[j] }
+                        for j in 0...t { gr[j] = scale * pr[j] * (gr[j] - dot) }
+                        for j in (t + 1)..<T { gr[j] = 0 }
+                    }
+                }
+                // dQ = dS·K ; dK += dSᵀ·Q
+                BLAS.sgemm(m: T, n: d, k: T, a: dp, lda: T, b: k + g * d, ldb: kw, c: dQ + h * d, ldc: qw)
+                BLAS.sgemm(transA: true, m: T, n: d, k: T, a: dp, lda: T, b: q + h * d, ldb: qw, beta: 1,
+                           c: dK + g * d, ldc: kw)
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+/// Reverse-mode gradients for one transformer block, written as ops that keep their forward and backward
+/// passes side by side. There is no generic graph: a caller (for example `LlamaBlockGrad`) keeps a block-level
+/// tape — the forward pass stores what the backward pass needs — and walks it in reverse.
+///
+/// Conventions shared by every op in this namespace:
+/// - tensors are dense, row-major float32, passed as raw pointers with explicit sizes;
+/// - a backward pass *writes* the gradient of its input(s) (or adds it when `accumulate` is true) and always
+///   *adds* into parameter gradients (like PyTorch's `.grad`), so callers zero parameter gradients themselves;
+/// - matrix products go to `BLAS.sgemm`; elementwise, norm and softmax loops run over rows with `parallelFor`.
+public enum Autodiff {}
+
+extension Autodiff {
+    /// Affine map `Y[rows, out] = X[rows, in] · Wᵀ + b` with `W` in PyTorch layout `[out, in]`.
+    public enum Linear {
+        public static func forward(
+            x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+            y: UnsafeMutablePointer<Float>, rows: Int, inFeatures: Int, outFeatures: Int
+        ) {
+            var beta: Float = 0
+            if let bias {
+                for r in 0..<rows { (y + r * outFeatures).update(from: bias, count: outFeatures) }
+                beta = 1
+            }
+            BLAS.sgemm(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures,
+                       a: x, lda: inFeatures, b: weight, ldb: inFeatures, beta: beta, c: y, ldc: outFeatures)
+        }
+
+        /// `dX = dY · W` (written, or added when `accumulate`), `dW += dYᵀ · X`, `db += Σ_rows dY`.
+        /// Any of `dX`, `dWeight`, `dBias` may be nil to skip that product.
+        public static func backward(
+            dY: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+            dX: UnsafeMutablePointer<Float>?, accumulate: Bool = false,
+            dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>? = nil,
+            rows: Int, inFeatures: Int, outFeatures: Int
+        ) {
+            if let dX {
+                BLAS.sgemm(m: rows, n: inFeatures, k: outFeatures, a: dY, lda: outFeatures, b: weight,
+                           ldb: inFeatures, beta: accumulate ? 1 : 0, c: dX, ldc: inFeatures)
+            }
+            if let dWeight {
+                BLAS.sgemm(transA: true, m: outFeatures, n: inFeatures, k: rows, a: dY, lda: outFeatures,
+                           b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures)
+            }
+            if let dBias {
+                for r in 0..<rows {
+                    let g = dY + r * outFeatures
+                    for j in 0..<outFeatures { dBias[j] += g[j] }
+                }
+            }
+        }
+    }
+
+    /// `y = a + b`. Backward: both inputs receive `dY` unchanged.
+    public enum Residual {
+        public static func forward(a: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                   count: Int) {
+            parallelFor(count, minChunk: 1 << 16) { r in
+                for i in r { y[i] = a[i] + b[i] }
+            }
+        }
+
+        /// Adds `dY` into `dA` and `dB` (either may be nil).
+        public static func backward(dY: UnsafePointer<Float>, dA: UnsafeMutablePointer<Float>?,
+                                    dB: UnsafeMutablePointer<Float>?, count: Int) {
+            parallelFor(count, minChunk: 1 << 16) { r in
+                if let dA { for i in r { dA[i] += dY[i] } }
+                if let dB { for i in r { dB[i] += dY[i] } }
+            }
+        }
+    }
+
+    /// Mean squared error `L = mean((pred − target)²)` (PyTorch `mse_loss`, reduction "mean").
+    public enum MSELoss {
+        public static func forward(pred: UnsafePointer<Float>, target: UnsafePointer<Float>, count: Int) -> Float {
+            var acc: Double = 0
+            for i in 0..<count {
+                let d = Double(pred[i]) - Double(target[i])
+                acc += d * d
+            }
+            return Float(acc / Double(max(count, 1)))
+        }
+
+        /// `dPred = dLoss · 2(pred − target)/count` (written). The target gets the negation; not produced.
+        public static func backward(pred: UnsafePointer<Float>, target: UnsafePointer<Float>,
+                                    dPred: UnsafeMutablePointer<Float>, count: Int, dLoss: Float = 1) {
+            let s = dLoss * 2 / Float(max(count, 1))
+            parallelFor(count, minChunk: 1 << 16) { r in
+                for i in r { dPred[i] = s * (pred[i] - target[i]) }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import Foundation
+import XCTest
+import SwiftQuant
+
+/// Deterministic normal samples (SplitMix64 + Box–Muller) so the tests never depend on a random seed.
+struct TestRNG {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    mutating func normal() -> Double {
+        let u1 = max(uniform(), 1e-300), u2 = uniform()
+        return (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)
+    }
+    mutating func floats(_ n: Int, scale: Double = 1, shift: Double = 0) -> [Float] {
+        (0..<n).map { _ in Float(normal() * scale + shift) }
+    }
+}
+
+func tensor(_ values: [Float], _ shape: [Int]? = nil) -> Tensor {
+    Tensor(shape: shape ?? [values.count], values: values)
+}
+
+/// max |a − ref| / max |ref|.
+func relativeError(_ a: [Float], _ ref: [Float]) -> Double {
+    precondition(a.count == ref.count, "length \(a.count) vs \(ref.count)")
+    var num = 0.0, den = 0.0
+    for i in a.indices {
+        num = max(num, abs(Double(a[i]) - Double(ref[i])))
+        den = max(den, abs(Double(ref[i])))
+    }
+    return den == 0 ? num : num / den
+}
+
+func relativeError(_ a: [Float], _ ref: [Double]) -> Double {
+    relativeError(a.map { Double($0) }, ref)
+}
+
+func relativeError(_ a: [Double], _ ref: [Double]) -> Double {
+    var num = 0.0, den = 0.0
+    for i in a.indices {
+        num = max(num, abs(a[i] - ref[i]))
+        den = max(den, abs(ref[i]))
+    }
+    return den == 0 ? num : num / den
+}
+
+func assertClose(_ a: [Float], _ ref: [Float], _ tol: Double = 1e-4, _ what: String,
+                 file: StaticString = #filePath, line: UInt = #line) {
+    let e = relativeError(a, ref)
+    XCTAssertLessThanOrEqual(e, tol, "\(what): relative error \(e)", file: file, line: line)
+}
+
+/// The PyTorch fixtures written by Fixtures/make_autodiff_fixtures.py: float32 blobs plus a JSON index.
+final class AutodiffFixtures {
+    static let shared: AutodiffFixtures = {
+        do { return try AutodiffFixtures() } catch { fatalError("cannot load autodiff fixtures: \(error)") }
+    }()
+
+    let data: Data
+    let index: [String: (shape: [Int], offset: Int)]
+    let meta: [String: [String: Any]]
+
+    init() throws {
+        guard let json = Bundle.module.url(forResource: "autodiff_fixtures", withExtension: "json",
+                                           subdirectory: "Fixtures"),
+              let bin = Bundle.module.url(forResource: "autodiff_fixtures", withExtension: "bin",
+                                          subdirectory: "Fixtures")
+        else { throw SwiftQuantError.io("autodiff fixtures missing from the test bundle") }
+        data = try Data(contentsOf: bin)
+        let root = try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as! [String: Any]
+        var idx: [String: (shape: [Int], offset: Int)] = [:]
+        for (name, v) in root["tensors"] as! [String: [String: Any]] {
+            idx[name] = ((v["shape"] as! [NSNumber]).map { $0.intValue }, (v["offset"] as! NSNumber).intValue)
+        }
+        index = idx
+        meta = root["meta"] as! [String: [String: Any]]
+    }
+
+    func array(_ name: String) -> [Float] {
+        guard let e = index[name] else { fatalError("fixture \(name) missing") }
+        let n = max(1, e.shape.reduce(1, *))
+        return data.withUnsafeBytes { raw in
+            (0..<n).map { i in
+                Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: (e.offset + i) * 4,
+                                                                          as: UInt32.self)))
+            }
+        }
+    }
+
+    func shape(_ name: String) -> [Int] { index[name]!.shape }
+
+    func tensor(_ name: String) -> Tensor {
+        let s = shape(name)
+        return Tensor(shape: s.isEmpty ? [1] : s, values: array(name))
+    }
+
+    func int(_ group: String, _ key: String) -> Int { (meta[group]![key] as! NSNumber).intValue }
+    func double(_ group: String, _ key: String) -> Double { (meta[group]![key] as! NSNumber).doubleValue }
+    func bool(_ group: String, _ key: String) -> Bool { (meta[group]![key] as! NSNumber).boolValue }
+}
