@@ -48,7 +48,7 @@ swift-test: build venv
 	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test -c $(SWIFT_CONFIG)
 
 py-test: python
-	cd python && SWIFTQUANT_SMOLLM2="$(SMOLLM2)" ../$(PY) -m pytest -q tests
+	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) -m pytest -q python/tests
 
 examples: python
 	$(PY) Examples/python/quantize_weights.py

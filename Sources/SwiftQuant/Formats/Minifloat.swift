@@ -41,9 +41,17 @@ public struct MinifloatFormat: Sendable, Hashable, CustomStringConvertible {
     /// The traits table.
     public static let all: [MinifloatFormat] = [.e4m3fn, .e5m2, .e3m2, .e2m3, .e2m1]
 
-    /// Looks a format up by name; accepts the ml_dtypes spellings too (`float8_e4m3fn`, `float4_e2m1fn`, …).
+    /// Short names: `fp8` is E4M3 (the ZeroQuant-FP activation format), `fp6` E3M2, `fp4` E2M1.
+    public static let aliases: [String: MinifloatFormat] = [
+        "fp8": .e4m3fn, "fp8_e4m3": .e4m3fn, "e4m3": .e4m3fn, "fp8_e5m2": .e5m2, "fp6": .e3m2, "fp6_e3m2": .e3m2,
+        "fp6_e2m3": .e2m3, "fp4": .e2m1, "fp4_e2m1": .e2m1,
+    ]
+
+    /// Looks a format up by name; accepts the ml_dtypes spellings (`float8_e4m3fn`, `float4_e2m1fn`, …) and
+    /// the `aliases`.
     public static func named(_ name: String) throws -> MinifloatFormat {
         let key = name.lowercased()
+        if let f = aliases[key] { return f }
         for f in all where key == f.name || key == "float\(f.bitWidth)_\(f.name)" || key == "float\(f.bitWidth)_\(f.name)fn"
             || key == f.name + "fn" {
             return f

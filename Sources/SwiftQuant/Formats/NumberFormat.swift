@@ -12,9 +12,8 @@ public enum NumberFormat: Hashable, Sendable, CustomStringConvertible {
             guard let bits = Int(digits), !digits.isEmpty else {
                 throw SwiftQuantError.invalidArgument("unknown format '\(name)'; integer formats are int2 … int8")
             }
-            let f = NumberFormat.int(bits: bits)
-            try f.validate()
-            return f
+            try require((2...8).contains(bits), "format '\(name)': integer formats have 2 to 8 bits, got \(bits)")
+            return .int(bits: bits)
         }
         do {
             return .minifloat(try MinifloatFormat.named(key))

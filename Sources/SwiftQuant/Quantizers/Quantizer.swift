@@ -101,9 +101,7 @@ public enum Quantizer {
                 }
             }
         }
-        if let r = (0..<rows).first(where: { badRows[$0] != 0 }) {
-            throw SwiftQuantError.nonFinite("the weights contain NaN or Inf (first in row \(r)); they cannot be quantized")
-        }
+        try reportNonFinite(w, rows: rows, cols: cols, flags: badRows)
     }
 
     /// Writes `dequantize(quantize(w))` to `out`, which may be `w` itself (in place).
@@ -221,9 +219,16 @@ public enum Quantizer {
                 emit(r, codes, s, z)
             }
         }
-        if let r = (0..<rows).first(where: { badRows[$0] != 0 }) {
-            throw SwiftQuantError.nonFinite("the weights contain NaN or Inf (first in row \(r)); they cannot be quantized")
-        }
+        try reportNonFinite(w, rows: rows, cols: cols, flags: badRows)
+    }
+
+    /// Throws `.nonFinite` naming the first NaN/Inf among the flagged rows.
+    private static func reportNonFinite(_ w: UnsafePointer<Float>, rows: Int, cols: Int,
+                                        flags: UnsafeMutablePointer<UInt8>) throws {
+        guard let r = (0..<rows).first(where: { flags[$0] != 0 }) else { return }
+        let c = (0..<cols).first { !w[r * cols + $0].isFinite } ?? 0
+        throw SwiftQuantError.nonFinite(
+            "the weights contain \(w[r * cols + c]) at [\(r), \(c)] (row \(r), column \(c)); NaN and Inf cannot be quantized")
     }
 
     // MARK: kernels
