@@ -346,7 +346,7 @@ final class FormatFuzzTests: XCTestCase {
             ], metadata: ["k": "v"], to: p)
             st = try Data(contentsOf: URL(fileURLWithPath: p))
         }
-        var rng = SplitMix(seed: 42)
+        var rng = SplitMix64(seed: 42)
         for (base, parse) in [(gguf, FormatFuzz.parseGGUF), (st, FormatFuzz.parseSafetensors)] {
             base.withUnsafeBytes { parse($0) }
             let headerEnd = base == gguf ? 2048 : base.count
@@ -363,14 +363,3 @@ final class FormatFuzzTests: XCTestCase {
     }
 }
 
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -75,10 +75,10 @@ final class ModelTests: XCTestCase {
 
     /// A random Llama-shaped model held in memory.
     static func randomLlama(_ c: LlamaConfig, seed: UInt64) throws -> LlamaModel {
-        var rng = SplitMix(seed)
+        var rng = SplitMix64(seed: seed)
         func rand(_ shape: [Int], scale: Float) -> Tensor {
             let t = Tensor(zeros: shape)
-            for i in 0..<t.count { t.pointer[i] = scale * rng.normal() }
+            for i in 0..<t.count { t.pointer[i] = scale * rng.gaussian() }
             return t
         }
         let src = InMemoryTensorSource()
@@ -107,7 +107,7 @@ final class ModelTests: XCTestCase {
         let c = LlamaConfig(hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 2, numAttentionHeads: 4,
                             numKeyValueHeads: 2, vocabSize: 50, tieWordEmbeddings: true)
         let model = try Self.randomLlama(c, seed: 7)
-        var rng = SplitMix(11)
+        var rng = SplitMix64(seed: 11)
         let ids = (0..<600).map { _ in Int32(rng.next() % 50) }
         let full = try model.logits(ids: ids)
         let prefix = try model.logits(ids: Array(ids[0..<300]))
@@ -267,7 +267,7 @@ final class ModelTests: XCTestCase {
                             numKeyValueHeads: 3, rmsNormEps: 1e-5, ropeTheta: 100000, vocabSize: 49152,
                             tieWordEmbeddings: true)
         let model = try Self.randomLlama(c, seed: 3)
-        var rng = SplitMix(5)
+        var rng = SplitMix64(seed: 5)
         let ids = (0..<2048).map { _ in Int32(rng.next() % 49152) }
         _ = try model.nll(ids: Array(ids[0..<64]))  // warm up
         for label in ["nll", "logits", "nll"] {
@@ -286,20 +286,3 @@ final class ModelTests: XCTestCase {
     }
 }
 
-/// Small seeded generator for test data.
-struct SplitMix {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) }
-    mutating func normal() -> Float {
-        let u1 = max(uniform(), 1e-7), u2 = uniform()
-        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
-    }
-}

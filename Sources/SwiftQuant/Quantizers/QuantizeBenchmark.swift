@@ -54,7 +54,7 @@ public enum QuantizeBenchmark {
                         var mn = Float.infinity, mx = -Float.infinity
                         for i in lo..<hi { mn = min(mn, row[i]); mx = max(mx, row[i]) }
                         let (h, z) = Quantizer.intParams(xmin: mn, xmax: mx, bits: 4, symmetric: false, policy: .minmax)
-                        for i in lo..<hi { c[i] = Kernels.Reference.intCode(row[i], h: h, z: z, qmax: 15) }
+                        for i in lo..<hi { c[i] = QuantKernels.Reference.intCode(row[i], h: h, z: z, qmax: 15) }
                     }
                     BitPacking.Reference.pack(c.baseAddress!, count: cols, bits: 4, into: &packed[r * stride])
                 }

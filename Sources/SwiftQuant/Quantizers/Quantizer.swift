@@ -91,12 +91,12 @@ public enum Quantizer {
                 let row = w + r * cols
                 for gi in 0..<g {
                     let lo = gi * width, n = min(cols, lo + width) - lo
-                    guard let (xmin, xmax) = Kernels.minMax(row + lo, n) else { badRows[r] = 1; break }
+                    guard let (xmin, xmax) = QuantKernels.minMax(row + lo, n) else { badRows[r] = 1; break }
                     let (h, z) = intParams(xmin: xmin, xmax: xmax, bits: 4, symmetric: config.symmetric,
                                            policy: config.policy)
                     scales[r * g + gi] = h
                     zeros[r * g + gi] = Int32(z)
-                    Kernels.intCodes(row + lo, n, h: h, z: z, qmax: 15, into: codes)
+                    QuantKernels.intCodes(row + lo, n, h: h, z: z, qmax: 15, into: codes)
                     BitPacking.packUnchecked(codes, count: n, bits: 4, into: packed + r * stride + lo / 2)
                 }
             }
@@ -274,19 +274,19 @@ public enum Quantizer {
             case .int(let bits):
                 for gi in 0..<groups {
                     let lo = gi * width, n = min(cols, lo + width) - lo
-                    guard var (xmin, xmax) = Kernels.minMax(w + lo, n) else { return false }
+                    guard var (xmin, xmax) = QuantKernels.minMax(w + lo, n) else { return false }
                     if let up, let low { xmax = up[gi] * xmax; xmin = low[gi] * xmin }
                     let (h, z) = Quantizer.intParams(xmin: xmin, xmax: xmax, bits: bits, symmetric: config.symmetric,
                                                      policy: config.policy)
                     scales[gi] = h
                     zeros[gi] = Int32(z)
-                    Kernels.intCodes(w + lo, n, h: h, z: z, qmax: Float((1 << bits) - 1), into: codes + lo)
+                    QuantKernels.intCodes(w + lo, n, h: h, z: z, qmax: Float((1 << bits) - 1), into: codes + lo)
                 }
             case .minifloat(let f):
                 let fmax = f.maxFinite
                 for gi in 0..<groups {
                     let lo = gi * width, n = min(cols, lo + width) - lo
-                    guard var (xmin, xmax) = Kernels.minMax(w + lo, n) else { return false }
+                    guard var (xmin, xmax) = QuantKernels.minMax(w + lo, n) else { return false }
                     if let up, let low { xmax = up[gi] * xmax; xmin = low[gi] * xmin }
                     let s = max(abs(xmax), abs(xmin)) / fmax
                     scales[gi] = s == 0 ? 1 : s
@@ -359,8 +359,8 @@ public enum Quantizer {
     }
 }
 
-/// SIMD kernels of the quantizers, each with its scalar definition in `Kernels.Reference`.
-public enum Kernels {
+/// SIMD kernels of the quantizers, each with its scalar definition in `QuantKernels.Reference`.
+public enum QuantKernels {
     /// 1.5 · 2^23: adding and subtracting it rounds a float32 of magnitude < 2^22 to the nearest integer, ties
     /// to even, in the current (default) rounding mode. Larger magnitudes saturate in the clamp after it.
     @usableFromInline static let magic: Float = 12_582_912

@@ -33,7 +33,7 @@ final class QuantizerTests: XCTestCase {
         return out
     }()
 
-    /// Codes, scales and zero-points equal the scalar definition (Kernels.Reference + intParams) element by element.
+    /// Codes, scales and zero-points equal the scalar definition (QuantKernels.Reference + intParams) element by element.
     func testIntMatchesScalarDefinition() throws {
         let rows = 12, cols = 300
         let w = weights(rows: rows, cols: cols)
@@ -51,7 +51,7 @@ final class QuantizerTests: XCTestCase {
                     XCTAssertEqual(q.zeros[r * g + gi], Int32(z), "\(cfg) row \(r) group \(gi)")
                     XCTAssertTrue(h.isFinite && h > 0)
                     for i in lo..<hi {
-                        let expected = Kernels.Reference.intCode(w[r * cols + i], h: h, z: z, qmax: Float((1 << bits) - 1))
+                        let expected = QuantKernels.Reference.intCode(w[r * cols + i], h: h, z: z, qmax: Float((1 << bits) - 1))
                         if q.codes[r * cols + i] != expected {
                             XCTFail("\(cfg) [\(r), \(i)]: \(q.codes[r * cols + i]) vs \(expected)")
                             return
@@ -137,27 +137,27 @@ final class QuantizerTests: XCTestCase {
         var rng = SplitMix64(seed: 11)
         for n in [1, 7, 8, 9, 63, 128, 131] {
             let x = (0..<n).map { _ in rng.gaussian() * 3 }
-            let mm = x.withUnsafeBufferPointer { Kernels.minMax($0.baseAddress!, n) }
+            let mm = x.withUnsafeBufferPointer { QuantKernels.minMax($0.baseAddress!, n) }
             XCTAssertEqual(mm?.0, x.min())
             XCTAssertEqual(mm?.1, x.max())
             var bad = x
             bad[n / 2] = .nan
-            XCTAssertNil(bad.withUnsafeBufferPointer { Kernels.minMax($0.baseAddress!, n) })
+            XCTAssertNil(bad.withUnsafeBufferPointer { QuantKernels.minMax($0.baseAddress!, n) })
             bad[n / 2] = -.infinity
-            XCTAssertNil(bad.withUnsafeBufferPointer { Kernels.minMax($0.baseAddress!, n) })
+            XCTAssertNil(bad.withUnsafeBufferPointer { QuantKernels.minMax($0.baseAddress!, n) })
             for (h, z, qmax) in [(Float(0.37), Float(3), Float(7)), (1e-5, -40, 255), (0.5, 2, 3), (1e4, 0, 15)] {
                 var codes = [UInt8](repeating: 0, count: n)
                 x.withUnsafeBufferPointer { p in
-                    codes.withUnsafeMutableBufferPointer { Kernels.intCodes(p.baseAddress!, n, h: h, z: z, qmax: qmax, into: $0.baseAddress!) }
+                    codes.withUnsafeMutableBufferPointer { QuantKernels.intCodes(p.baseAddress!, n, h: h, z: z, qmax: qmax, into: $0.baseAddress!) }
                 }
-                XCTAssertEqual(codes, x.map { Kernels.Reference.intCode($0, h: h, z: z, qmax: qmax) }, "n \(n) h \(h)")
+                XCTAssertEqual(codes, x.map { QuantKernels.Reference.intCode($0, h: h, z: z, qmax: qmax) }, "n \(n) h \(h)")
             }
         }
         // Exact ties round to even, as the specification's round does.
         let ties: [Float] = [0.5, 1.5, 2.5, 3.5, -0.5, 4.5, 5.5, 6.5]
         var codes = [UInt8](repeating: 0, count: 8)
         ties.withUnsafeBufferPointer { p in
-            codes.withUnsafeMutableBufferPointer { Kernels.intCodes(p.baseAddress!, 8, h: 1, z: 1, qmax: 15, into: $0.baseAddress!) }
+            codes.withUnsafeMutableBufferPointer { QuantKernels.intCodes(p.baseAddress!, 8, h: 1, z: 1, qmax: 15, into: $0.baseAddress!) }
         }
         XCTAssertEqual(codes, [1, 3, 3, 5, 1, 5, 7, 7])
     }
