@@ -76,6 +76,10 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(n % 8, 0)
         // No temporary files left.
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["all.safetensors"])
+        // For python/tests/test_safetensors_interop.py (read back with the `safetensors` package).
+        if let out = ProcessInfo.processInfo.environment["SWIFTQUANT_SAFETENSORS_OUT"] {
+            try SafetensorsWriter.write(entries, metadata: ["format": "pt", "quote\"key": "line\nbreak"], to: out)
+        }
     }
 
     func testFloatConversions() throws {
