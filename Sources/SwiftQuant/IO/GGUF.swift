@@ -286,7 +286,7 @@ public final class GGUFFile {
     public func float32(_ name: String) throws -> Tensor {
         let t = try require(name)
         if isZeroCopy(name) {
-            return Tensor(shape: t.shape, storage: bytes.storage, byteOffset: dataOffset + t.offset)
+            return Tensor(shape: t.shape, storage: bytes.makeStorage(), byteOffset: dataOffset + t.offset)
         }
         guard t.type.dtype != nil else {
             throw SwiftQuantError.unsupported("\(path): tensor '\(name)': cannot decode ggml type \(t.type.name)")
