@@ -11,6 +11,6 @@ struct SwiftQuantCommand: ParsableCommand {
             CPU:  \(SwiftQuantInfo.cpu)
             BLAS: \(BLAS.description)
             """,
-        subcommands: [Bench.self]
+        subcommands: [Eval.self, Quantize.self, Inspect.self, Bench.self]
     )
 }

@@ -1,0 +1,135 @@
+import Foundation
+
+/// Writes a quantized model as a directory:
+///
+/// | file | content |
+/// |---|---|
+/// | `config.json` | the Hugging Face config (plus a `swiftquant` entry describing the quantization) |
+/// | `model.safetensors` (or shards + index) | every weight in float32, block linears fake-quantized: `transformers` loads it as a plain model |
+/// | `quantized.safetensors` | per quantized linear `W` [out, in]: `<W>.qweight` U8 [out, ⌈in·bits/8⌉] (each row one LSB-first bit stream of codes, see `BitPacking`), `<W>.scales` F32 [out, groups], `<W>.zeros` I32 [out, groups] (INT formats: dequantized = (code − zero)·scale, exactly what `model.safetensors` holds; minifloats: decode(code)·scale, zeros absent) |
+/// | `swiftquant.json` | method, format, group size, source model, version, timing |
+/// | tokenizer files | copied from a source directory when present |
+///
+/// The directory is written under a temporary name beside `dir` and renamed into place at the end, so an
+/// interrupted export leaves no half-written directory under the final name. An existing `dir` is replaced
+/// only if it is empty or was written by SwiftQuant (has `swiftquant.json`).
+public enum QuantizedExport {
+    public static let marker = "swiftquant.json"
+
+    /// Refuses an output directory that exists, is not empty and is not ours (check before any work).
+    public static func checkOutput(_ dir: String) throws {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir) else { return }
+        guard isDir.boolValue else { throw SwiftQuantError.invalidArgument("\(dir): exists and is not a directory") }
+        let items = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        if !items.isEmpty && !items.contains(marker) {
+            throw SwiftQuantError.invalidArgument(
+                "\(dir): exists, is not empty and was not written by SwiftQuant; choose another --out or remove it")
+        }
+    }
+
+    public static func write(
+        _ loaded: LoadedModel, quantized: [String: QuantizedTensor], method: String, config: QuantizerConfig,
+        to dir: String, info: [String: Any] = [:], shardBytes: Int = 2 << 30
+    ) throws {
+        try checkOutput(dir)
+        let fm = FileManager.default
+        let parent = (dir as NSString).deletingLastPathComponent
+        let tmp = (parent.isEmpty ? "." : parent) + "/." + (dir as NSString).lastPathComponent
+            + ".partial-\(ProcessInfo.processInfo.processIdentifier)"
+        try? fm.removeItem(atPath: tmp)
+        do {
+            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        } catch {
+            throw SwiftQuantError.io("\(tmp): cannot create the output directory: \(error.localizedDescription)")
+        }
+        do {
+            try writeContents(loaded, quantized: quantized, method: method, config: config, into: tmp, info: info,
+                              shardBytes: shardBytes)
+            if fm.fileExists(atPath: dir) {
+                let old = tmp + ".old"
+                try fm.moveItem(atPath: dir, toPath: old)
+                try fm.moveItem(atPath: tmp, toPath: dir)
+                try? fm.removeItem(atPath: old)
+            } else {
+                try fm.moveItem(atPath: tmp, toPath: dir)
+            }
+        } catch {
+            try? fm.removeItem(atPath: tmp)
+            if let e = error as? SwiftQuantError { throw e }
+            throw SwiftQuantError.io("\(dir): \(error.localizedDescription)")
+        }
+    }
+
+    static func writeContents(
+        _ loaded: LoadedModel, quantized: [String: QuantizedTensor], method: String, config: QuantizerConfig,
+        into dir: String, info: [String: Any], shardBytes: Int
+    ) throws {
+        let model = loaded.model
+        // model.safetensors: the effective float32 weights, in the source's order.
+        var blockWeights: [String: Tensor] = [:]
+        for i in 0..<model.numBlocks {
+            let b = try model.block(i), p = model.blockPrefix(i)
+            for (n, l) in b.linears {
+                blockWeights[p + n + ".weight"] = l.weight
+                if let bias = l.bias { blockWeights[p + n + ".bias"] = bias }
+            }
+        }
+        var entries: [SafetensorsEntry] = []
+        for t in loaded.source.tensorInfos {
+            if t.name == "lm_head.weight" && (loaded.config["tie_word_embeddings"] as? Bool ?? false) { continue }
+            let tensor = try blockWeights[t.name] ?? loaded.source.float32(t.name)
+            entries.append(SafetensorsEntry(name: t.name, tensor: tensor))
+        }
+        _ = try SafetensorsWriter.writeSharded(entries, metadata: ["format": "pt"], directory: dir, maxShardBytes: shardBytes)
+
+        // quantized.safetensors: packed codes, scales, zero-points.
+        var packed: [SafetensorsEntry] = []
+        for name in quantized.keys.sorted() {
+            let q = quantized[name]!
+            let base = name.hasSuffix(".weight") ? String(name.dropLast(7)) : name
+            let stride = BitPacking.packedByteCount(count: q.cols, bits: q.config.format.bitWidth)
+            packed.append(SafetensorsEntry(name: base + ".qweight", dtype: .u8, shape: [q.rows, stride],
+                                           bytes: Data(q.packed())))
+            packed.append(SafetensorsEntry(name: base + ".scales", dtype: .f32, shape: [q.rows, q.groupCount],
+                                           bytes: q.scales.withUnsafeBufferPointer { Data(buffer: $0) }))
+            if q.config.isInteger {
+                packed.append(SafetensorsEntry(name: base + ".zeros", dtype: .i32, shape: [q.rows, q.groupCount],
+                                               bytes: q.zeros.withUnsafeBufferPointer { Data(buffer: $0) }))
+            }
+        }
+        let meta = [
+            "format": config.format.name, "bits": String(config.format.bitWidth),
+            "group_size": config.groupSize.map(String.init) ?? "per-row", "symmetric": String(config.symmetric),
+            "layout": "qweight: U8 [out, ceil(in*bits/8)], each row an LSB-first bit stream of codes; "
+                + "scales: F32 [out, groups]; zeros: I32 [out, groups]; W = (code - zero) * scale",
+        ]
+        try SafetensorsWriter.write(packed, metadata: meta, to: dir + "/quantized.safetensors")
+
+        // config.json
+        var cfg = loaded.config
+        var q: [String: Any] = ["method": method, "format": config.format.name, "bits": config.format.bitWidth,
+                                "symmetric": config.symmetric, "packed_file": "quantized.safetensors"]
+        q["group_size"] = config.groupSize ?? -1
+        cfg["swiftquant"] = q
+        cfg["torch_dtype"] = "float32"
+        try writeJSON(cfg, to: dir + "/config.json")
+
+        var marker: [String: Any] = q
+        marker["swiftquant_version"] = SwiftQuantInfo.version
+        marker["source"] = loaded.path
+        marker["quantized_tensors"] = quantized.count
+        for (k, v) in info { marker[k] = v }
+        try writeJSON(marker, to: dir + "/" + Self.marker)
+        for f in loaded.companionFiles {
+            try FileManager.default.copyItem(atPath: f, toPath: dir + "/" + (f as NSString).lastPathComponent)
+        }
+    }
+
+    static func writeJSON(_ object: [String: Any], to path: String) throws {
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        guard FileManager.default.createFile(atPath: path, contents: data) else {
+            throw SwiftQuantError.io("\(path): cannot write")
+        }
+    }
+}

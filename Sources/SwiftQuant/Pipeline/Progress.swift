@@ -1,0 +1,59 @@
+import CSQSupport
+import Foundation
+
+/// A progress bar with rate and ETA on stderr. On a terminal it redraws one line; otherwise (logs, CI, pipes)
+/// it prints a line at most every few seconds and at the end, so logs stay readable.
+public final class ProgressBar: @unchecked Sendable {
+    public let total: Int
+    public let label: String
+    public let unit: String
+    private let start = sqs_now()
+    private var lastPrint = -Double.infinity
+    private let interactive: Bool
+    private let enabled: Bool
+    private var done = 0
+    private var extra: Double = 0
+
+    /// `unitsPerStep`: how many `unit`s one step stands for (e.g. 2048 tokens per window) for the rate.
+    public init(total: Int, label: String, unit: String = "", unitsPerStep: Double = 1, enabled: Bool = true) {
+        self.total = max(total, 1)
+        self.label = label
+        self.unit = unit
+        self.unitsPerStep = unitsPerStep
+        self.enabled = enabled
+        interactive = isatty(2) != 0
+    }
+
+    private let unitsPerStep: Double
+
+    public static func format(seconds: Double) -> String {
+        guard seconds.isFinite && seconds >= 0 else { return "--:--" }
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
+    }
+
+    /// Marks `steps` more as done; `note` is shown after the bar (e.g. the running perplexity).
+    public func advance(_ steps: Int = 1, note: String = "") {
+        done = min(total, done + steps)
+        guard enabled else { return }
+        let now = sqs_now(), elapsed = now - start
+        let finished = done == total
+        if !finished && now - lastPrint < (interactive ? 0.2 : 5) { return }
+        lastPrint = now
+        let rate = Double(done) / max(elapsed, 1e-9)
+        let eta = Double(total - done) / max(rate, 1e-12)
+        let width = 24, filled = width * done / total
+        let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+        var line = "\(label) \(bar) \(done)/\(total)"
+        if unit.isEmpty {
+            line += String(format: " %.2f/s", rate)
+        } else {
+            line += String(format: " %.0f %@/s", rate * unitsPerStep, unit)
+        }
+        line += " elapsed \(Self.format(seconds: elapsed))"
+        if !finished { line += " ETA \(Self.format(seconds: eta))" }
+        if !note.isEmpty { line += "  " + note }
+        let out = interactive ? "\r\u{1B}[2K" + line + (finished ? "\n" : "") : line + "\n"
+        FileHandle.standardError.write(Data(out.utf8))
+    }
+}

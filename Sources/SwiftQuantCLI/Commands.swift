@@ -1,0 +1,142 @@
+import ArgumentParser
+import Foundation
+import SwiftQuant
+
+/// Turns a SwiftQuantError into a one-line message and exit code 1 (no stack trace for user errors).
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as SwiftQuantError {
+        FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "A Hugging Face model directory or a .gguf file.")
+    var model: String
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "WikiText-2 perplexity with the papers' protocol (non-overlapping windows, mean token NLL).")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: "Text file to evaluate (default: ../shared/data/wikitext-2-raw/test.joined.txt when present).")
+    var data: String?
+
+    @Option(help: "Tokens per window.")
+    var seqlen = 2048
+
+    @Option(help: "Evaluate only the first N windows.")
+    var limit: Int?
+
+    @Flag(help: "Print the result as one JSON object.")
+    var json = false
+
+    @Flag(help: "No progress bar.")
+    var quiet = false
+
+    func run() throws {
+        try runReportingErrors {
+            guard let path = data ?? Perplexity.defaultDataPath() else {
+                throw SwiftQuantError.invalidArgument(
+                    "no --data given and ../shared/data/wikitext-2-raw/test.joined.txt was not found")
+            }
+            let loaded = try LoadedModel.load(path: modelOptions.model)
+            let text = try Perplexity.readText(path)
+            let r = try Perplexity.evaluate(loaded, text: text, seqLen: seqlen, limit: limit, progress: !quiet)
+            printReport(r, model: modelOptions.model, data: path, json: json)
+        }
+    }
+}
+
+func printReport(_ r: PerplexityReport, model: String, data: String, json: Bool, extra: [String: Any] = [:]) {
+    if json {
+        var o: [String: Any] = ["model": model, "data": data, "perplexity": r.perplexity, "mean_nll": r.meanNLL,
+                                "windows": r.windows, "seqlen": r.seqLen, "tokens_in_text": r.tokensInText,
+                                "seconds": r.seconds, "tokens_per_second": r.tokensPerSecond]
+        for (k, v) in extra { o[k] = v }
+        let d = try! JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])
+        print(String(decoding: d, as: UTF8.self))
+    } else {
+        print(String(format: "perplexity %.4f  (%d windows × %d tokens of %d, %.1f s, %.0f tokens/s)",
+                     r.perplexity, r.windows, r.seqLen, r.tokensInText, r.seconds, r.tokensPerSecond))
+    }
+}
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a model's weights and write a fake-quantized model directory plus packed codes.")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: "Method: rtn.")
+    var method = "rtn"
+
+    @Option(help: "Weight bits (2–8) for integer formats.")
+    var wbits = 4
+
+    @Option(help: "Weight format instead of int<wbits>: e.g. e2m1 (FP4), e3m2 (FP6), e4m3fn (FP8).")
+    var format: String?
+
+    @Option(help: "Group size along the input dimension; 0 = one group per output row.")
+    var groupSize = 128
+
+    @Flag(help: "Symmetric integer grid.")
+    var symmetric = false
+
+    @Option(help: "Output directory.")
+    var out: String
+
+    @Option(help: "After quantizing, evaluate perplexity on this many windows (0 = skip).")
+    var evalWindows = 0
+
+    func run() throws {
+        try runReportingErrors {
+            let fmt = try NumberFormat.parse(format ?? "int\(wbits)")
+            try require(groupSize >= 0, "--group-size must be ≥ 0, got \(groupSize)")
+            let config = QuantizerConfig(format: fmt, groupSize: groupSize == 0 ? nil : groupSize, symmetric: symmetric)
+            try require(method == "rtn", "unknown --method '\(method)' (available: rtn)")
+            try QuantizedExport.checkOutput(out)
+            let loaded = try LoadedModel.load(path: modelOptions.model)
+            let start = Date()
+            let q = try RTN.apply(to: loaded.model, config: config, progress: true)
+            let seconds = Date().timeIntervalSince(start)
+            try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out,
+                                      info: ["quantize_seconds": seconds])
+            print("wrote \(out): \(q.count) quantized linears, \(config), \(String(format: "%.1f", seconds)) s")
+            if evalWindows > 0, let data = Perplexity.defaultDataPath() {
+                let r = try Perplexity.evaluate(loaded, text: try Perplexity.readText(data), limit: evalWindows)
+                printReport(r, model: out, data: data, json: false)
+            }
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a model's config, tensors and tokenizer.")
+
+    @Argument(help: "A Hugging Face model directory or a .gguf file.")
+    var path: String
+
+    @Flag(help: "List every tensor.")
+    var tensors = false
+
+    func run() throws {
+        try runReportingErrors {
+            let loaded = try LoadedModel.load(path: path)
+            let m = loaded.model
+            print("\(path)")
+            print("  model_type \(m.modelType), \(m.numBlocks) blocks, hidden \(m.hiddenSize), vocab \(m.vocabSize)")
+            let params = loaded.source.tensorInfos.reduce(0) { $0 + $1.shape.reduce(1, *) }
+            print("  \(loaded.source.tensorInfos.count) tensors, \(params) parameters")
+            if let t = loaded.tokenizer { print("  tokenizer: \(t.vocabSize) tokens") } else { print("  tokenizer: none") }
+            print(loaded.configJSON)
+            if tensors {
+                for t in loaded.source.tensorInfos { print("  \(t.name) \(t.dtype.rawValue) \(t.shape)") }
+            }
+        }
+    }
+}
