@@ -76,6 +76,10 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(n % 8, 0)
         // No temporary files left.
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["all.safetensors"])
+        // For python/tests/test_safetensors_interop.py (read back with the `safetensors` package).
+        if let out = ProcessInfo.processInfo.environment["SWIFTQUANT_SAFETENSORS_OUT"] {
+            try SafetensorsWriter.write(entries, metadata: ["format": "pt", "quote\"key": "line\nbreak"], to: out)
+        }
     }
 
     func testFloatConversions() throws {
@@ -139,11 +143,34 @@ final class SafetensorsTests: XCTestCase {
             XCTAssertTrue(f.isZeroCopy("a"))
             view = try f.float32("a")
         }
-        try FileManager.default.removeItem(atPath: path)
+        #if os(Linux)
+        func mapped() throws -> Bool {
+            // /proc files report size 0, so read them in chunks.
+            let fd = open("/proc/self/maps", O_RDONLY)
+            guard fd >= 0 else { throw XCTSkip("no /proc/self/maps") }
+            defer { close(fd) }
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            return String(decoding: bytes, as: UTF8.self).contains(path)
+        }
+        XCTAssertTrue(try mapped())
+        #endif
         XCTAssertEqual(view?.array, [1, 2, 3, 4])
-        // In-place updates go to private pages and do not crash.
+        // In-place updates go to private pages and do not crash (the file is unchanged).
         view!.pointer[0] = 9
         XCTAssertEqual(view?.array, [9, 2, 3, 4])
+        XCTAssertEqual(try SafetensorsFile(path: path).float32("a").array, [1, 2, 3, 4])
+        // The last view going away unmaps the file.
+        view = nil
+        #if os(Linux)
+        XCTAssertFalse(try mapped())
+        #endif
+        try FileManager.default.removeItem(atPath: path)
     }
 
     func testInMemoryParsing() throws {

@@ -54,8 +54,11 @@ final class MappedBytes: @unchecked Sendable {
         if mapped { munmap(base, count) } else { base.deallocate() }
     }
 
-    /// One `Storage` spanning the whole region that keeps this object alive.
-    lazy var storage: Storage = Storage(borrowing: base, byteCount: count, release: { [self] in _ = self.count })
+    /// A `Storage` spanning the whole region that keeps this object (and so the mapping) alive. A new one per
+    /// call: holding it here would make a reference cycle and the file would never be unmapped.
+    func makeStorage() -> Storage {
+        Storage(borrowing: base, byteCount: count, release: { [self] in _ = self.count })
+    }
 
     var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 }

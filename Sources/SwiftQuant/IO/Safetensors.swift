@@ -157,7 +157,7 @@ public final class SafetensorsFile: TensorSource {
     public func float32(_ name: String) throws -> Tensor {
         let e = try entry(name)
         if isZeroCopy(name) {
-            return Tensor(shape: e.info.shape, storage: bytes.storage, byteOffset: e.begin)
+            return Tensor(shape: e.info.shape, storage: bytes.makeStorage(), byteOffset: e.begin)
         }
         let out = Tensor(zeros: e.info.shape)
         try convertToFloat32(UnsafeRawBufferPointer(start: bytes.base + e.begin, count: e.length),
