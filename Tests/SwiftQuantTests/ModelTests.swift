@@ -75,7 +75,7 @@ final class ModelTests: XCTestCase {
 
     /// A random Llama-shaped model held in memory.
     static func randomLlama(_ c: LlamaConfig, seed: UInt64) throws -> LlamaModel {
-        var rng = SplitMix(seed)
+        var rng = ModelTestRNG(seed)
         func rand(_ shape: [Int], scale: Float) -> Tensor {
             let t = Tensor(zeros: shape)
             for i in 0..<t.count { t.pointer[i] = scale * rng.normal() }
@@ -107,7 +107,7 @@ final class ModelTests: XCTestCase {
         let c = LlamaConfig(hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 2, numAttentionHeads: 4,
                             numKeyValueHeads: 2, vocabSize: 50, tieWordEmbeddings: true)
         let model = try Self.randomLlama(c, seed: 7)
-        var rng = SplitMix(11)
+        var rng = ModelTestRNG(11)
         let ids = (0..<600).map { _ in Int32(rng.next() % 50) }
         let full = try model.logits(ids: ids)
         let prefix = try model.logits(ids: Array(ids[0..<300]))
@@ -267,7 +267,7 @@ final class ModelTests: XCTestCase {
                             numKeyValueHeads: 3, rmsNormEps: 1e-5, ropeTheta: 100000, vocabSize: 49152,
                             tieWordEmbeddings: true)
         let model = try Self.randomLlama(c, seed: 3)
-        var rng = SplitMix(5)
+        var rng = ModelTestRNG(5)
         let ids = (0..<2048).map { _ in Int32(rng.next() % 49152) }
         _ = try model.nll(ids: Array(ids[0..<64]))  // warm up
         for label in ["nll", "logits", "nll"] {
@@ -294,7 +294,7 @@ final class ModelTests: XCTestCase {
 }
 
 /// Small seeded generator for test data.
-struct SplitMix {
+fileprivate struct ModelTestRNG {
     var state: UInt64
     init(_ seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
