@@ -1,3 +1,4 @@
+import CSQSupport
 import Foundation
 
 // Forward-pass kernels shared by the architecture adapters: tight loops over raw row-major float32 rows,
@@ -143,30 +144,38 @@ enum Kernels {
 
     /// Causal softmax attention with grouped-query heads. `q` is `[T, heads·d]` (already including any
     /// scaling other than `scale`), `k`/`v` are `[T, kvHeads·d]`; writes `out` `[T, heads·d]`.
-    /// Queries are processed in tiles so only the causal part of QKᵀ is computed.
+    /// Work is split into (head, query tile) items so only the causal part of QKᵀ is computed; the items are
+    /// spread over the cores, each running single-threaded BLAS: these products are small (inner or outer
+    /// dimension = head_dim), so one core per product beats splitting every product across cores.
+    /// Uses workspace slots `slot ..< slot + cores`. BLAS runs single-threaded while this runs (a process-wide OpenBLAS setting, restored afterwards).
     static func causalAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                out: UnsafeMutablePointer<Float>, T: Int, heads: Int, kvHeads: Int, headDim: Int,
-                                scale: Float, workspace: Workspace, slot: Int) {
-        let tile = min(T, 256)
-        let scores = workspace.buffer(slot, tile * T)
+                                     out: UnsafeMutablePointer<Float>, T: Int, heads: Int, kvHeads: Int,
+                                     headDim: Int, scale: Float, workspace: Workspace, slot: Int) {
+        let tile = min(T, 128)
+        let tiles = (T + tile - 1) / tile
+        let items = tiles * heads
+        let workers = min(ProcessorInfoCache.activeCores, items)
+        let buffers = (0..<workers).map { workspace.buffer(slot + $0, tile * T) }
         let group = heads / kvHeads
         let qStride = heads * headDim, kvStride = kvHeads * headDim
-        for h in 0..<heads {
-            let kvh = h / group
-            var r0 = 0
-            while r0 < T {
-                let r1 = min(T, r0 + tile), rows = r1 - r0, keys = r1
+        let savedThreads = sqs_blas_threads()
+        if workers > 1 { sqs_blas_set_threads(1) }
+        defer { if workers > 1 { sqs_blas_set_threads(savedThreads) } }
+        // Largest tiles first, dealt round-robin, so the workers finish together.
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let scores = buffers[w]
+            var item = w
+            while item < items {
+                let t = tiles - 1 - item / heads, h = item % heads
+                let kvh = h / group
+                let r0 = t * tile, r1 = min(T, r0 + tile), rows = r1 - r0, keys = r1
                 BLAS.sgemm(transB: true, m: rows, n: keys, k: headDim, alpha: scale,
                            a: q + r0 * qStride + h * headDim, lda: qStride,
                            b: k + kvh * headDim, ldb: kvStride, c: scores, ldc: keys)
-                parallelFor(rows, minChunk: 16) { range in
-                    for i in range {
-                        softmaxRow(scores + i * keys, valid: r0 + i + 1, total: keys)
-                    }
-                }
+                for i in 0..<rows { softmaxRow(scores + i * keys, valid: r0 + i + 1, total: keys) }
                 BLAS.sgemm(m: rows, n: headDim, k: keys, a: scores, lda: keys, b: v + kvh * headDim, ldb: kvStride,
                            c: out + r0 * qStride + h * headDim, ldc: qStride)
-                r0 = r1
+                item += workers
             }
         }
     }

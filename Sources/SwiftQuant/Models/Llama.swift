@@ -172,7 +172,7 @@ public final class LlamaModel: TransformerModel {
         Kernels.applyRoPE(q, rows: T, heads: heads, headDim: hd, stride: qDim, cos: cosT.pointer, sin: sinT.pointer)
         Kernels.applyRoPE(k, rows: T, heads: kvHeads, headDim: hd, stride: kvDim, cos: cosT.pointer, sin: sinT.pointer)
         Kernels.causalAttention(q: q, k: k, v: v, out: attn, T: T, heads: heads, kvHeads: kvHeads, headDim: hd,
-                                scale: 1 / Float(hd).squareRoot(), workspace: ws, slot: 5)
+                                scale: 1 / Float(hd).squareRoot(), workspace: ws, slot: 8)
         Kernels.linear(attn, rows: T, block.linear("self_attn.o_proj"), x, accumulate: true)
 
         Kernels.rmsNorm(x, rows: T, dim: h, weight: n2.pointer, eps: eps, xn)

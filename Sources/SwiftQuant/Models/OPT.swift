@@ -128,7 +128,7 @@ public final class OPTModel: TransformerModel {
         // (q + b)·s·kᵀ = s·(q + b)·kᵀ: the head_dim^-0.5 scaling goes into the score GEMM.
         Kernels.causalAttention(q: q, k: k, v: v, out: attn, T: T, heads: c.numAttentionHeads,
                                 kvHeads: c.numAttentionHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(),
-                                workspace: ws, slot: 5)
+                                workspace: ws, slot: 8)
         Kernels.linear(attn, rows: T, block.linear("self_attn.out_proj"), x, accumulate: true)
 
         Kernels.layerNorm(x, rows: T, dim: h, weight: n2.weight?.pointer, bias: n2.bias?.pointer,

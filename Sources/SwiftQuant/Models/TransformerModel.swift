@@ -175,7 +175,7 @@ extension TransformerModel {
         let h = try finalHidden(ids: ids)
         let w = try lmHeadWeight()
         let predicted = ids.count - 1
-        let chunk = 128
+        let chunk = 256
         let buf = Tensor(zeros: [min(chunk, predicted), vocabSize])
         let targets = Array(ids.dropFirst())
         var total: Double = 0
