@@ -7,7 +7,7 @@ import CSwiftQuant
 import SwiftQuant
 
 @inline(__always)
-private func status(_ body: () throws -> Void) -> Int32 {
+func status(_ body: () throws -> Void) -> Int32 {
     do {
         try body()
         sqs_set_last_error(nil)
@@ -28,7 +28,7 @@ private func status(_ body: () throws -> Void) -> Int32 {
     }
 }
 
-private func nonNull<T>(_ p: T?, _ name: String) throws -> T {
+func nonNull<T>(_ p: T?, _ name: String) throws -> T {
     guard let p else { throw SwiftQuantError.invalidArgument("\(name) is NULL") }
     return p
 }
@@ -44,7 +44,7 @@ private func count(_ rows: Int64, _ cols: Int64) throws -> Int {
     return n
 }
 
-private func config(_ format: UnsafePointer<CChar>?, _ options: UnsafePointer<sq_quant_options>?) throws
+func config(_ format: UnsafePointer<CChar>?, _ options: UnsafePointer<sq_quant_options>?) throws
     -> QuantizerConfig
 {
     let fmt = try NumberFormat.parse(try formatName(format))

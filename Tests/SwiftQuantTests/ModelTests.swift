@@ -292,6 +292,3 @@ final class ModelTests: XCTestCase {
         print(String(format: "GEMM peak in this run: %.1f GFLOP/s", peak))
     }
 }
-
-/// Small seeded generator for test data.
-file

@@ -35,6 +35,12 @@ __all__ = [
     "unpack",
     "matmul",
     "blas_info",
+    "Model",
+    "Tokenizer",
+    "load_model",
+    "perplexity",
+    "rtn",
+    "smollm2_path",
     "__version__",
 ]
 
@@ -336,3 +342,6 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_b: bool = False, out: np.ndarr
             raise ValueError(f"out must have shape {(m, n)}, got {out.shape}")
     _native.sgemm(a, b, out, m, n, k, False, trans_b)
     return out
+
+
+from .models import Model, Tokenizer, load_model, perplexity, rtn, smollm2_path  # noqa: E402

@@ -10,6 +10,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <string.h>
+
 #include "swiftquant.h"
 
 static PyObject *FormatError = NULL;
@@ -386,7 +388,309 @@ static PyObject *py_group_count(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(sq_group_count(cols, group));
 }
 
+
+/* ---- Models and tokenizers: capsules over the opaque handles, zero-copy read-only tensor buffers ---- */
+
+static void model_capsule_free(PyObject *cap) {
+    sq_model *m = (sq_model *)PyCapsule_GetPointer(cap, "swiftquant.model");
+    if (m) sq_model_free(m);
+}
+
+static void tokenizer_capsule_free(PyObject *cap) {
+    sq_tokenizer *t = (sq_tokenizer *)PyCapsule_GetPointer(cap, "swiftquant.tokenizer");
+    if (t) sq_tokenizer_free(t);
+}
+
+static sq_model *get_model(PyObject *cap) { return (sq_model *)PyCapsule_GetPointer(cap, "swiftquant.model"); }
+static sq_tokenizer *get_tokenizer(PyObject *cap) {
+    return (sq_tokenizer *)PyCapsule_GetPointer(cap, "swiftquant.tokenizer");
+}
+
+/* A read-only float32 buffer owned by a model: exports the buffer protocol and keeps the model alive, so
+ * np.asarray(TensorBuffer) is a zero-copy view that outlives every Python reference to the model. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;
+    const float *data;
+    int rank;
+    Py_ssize_t shape[4];
+    Py_ssize_t strides[4];
+} TensorBuffer;
+
+static int tb_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    TensorBuffer *b = (TensorBuffer *)self;
+    if (flags & PyBUF_WRITABLE) {
+        PyErr_SetString(PyExc_BufferError, "swiftquant model tensors are read-only (copy them to modify)");
+        return -1;
+    }
+    Py_ssize_t n = 1;
+    for (int i = 0; i < b->rank; i++) n *= b->shape[i];
+    view->buf = (void *)b->data;
+    view->obj = self;
+    Py_INCREF(self);
+    view->len = n * (Py_ssize_t)sizeof(float);
+    view->readonly = 1;
+    view->itemsize = sizeof(float);
+    view->format = (flags & PyBUF_FORMAT) ? "f" : NULL;
+    view->ndim = b->rank;
+    view->shape = (flags & PyBUF_ND) ? b->shape : NULL;
+    view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? b->strides : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    return 0;
+}
+
+static void tb_dealloc(PyObject *self) {
+    Py_XDECREF(((TensorBuffer *)self)->owner);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs tb_as_buffer = {tb_getbuffer, NULL};
+
+static PyTypeObject TensorBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "swiftquant._native.TensorBuffer",
+    .tp_basicsize = sizeof(TensorBuffer),
+    .tp_dealloc = tb_dealloc,
+    .tp_as_buffer = &tb_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A read-only float32 tensor owned by a SwiftQuant model (use numpy.asarray).",
+};
+
+static PyObject *py_model_open(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    sq_model *m = NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_open(path, &m);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    return PyCapsule_New(m, "swiftquant.model", model_capsule_free);
+}
+
+static PyObject *py_model_config(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    const char *json = NULL;
+    int st = sq_model_config_json(m, &json);
+    if (st) return raise_status(st);
+    return PyUnicode_FromString(json);
+}
+
+static PyObject *py_model_tensor_names(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    int64_t n = 0;
+    int st = sq_model_tensor_count(m, &n);
+    if (st) return raise_status(st);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        const char *name = NULL;
+        st = sq_model_tensor_name(m, i, &name);
+        if (st) { Py_DECREF(list); return raise_status(st); }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, PyUnicode_FromString(name));
+    }
+    return list;
+}
+
+/* model_tensor(model, name) -> (TensorBuffer, is_copy) */
+static PyObject *py_model_tensor(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "Os", &cap, &name)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    const float *data = NULL;
+    int64_t shape[4] = {0, 0, 0, 0};
+    int rank = 0, is_copy = 0, st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_tensor(m, name, &data, shape, &rank, &is_copy);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    TensorBuffer *b = PyObject_New(TensorBuffer, &TensorBufferType);
+    if (!b) return NULL;
+    Py_INCREF(cap);
+    b->owner = cap;
+    b->data = data;
+    b->rank = rank;
+    Py_ssize_t stride = sizeof(float);
+    for (int i = rank - 1; i >= 0; i--) {
+        b->shape[i] = (Py_ssize_t)shape[i];
+        b->strides[i] = stride;
+        stride *= (Py_ssize_t)shape[i];
+    }
+    return Py_BuildValue("(Ni)", (PyObject *)b, is_copy);
+}
+
+static PyObject *py_model_vocab_size(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    int64_t v = 0;
+    int st = sq_model_vocab_size(m, &v);
+    if (st) return raise_status(st);
+    return PyLong_FromLongLong(v);
+}
+
+/* model_logits(model, ids int32, out float32 [n*vocab]) */
+static PyObject *py_model_logits(PyObject *self, PyObject *args) {
+    PyObject *cap, *ids_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOO", &cap, &ids_obj, &out_obj)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    int64_t vocab = 0;
+    int st = sq_model_vocab_size(m, &vocab);
+    if (st) return raise_status(st);
+    Py_buffer ids, out;
+    if (get_buffer(ids_obj, &ids, K_I32, -1, 0, "ids") < 0) return NULL;
+    Py_ssize_t n = ids.len / 4;
+    if (get_buffer(out_obj, &out, K_F32, n * (Py_ssize_t)vocab, 1, "out") < 0) {
+        PyBuffer_Release(&ids);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS st = sq_model_logits(m, (const int32_t *)ids.buf, n, (float *)out.buf);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&ids);
+    PyBuffer_Release(&out);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* model_perplexity(model, ids int32, seqlen, limit, progress) -> (ppl, windows) */
+static PyObject *py_model_perplexity(PyObject *self, PyObject *args) {
+    PyObject *cap, *ids_obj;
+    long long seqlen, limit;
+    int progress;
+    if (!PyArg_ParseTuple(args, "OOLLp", &cap, &ids_obj, &seqlen, &limit, &progress)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    Py_buffer ids;
+    if (get_buffer(ids_obj, &ids, K_I32, -1, 0, "ids") < 0) return NULL;
+    double ppl = 0;
+    int64_t windows = 0;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_perplexity(m, (const int32_t *)ids.buf, ids.len / 4, seqlen, limit,
+                                                    progress, &ppl, &windows);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&ids);
+    if (st) return raise_status(st);
+    return Py_BuildValue("(dL)", ppl, (long long)windows);
+}
+
+/* model_rtn(model, fmt, options, progress) -> model */
+static PyObject *py_model_rtn(PyObject *self, PyObject *args) {
+    PyObject *cap, *opts;
+    const char *fmt;
+    int progress;
+    if (!PyArg_ParseTuple(args, "OsOp", &cap, &fmt, &opts, &progress)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    sq_quant_options o;
+    if (parse_options(opts, &o) < 0) return NULL;
+    sq_model *out = NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_rtn(m, fmt, &o, progress, &out);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    return PyCapsule_New(out, "swiftquant.model", model_capsule_free);
+}
+
+static PyObject *py_model_save(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    const char *dir;
+    if (!PyArg_ParseTuple(args, "Os", &cap, &dir)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_save(m, dir);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* model_tokenizer(model) -> tokenizer capsule or None */
+static PyObject *py_model_tokenizer(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    sq_tokenizer *t = NULL;
+    int st = sq_model_tokenizer(m, &t);
+    if (st == SQ_ERR_INVALID_ARGUMENT) Py_RETURN_NONE;
+    if (st) return raise_status(st);
+    return PyCapsule_New(t, "swiftquant.tokenizer", tokenizer_capsule_free);
+}
+
+static PyObject *py_tokenizer_open(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    sq_tokenizer *t = NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_tokenizer_open(path, &t);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    return PyCapsule_New(t, "swiftquant.tokenizer", tokenizer_capsule_free);
+}
+
+/* tokenizer_encode(tok, bytes) -> bytes of int32 ids */
+static PyObject *py_tokenizer_encode(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    const char *text;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "Os#", &cap, &text, &len)) return NULL;
+    sq_tokenizer *t = get_tokenizer(cap);
+    if (!t) return NULL;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_tokenizer_encode(t, text, (size_t)len, &ids, &n);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    PyObject *res = PyBytes_FromStringAndSize((const char *)ids, (Py_ssize_t)(n * 4));
+    sq_free(ids);
+    return res;
+}
+
+static PyObject *py_tokenizer_decode(PyObject *self, PyObject *args) {
+    PyObject *cap, *ids_obj;
+    int skip;
+    if (!PyArg_ParseTuple(args, "OOp", &cap, &ids_obj, &skip)) return NULL;
+    sq_tokenizer *t = get_tokenizer(cap);
+    if (!t) return NULL;
+    Py_buffer ids;
+    if (get_buffer(ids_obj, &ids, K_I32, -1, 0, "ids") < 0) return NULL;
+    char *text = NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_tokenizer_decode(t, (const int32_t *)ids.buf, ids.len / 4, skip, &text);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&ids);
+    if (st) return raise_status(st);
+    PyObject *res = PyUnicode_DecodeUTF8(text, (Py_ssize_t)strlen(text), "replace");
+    sq_free(text);
+    return res;
+}
+
+static PyObject *py_tokenizer_vocab_size(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    sq_tokenizer *t = get_tokenizer(cap);
+    if (!t) return NULL;
+    int64_t v = 0;
+    int st = sq_tokenizer_vocab_size(t, &v);
+    if (st) return raise_status(st);
+    return PyLong_FromLongLong(v);
+}
+
 static PyMethodDef methods[] = {
+    {"model_open", py_model_open, METH_VARARGS, "model_open(path) -> model"},
+    {"model_config", py_model_config, METH_VARARGS, "model_config(model) -> JSON text"},
+    {"model_tensor_names", py_model_tensor_names, METH_VARARGS, "model_tensor_names(model) -> [str]"},
+    {"model_tensor", py_model_tensor, METH_VARARGS, "model_tensor(model, name) -> (TensorBuffer, is_copy)"},
+    {"model_vocab_size", py_model_vocab_size, METH_VARARGS, "model_vocab_size(model) -> int"},
+    {"model_logits", py_model_logits, METH_VARARGS, "model_logits(model, ids, out)"},
+    {"model_perplexity", py_model_perplexity, METH_VARARGS, "model_perplexity(model, ids, seqlen, limit, progress)"},
+    {"model_rtn", py_model_rtn, METH_VARARGS, "model_rtn(model, fmt, options, progress) -> model"},
+    {"model_save", py_model_save, METH_VARARGS, "model_save(model, dir)"},
+    {"model_tokenizer", py_model_tokenizer, METH_VARARGS, "model_tokenizer(model) -> tokenizer or None"},
+    {"tokenizer_open", py_tokenizer_open, METH_VARARGS, "tokenizer_open(path) -> tokenizer"},
+    {"tokenizer_encode", py_tokenizer_encode, METH_VARARGS, "tokenizer_encode(tok, utf8) -> int32 bytes"},
+    {"tokenizer_decode", py_tokenizer_decode, METH_VARARGS, "tokenizer_decode(tok, ids, skip_special) -> str"},
+    {"tokenizer_vocab_size", py_tokenizer_vocab_size, METH_VARARGS, "tokenizer_vocab_size(tok) -> int"},
     {"encode", py_encode, METH_VARARGS, "encode(x, fmt, out): float32 -> minifloat codes"},
     {"decode", py_decode, METH_VARARGS, "decode(codes, fmt, out): minifloat codes -> float32"},
     {"quantize", py_quantize, METH_VARARGS,
@@ -423,6 +727,10 @@ PyMODINIT_FUNC PyInit__native(void) {
         "swiftquant.FormatError", "A file that cannot be read as what it claims to be (a ValueError).",
         PyExc_ValueError, NULL);
     if (!FormatError || PyModule_AddObjectRef(m, "FormatError", FormatError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyType_Ready(&TensorBufferType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

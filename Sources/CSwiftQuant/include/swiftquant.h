@@ -127,6 +127,69 @@ int sq_unpack(const uint8_t *packed, size_t packed_size, int bits, size_t count,
 int sq_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
              int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* ---- Models, tokenizers, evaluation --------------------------------------------------------------------- */
+
+/* Opaque handles. A model owns its weights (memory-mapped file views or converted copies) and its tokenizer;
+ * pointers it hands out stay valid until sq_model_free. Handles may be used from any thread, one call at a time
+ * per handle. */
+typedef struct sq_model sq_model;
+typedef struct sq_tokenizer sq_tokenizer;
+
+/* Opens a Hugging Face model directory (config.json + safetensors [+ tokenizer.json]) or a .gguf file. */
+int sq_model_open(const char *path, sq_model **out);
+void sq_model_free(sq_model *model);
+
+/* config.json of the model as UTF-8 JSON (for GGUF: the equivalent Hugging Face config). */
+int sq_model_config_json(sq_model *model, const char **json);
+
+/* Number of tensors, and the Hugging Face name of tensor i (0 <= i < count). */
+int sq_model_tensor_count(sq_model *model, int64_t *count);
+int sq_model_tensor_name(sq_model *model, int64_t index, const char **name);
+
+/* A tensor as float32 in Hugging Face layout: *data points to shape[0]*...*shape[*rank-1] values (rank <= 4).
+ * *is_copy is 0 when the data is a view of the memory-mapped file, 1 when it was converted (F16, BF16, GGUF
+ * block types) or computed (quantized weights). Read-only. */
+int sq_model_tensor(sq_model *model, const char *name, const float **data, int64_t shape[4], int *rank,
+                    int *is_copy);
+
+/* Vocabulary size (logits width). */
+int sq_model_vocab_size(sq_model *model, int64_t *vocab);
+
+/* Logits of a window of n token ids: out holds n * vocab float32 values, row per position. */
+int sq_model_logits(sq_model *model, const int32_t *ids, int64_t n, float *out);
+
+/* Perplexity over non-overlapping windows of `seqlen` tokens of `ids` (at most `limit` windows; 0 = all):
+ * exp(mean next-token NLL). With `progress` != 0 a progress bar with ETA is drawn on stderr. */
+int sq_model_perplexity(sq_model *model, const int32_t *ids, int64_t n, int64_t seqlen, int64_t limit,
+                        int progress, double *ppl, int64_t *windows);
+
+/* Round-to-nearest quantization of every block linear: a new model whose block weights are fake-quantized
+ * (the original is unchanged). `format` and `options` as for sq_quantize. */
+int sq_model_rtn(sq_model *model, const char *format, const sq_quant_options *options, int progress,
+                 sq_model **out);
+
+/* Writes the model to `dir`: config.json + model.safetensors (float32, transformers loads it), and for a
+ * quantized model quantized.safetensors with packed codes, scales and zero-points (see the README). Atomic. */
+int sq_model_save(sq_model *model, const char *dir);
+
+/* The model's tokenizer as a new handle (free it with sq_tokenizer_free); SQ_ERR_INVALID_ARGUMENT if none. */
+int sq_model_tokenizer(sq_model *model, sq_tokenizer **out);
+
+/* Opens a tokenizer.json or the tokenizer inside a .gguf file. */
+int sq_tokenizer_open(const char *path, sq_tokenizer **out);
+void sq_tokenizer_free(sq_tokenizer *tokenizer);
+int sq_tokenizer_vocab_size(sq_tokenizer *tokenizer, int64_t *size);
+
+/* Token ids of `len` bytes of UTF-8 text, with the tokenizer's default special tokens. *ids is allocated by the
+ * library (free it with sq_free). */
+int sq_tokenizer_encode(sq_tokenizer *tokenizer, const char *text, size_t len, int32_t **ids, int64_t *count);
+
+/* Text of n ids as a NUL-terminated UTF-8 string allocated by the library (free it with sq_free). */
+int sq_tokenizer_decode(sq_tokenizer *tokenizer, const int32_t *ids, int64_t n, int skip_special, char **text);
+
+/* Frees memory returned by sq_tokenizer_encode / sq_tokenizer_decode. */
+void sq_free(void *p);
+
 #ifdef __cplusplus
 }
 #endif

