@@ -23,9 +23,20 @@ struct TestRNG {
     }
 }
 
-func tensor(_ values: [Float], _ shape: [Int]? = nil) -> Tensor {
-    Tensor(shape: shape ?? [values.count], values: values)
+/// Tests pass `tensor.pointer` straight into kernels; Swift may end a local's lifetime right after its last use
+/// (the `.pointer` read), so every tensor a test makes is retained here until the process ends.
+final class TestArena: @unchecked Sendable {
+    static let shared = TestArena()
+    private let lock = NSLock()
+    private var kept: [Tensor] = []
+    func keep(_ t: Tensor) -> Tensor { lock.lock(); kept.append(t); lock.unlock(); return t }
 }
+
+func tensor(_ values: [Float], _ shape: [Int]? = nil) -> Tensor {
+    TestArena.shared.keep(Tensor(shape: shape ?? [values.count], values: values))
+}
+
+func zeros(_ shape: [Int]) -> Tensor { TestArena.shared.keep(Tensor(zeros: shape)) }
 
 /// max |a − ref| / max |ref|.
 func relativeError(_ a: [Float], _ ref: [Float]) -> Double {
@@ -98,7 +109,7 @@ final class AutodiffFixtures {
 
     func tensor(_ name: String) -> Tensor {
         let s = shape(name)
-        return Tensor(shape: s.isEmpty ? [1] : s, values: array(name))
+        return SwiftQuantTests.tensor(array(name), s.isEmpty ? [1] : s)
     }
 
     func int(_ group: String, _ key: String) -> Int { (meta[group]![key] as! NSNumber).intValue }
