@@ -98,7 +98,8 @@ final class AutodiffGradCheckTests: XCTestCase {
     func testAttentionGQA() throws {
         let (T, H, KV, d) = (6, 4, 2, 4)
         let q = rng.floats(T * H * d), k = rng.floats(T * KV * d), v = rng.floats(T * KV * d), dy = rng.floats(T * H * d)
-        let att = try A.CausalAttention(heads: H, kvHeads: KV, headDim: d, maxRows: 8)
+        for blockRows in [64, 4, 1] {  // one block; blocks with a ragged last one; one row per block
+        let att = try A.CausalAttention(heads: H, kvHeads: KV, headDim: d, maxRows: 8, blockRows: blockRows)
         let Q = tensor(q), K = tensor(k), V = tensor(v), out = zeros([T * H * d])
         let dq = zeros([T * H * d]), dk = zeros([T * KV * d]), dv = zeros([T * KV * d])
         att.forward(q: Q.pointer, k: K.pointer, v: V.pointer, out: out.pointer, rows: T)
@@ -108,6 +109,7 @@ final class AutodiffGradCheckTests: XCTestCase {
             Ref.attention($0[0], $0[1], $0[2], rows: T, heads: H, kvHeads: KV, d: d)
         }
         XCTAssertLessThanOrEqual(relativeError(out.array, Ref.attention(q.map(Double.init), k.map(Double.init), v.map(Double.init), rows: T, heads: H, kvHeads: KV, d: d)), 1e-6)
+        }
     }
 
     func testActivations() {
