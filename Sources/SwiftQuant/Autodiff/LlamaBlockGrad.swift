@@ -69,7 +69,8 @@ public final class LlamaBlockGrad {
 
     public init(config c: LlamaBlockConfig, weights: LlamaBlockWeights, bits: Int, groupSize: Int,
                 symmetric: Bool = false,
-                clampGradient: Autodiff.FakeQuantLWC.ClampGradient = .inclusive, maxRows: Int) throws {
+                clampGradient: Autodiff.FakeQuantLWC.ClampGradient = .inclusive,
+                lwcParameters: [LlamaLinear: (u: Tensor, l: Tensor)]? = nil, maxRows: Int) throws {
         try require(c.hidden > 0 && c.ffn > 0 && c.headDim > 0 && c.headDim % 2 == 0,
                     "Llama block: hidden, ffn must be positive and headDim positive and even")
         let qd = c.heads * c.headDim, kd = c.kvHeads * c.headDim
@@ -93,10 +94,24 @@ public final class LlamaBlockGrad {
                                       clampGradient: clampGradient)
         }
         states = quantizers.map { $0.makeState() }
-        u = quantizers.map { q in
-            let t = Tensor(zeros: [q.rows, q.groupsPerRow]); t.buffer.update(repeating: Autodiff.FakeQuantLWC.initialValue); return t
+        if let given = lwcParameters {
+            var us: [Tensor] = [], ls: [Tensor] = []
+            for lin in LlamaLinear.allCases {
+                let q = quantizers[lin.rawValue], want = [q.rows, q.groupsPerRow]
+                guard let p = given[lin] else { throw SwiftQuantError.invalidArgument("Llama block: no LWC parameters for \(lin)") }
+                try require(p.u.count == want[0] * want[1] && p.l.count == want[0] * want[1],
+                            "Llama block: LWC parameters of \(lin) must have shape \(want), got \(p.u.shape) and \(p.l.shape)")
+                us.append(p.u); ls.append(p.l)
+            }
+            u = us; l = ls
+        } else {
+            u = quantizers.map { q in
+                let t = Tensor(zeros: [q.rows, q.groupsPerRow])
+                t.buffer.update(repeating: Autodiff.FakeQuantLWC.initialValue)
+                return t
+            }
+            l = u.map { $0.copy() }
         }
-        l = u.map { $0.copy() }
         gradU = u.map { Tensor(zeros: $0.shape) }
         gradL = u.map { Tensor(zeros: $0.shape) }
         wq = LlamaLinear.allCases.map { Tensor(zeros: shapes[$0]!) }

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Writes the PyTorch-autograd parity fixtures for Sources/SwiftQuant/Autodiff.
 
-Run by hand (never in CI), from any directory:
-    python3 -m venv /tmp/venv-ad && /tmp/venv-ad/bin/pip install torch numpy safetensors
-    /tmp/venv-ad/bin/python Tests/SwiftQuantTests/Fixtures/make_autodiff_fixtures.py
+Run by hand (never in CI), from any directory, in a virtual environment with torch and numpy from PyPI:
+    python3 -m venv venv-ad && venv-ad/bin/pip install torch numpy safetensors
+    venv-ad/bin/python Tests/SwiftQuantTests/Fixtures/make_autodiff_fixtures.py
+The committed files were made with torch 2.15.0 (recorded in the JSON). Clamp gradients at the bounds are
+built explicitly (clamp_g) so the output does not depend on the torch version.
 
 Output, next to this script:
     autodiff_fixtures.bin   all tensors as little-endian float32, concatenated
