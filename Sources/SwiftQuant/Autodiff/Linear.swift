@@ -26,12 +26,13 @@ extension Autodiff {
         }
 
         /// `dX = dY · W` (written, or added when `accumulate`), `dW += dYᵀ · X`, `db += Σ_rows dY`.
-        /// Any of `dX`, `dWeight`, `dBias` may be nil to skip that product.
+        /// Any of `dX`, `dWeight`, `dBias` may be nil to skip that product. `overwriteWeightGradient` writes
+        /// `dW = dYᵀ · X` instead of adding (saves zeroing a buffer the caller owns).
         public static func backward(
             dY: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
             dX: UnsafeMutablePointer<Float>?, accumulate: Bool = false,
             dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>? = nil,
-            rows: Int, inFeatures: Int, outFeatures: Int
+            overwriteWeightGradient: Bool = false, rows: Int, inFeatures: Int, outFeatures: Int
         ) {
             if let dX {
                 BLAS.sgemm(m: rows, n: inFeatures, k: outFeatures, a: dY, lda: outFeatures, b: weight,
@@ -39,7 +40,8 @@ extension Autodiff {
             }
             if let dWeight {
                 BLAS.sgemm(transA: true, m: outFeatures, n: inFeatures, k: rows, a: dY, lda: outFeatures,
-                           b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures)
+                           b: x, ldb: inFeatures, beta: overwriteWeightGradient ? 0 : 1, c: dWeight,
+                           ldc: inFeatures)
             }
             if let dBias {
                 for r in 0..<rows {

@@ -69,7 +69,8 @@ public final class LlamaBlockGrad {
 
     public init(config c: LlamaBlockConfig, weights: LlamaBlockWeights, bits: Int, groupSize: Int,
                 symmetric: Bool = false,
-                clampGradient: Autodiff.FakeQuantLWC.ClampGradient = .inclusive, maxRows: Int) throws {
+                clampGradient: Autodiff.FakeQuantLWC.ClampGradient = .inclusive,
+                lwcParameters: [LlamaLinear: (u: Tensor, l: Tensor)]? = nil, maxRows: Int) throws {
         try require(c.hidden > 0 && c.ffn > 0 && c.headDim > 0 && c.headDim % 2 == 0,
                     "Llama block: hidden, ffn must be positive and headDim positive and even")
         let qd = c.heads * c.headDim, kd = c.kvHeads * c.headDim
@@ -93,10 +94,24 @@ public final class LlamaBlockGrad {
                                       clampGradient: clampGradient)
         }
         states = quantizers.map { $0.makeState() }
-        u = quantizers.map { q in
-            let t = Tensor(zeros: [q.rows, q.groupsPerRow]); t.buffer.update(repeating: Autodiff.FakeQuantLWC.initialValue); return t
+        if let given = lwcParameters {
+            var us: [Tensor] = [], ls: [Tensor] = []
+            for lin in LlamaLinear.allCases {
+                let q = quantizers[lin.rawValue], want = [q.rows, q.groupsPerRow]
+                guard let p = given[lin] else { throw SwiftQuantError.invalidArgument("Llama block: no LWC parameters for \(lin)") }
+                try require(p.u.count == want[0] * want[1] && p.l.count == want[0] * want[1],
+                            "Llama block: LWC parameters of \(lin) must have shape \(want), got \(p.u.shape) and \(p.l.shape)")
+                us.append(p.u); ls.append(p.l)
+            }
+            u = us; l = ls
+        } else {
+            u = quantizers.map { q in
+                let t = Tensor(zeros: [q.rows, q.groupsPerRow])
+                t.buffer.update(repeating: Autodiff.FakeQuantLWC.initialValue)
+                return t
+            }
+            l = u.map { $0.copy() }
         }
-        l = u.map { $0.copy() }
         gradU = u.map { Tensor(zeros: $0.shape) }
         gradL = u.map { Tensor(zeros: $0.shape) }
         wq = LlamaLinear.allCases.map { Tensor(zeros: shapes[$0]!) }
@@ -177,24 +192,23 @@ public final class LlamaBlockGrad {
         try require(T > 0 && usedQuantized, "Llama block: backward needs a quantized forward first")
         try require(dOut.shape == [T, H], "Llama block: dOut \(dOut.shape), expected [\(T), \(H)]")
         typealias A = Autodiff
-        for d in dwq { d.buffer.update(repeating: 0) }
         let w = wq.map { UnsafePointer($0.pointer) }, dw = dwq.map { $0.pointer }
         let g = dOut.pointer
         // down, SiLU·up, gate/up
-        A.Linear.backward(dY: g, x: m.pointer, weight: w[6], dX: dm.pointer, dWeight: dw[6], rows: T,
+        A.Linear.backward(dY: g, x: m.pointer, weight: w[6], dX: dm.pointer, dWeight: dw[6], overwriteWeightGradient: true, rows: T,
                           inFeatures: F, outFeatures: H)
         A.SiLUMul.backward(dY: dm.pointer, gate: gate.pointer, up: up.pointer, dGate: dGate.pointer,
                            dUp: dUp.pointer, count: T * F)
-        A.Linear.backward(dY: dGate.pointer, x: n2.pointer, weight: w[4], dX: dn2.pointer, dWeight: dw[4],
+        A.Linear.backward(dY: dGate.pointer, x: n2.pointer, weight: w[4], dX: dn2.pointer, dWeight: dw[4], overwriteWeightGradient: true,
                           rows: T, inFeatures: H, outFeatures: F)
         A.Linear.backward(dY: dUp.pointer, x: n2.pointer, weight: w[5], dX: dn2.pointer, accumulate: true,
-                          dWeight: dw[5], rows: T, inFeatures: H, outFeatures: F)
+                          dWeight: dw[5], overwriteWeightGradient: true, rows: T, inFeatures: H, outFeatures: F)
         // second residual + post-attention norm
         dh1.pointer.update(from: g, count: T * H)
         A.RMSNorm.backward(dY: dn2.pointer, x: h1.pointer, weight: weights.postNorm.pointer, rstd: rstd2.pointer,
                            dX: dh1.pointer, accumulate: true, dWeight: nil, rows: T, dim: H)
         // o, attention, RoPE, q/k/v
-        A.Linear.backward(dY: dh1.pointer, x: attn.pointer, weight: w[3], dX: da.pointer, dWeight: dw[3],
+        A.Linear.backward(dY: dh1.pointer, x: attn.pointer, weight: w[3], dX: da.pointer, dWeight: dw[3], overwriteWeightGradient: true,
                           rows: T, inFeatures: qd, outFeatures: H)
         attention.backward(dOut: da.pointer, q: q.pointer, k: k.pointer, v: v.pointer, dQ: dq.pointer,
                            dK: dk.pointer, dV: dv.pointer, rows: T)
@@ -202,12 +216,12 @@ public final class LlamaBlockGrad {
                         heads: c.heads, headDim: c.headDim)
         A.Rope.backward(dY: dk.pointer, dX: dk.pointer, cos: ropeCos.pointer, sin: ropeSin.pointer, rows: T,
                         heads: c.kvHeads, headDim: c.headDim)
-        A.Linear.backward(dY: dq.pointer, x: n1.pointer, weight: w[0], dX: dn1.pointer, dWeight: dw[0],
+        A.Linear.backward(dY: dq.pointer, x: n1.pointer, weight: w[0], dX: dn1.pointer, dWeight: dw[0], overwriteWeightGradient: true,
                           rows: T, inFeatures: H, outFeatures: qd)
         A.Linear.backward(dY: dk.pointer, x: n1.pointer, weight: w[1], dX: dn1.pointer, accumulate: true,
-                          dWeight: dw[1], rows: T, inFeatures: H, outFeatures: kd)
+                          dWeight: dw[1], overwriteWeightGradient: true, rows: T, inFeatures: H, outFeatures: kd)
         A.Linear.backward(dY: dv.pointer, x: n1.pointer, weight: w[2], dX: dn1.pointer, accumulate: true,
-                          dWeight: dw[2], rows: T, inFeatures: H, outFeatures: kd)
+                          dWeight: dw[2], overwriteWeightGradient: true, rows: T, inFeatures: H, outFeatures: kd)
         // first residual + input norm
         dx.pointer.update(from: dh1.pointer, count: T * H)
         A.RMSNorm.backward(dY: dn1.pointer, x: xIn.pointer, weight: weights.inputNorm.pointer, rstd: rstd1.pointer,

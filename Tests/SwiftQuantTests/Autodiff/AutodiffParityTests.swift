@@ -9,7 +9,7 @@ final class AutodiffParityTests: XCTestCase {
     func testLinear() {
         let x = fx.tensor("linear.x"), w = fx.tensor("linear.w"), b = fx.tensor("linear.b"), dy = fx.tensor("linear.dy")
         let (rows, inF, outF) = (x.shape[0], x.shape[1], w.shape[0])
-        let y = Tensor(zeros: [rows, outF]), dx = Tensor(zeros: x.shape), dw = Tensor(zeros: w.shape), db = Tensor(zeros: [outF])
+        let y = zeros([rows, outF]), dx = zeros(x.shape), dw = zeros(w.shape), db = zeros([outF])
         A.Linear.forward(x: x.pointer, weight: w.pointer, bias: b.pointer, y: y.pointer, rows: rows, inFeatures: inF, outFeatures: outF)
         A.Linear.backward(dY: dy.pointer, x: x.pointer, weight: w.pointer, dX: dx.pointer, dWeight: dw.pointer,
                           dBias: db.pointer, rows: rows, inFeatures: inF, outFeatures: outF)
@@ -22,7 +22,7 @@ final class AutodiffParityTests: XCTestCase {
     func testRMSNorm() {
         let x = fx.tensor("rmsnorm.x"), w = fx.tensor("rmsnorm.w"), dy = fx.tensor("rmsnorm.dy")
         let (rows, dim) = (x.shape[0], x.shape[1])
-        let y = Tensor(zeros: x.shape), r = Tensor(zeros: [rows]), dx = Tensor(zeros: x.shape), dw = Tensor(zeros: [dim])
+        let y = zeros(x.shape), r = zeros([rows]), dx = zeros(x.shape), dw = zeros([dim])
         A.RMSNorm.forward(x: x.pointer, weight: w.pointer, y: y.pointer, rstd: r.pointer, rows: rows, dim: dim, eps: 1e-5)
         A.RMSNorm.backward(dY: dy.pointer, x: x.pointer, weight: w.pointer, rstd: r.pointer, dX: dx.pointer,
                            dWeight: dw.pointer, rows: rows, dim: dim)
@@ -35,8 +35,8 @@ final class AutodiffParityTests: XCTestCase {
         let x = fx.tensor("layernorm.x"), w = fx.tensor("layernorm.w"), b = fx.tensor("layernorm.b")
         let dy = fx.tensor("layernorm.dy")
         let (rows, dim) = (x.shape[0], x.shape[1])
-        let y = Tensor(zeros: x.shape), mu = Tensor(zeros: [rows]), r = Tensor(zeros: [rows])
-        let dx = Tensor(zeros: x.shape), dw = Tensor(zeros: [dim]), db = Tensor(zeros: [dim])
+        let y = zeros(x.shape), mu = zeros([rows]), r = zeros([rows])
+        let dx = zeros(x.shape), dw = zeros([dim]), db = zeros([dim])
         A.LayerNorm.forward(x: x.pointer, weight: w.pointer, bias: b.pointer, y: y.pointer, mean: mu.pointer,
                             rstd: r.pointer, rows: rows, dim: dim, eps: 1e-5)
         A.LayerNorm.backward(dY: dy.pointer, x: x.pointer, weight: w.pointer, mean: mu.pointer, rstd: r.pointer,
@@ -50,7 +50,7 @@ final class AutodiffParityTests: XCTestCase {
     func testRope() {
         let x = fx.tensor("rope.x"), c = fx.tensor("rope.cos"), s = fx.tensor("rope.sin"), dy = fx.tensor("rope.dy")
         let rows = x.shape[0], d = c.shape[1], heads = x.shape[1] / d
-        let y = Tensor(zeros: x.shape), dx = Tensor(zeros: x.shape)
+        let y = zeros(x.shape), dx = zeros(x.shape)
         A.Rope.forward(x: x.pointer, y: y.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
         A.Rope.backward(dY: dy.pointer, dX: dx.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
         assertClose(y.array, fx.array("rope.y"), 1e-4, "y")
@@ -66,7 +66,7 @@ final class AutodiffParityTests: XCTestCase {
         let dy = fx.tensor("attention.dy")
         let (T, H, KV, d) = (7, 4, 2, 8)
         let att = try A.CausalAttention(heads: H, kvHeads: KV, headDim: d, maxRows: 10)
-        let y = Tensor(zeros: q.shape), dq = Tensor(zeros: q.shape), dk = Tensor(zeros: k.shape), dv = Tensor(zeros: v.shape)
+        let y = zeros(q.shape), dq = zeros(q.shape), dk = zeros(k.shape), dv = zeros(v.shape)
         att.forward(q: q.pointer, k: k.pointer, v: v.pointer, out: y.pointer, rows: T)
         att.backward(dOut: dy.pointer, q: q.pointer, k: k.pointer, v: v.pointer, dQ: dq.pointer, dK: dk.pointer,
                      dV: dv.pointer, rows: T)
@@ -79,7 +79,7 @@ final class AutodiffParityTests: XCTestCase {
     func testActivations() {
         let g = fx.tensor("silu_mul.gate"), u = fx.tensor("silu_mul.up"), dy = fx.tensor("silu_mul.dy")
         let n = g.count
-        let y = Tensor(zeros: [n]), dg = Tensor(zeros: [n]), du = Tensor(zeros: [n])
+        let y = zeros([n]), dg = zeros([n]), du = zeros([n])
         A.SiLUMul.forward(gate: g.pointer, up: u.pointer, y: y.pointer, count: n)
         A.SiLUMul.backward(dY: dy.pointer, gate: g.pointer, up: u.pointer, dGate: dg.pointer, dUp: du.pointer, count: n)
         assertClose(y.array, fx.array("silu_mul.y"), 1e-4, "silu·up y")
@@ -95,7 +95,7 @@ final class AutodiffParityTests: XCTestCase {
         ]
         for (name, f, b) in cases {
             let x = fx.tensor("\(name).x"), dy = fx.tensor("\(name).dy")
-            let y = Tensor(zeros: x.shape), dx = Tensor(zeros: x.shape)
+            let y = zeros(x.shape), dx = zeros(x.shape)
             f(x.pointer, y.pointer, x.count)
             b(dy.pointer, x.pointer, dx.pointer, x.count)
             assertClose(y.array, fx.array("\(name).y"), 1e-4, "\(name) y")
@@ -106,7 +106,7 @@ final class AutodiffParityTests: XCTestCase {
     func testMSE() {
         let p = fx.tensor("mse.pred"), t = fx.tensor("mse.target")
         let loss = A.MSELoss.forward(pred: p.pointer, target: t.pointer, count: p.count)
-        let dp = Tensor(zeros: p.shape)
+        let dp = zeros(p.shape)
         A.MSELoss.backward(pred: p.pointer, target: t.pointer, dPred: dp.pointer, count: p.count)
         assertClose([loss], fx.array("mse.loss"), 1e-5, "loss")
         assertClose(dp.array, fx.array("mse.dpred"), 1e-5, "dpred")
@@ -123,7 +123,7 @@ final class AutodiffParityTests: XCTestCase {
                                         symmetric: fx.bool(name, "symmetric"), clampGradient: mode)
             XCTAssertEqual([fq.rows, fq.groupsPerRow], u.shape)
             let st = fq.makeState()
-            let y = Tensor(zeros: w.shape), du = Tensor(zeros: u.shape), dl = Tensor(zeros: l.shape), dw = Tensor(zeros: w.shape)
+            let y = zeros(w.shape), du = zeros(u.shape), dl = zeros(l.shape), dw = zeros(w.shape)
             fq.forward(weight: w.pointer, u: u.pointer, l: l.pointer, out: y.pointer, state: st)
             fq.backward(dOut: dy.pointer, weight: w.pointer, state: st, dU: du.pointer, dL: dl.pointer, dWeight: dw.pointer)
             XCTAssertEqual(y.array, fx.array("\(name).y"), "\(name): fake-quantized weights are bit-exact")
@@ -161,15 +161,15 @@ final class AutodiffParityTests: XCTestCase {
             inputNorm: fx.tensor("block.g1"), q: fx.tensor("block.w.q"), k: fx.tensor("block.w.k"),
             v: fx.tensor("block.w.v"), o: fx.tensor("block.w.o"), postNorm: fx.tensor("block.g2"),
             gate: fx.tensor("block.w.gate"), up: fx.tensor("block.w.up"), down: fx.tensor("block.w.down"))
+        let names = ["q", "k", "v", "o", "gate", "up", "down"]
+        var lwc: [LlamaLinear: (u: Tensor, l: Tensor)] = [:]
+        for lin in LlamaLinear.allCases {
+            lwc[lin] = (fx.tensor("block.u.\(names[lin.rawValue])"), fx.tensor("block.l.\(names[lin.rawValue])"))
+        }
         let block = try LlamaBlockGrad(config: cfg, weights: weights, bits: fx.int(m, "bits"),
-                                       groupSize: fx.int(m, "group"), clampGradient: mode,
+                                       groupSize: fx.int(m, "group"), clampGradient: mode, lwcParameters: lwc,
                                        maxRows: fx.int(m, "rows"))
         try block.setRopeTables(cos: fx.tensor("block.cos"), sin: fx.tensor("block.sin"))
-        let names = ["q", "k", "v", "o", "gate", "up", "down"]
-        for lin in LlamaLinear.allCases {
-            block.u[lin.rawValue].buffer.update(fromContentsOf: fx.array("block.u.\(names[lin.rawValue])"))
-            block.l[lin.rawValue].buffer.update(fromContentsOf: fx.array("block.l.\(names[lin.rawValue])"))
-        }
         let out = try block.forward(fx.tensor("block.x"))
         for lin in LlamaLinear.allCases {
             XCTAssertEqual(block.fakeQuantizedWeight(lin).array, fx.array("block.what.\(names[lin.rawValue])"),

@@ -23,9 +23,20 @@ struct TestRNG {
     }
 }
 
-func tensor(_ values: [Float], _ shape: [Int]? = nil) -> Tensor {
-    Tensor(shape: shape ?? [values.count], values: values)
+/// Tests pass `tensor.pointer` straight into kernels; Swift may end a local's lifetime right after its last use
+/// (the `.pointer` read), so every tensor a test makes is retained here until the process ends.
+final class TestArena: @unchecked Sendable {
+    static let shared = TestArena()
+    private let lock = NSLock()
+    private var kept: [Tensor] = []
+    func keep(_ t: Tensor) -> Tensor { lock.lock(); kept.append(t); lock.unlock(); return t }
 }
+
+func tensor(_ values: [Float], _ shape: [Int]? = nil) -> Tensor {
+    TestArena.shared.keep(Tensor(shape: shape ?? [values.count], values: values))
+}
+
+func zeros(_ shape: [Int]) -> Tensor { TestArena.shared.keep(Tensor(zeros: shape)) }
 
 /// max |a − ref| / max |ref|.
 func relativeError(_ a: [Float], _ ref: [Float]) -> Double {
@@ -57,49 +68,37 @@ func assertClose(_ a: [Float], _ ref: [Float], _ tol: Double = 1e-4, _ what: Str
     XCTAssertLessThanOrEqual(e, tol, "\(what): relative error \(e)", file: file, line: line)
 }
 
-/// The PyTorch fixtures written by Fixtures/make_autodiff_fixtures.py: float32 blobs plus a JSON index.
+/// The PyTorch fixtures written by Fixtures/make_autodiff_fixtures.py: one safetensors file (float32 tensors) whose
+/// metadata holds each case's settings as JSON under "meta".
 final class AutodiffFixtures {
     static let shared: AutodiffFixtures = {
         do { return try AutodiffFixtures() } catch { fatalError("cannot load autodiff fixtures: \(error)") }
     }()
 
-    let data: Data
-    let index: [String: (shape: [Int], offset: Int)]
+    let file: SafetensorsFile
     let meta: [String: [String: Any]]
 
     init() throws {
-        guard let json = Bundle.module.url(forResource: "autodiff_fixtures", withExtension: "json",
-                                           subdirectory: "Fixtures"),
-              let bin = Bundle.module.url(forResource: "autodiff_fixtures", withExtension: "bin",
+        guard let url = Bundle.module.url(forResource: "autodiff_fixtures", withExtension: "safetensors",
                                           subdirectory: "Fixtures")
         else { throw SwiftQuantError.io("autodiff fixtures missing from the test bundle") }
-        data = try Data(contentsOf: bin)
-        let root = try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as! [String: Any]
-        var idx: [String: (shape: [Int], offset: Int)] = [:]
-        for (name, v) in root["tensors"] as! [String: [String: Any]] {
-            idx[name] = ((v["shape"] as! [NSNumber]).map { $0.intValue }, (v["offset"] as! NSNumber).intValue)
-        }
-        index = idx
-        meta = root["meta"] as! [String: [String: Any]]
+        file = try SafetensorsFile(path: url.path)
+        guard let json = file.metadata["meta"]?.data(using: .utf8),
+              let m = try JSONSerialization.jsonObject(with: json) as? [String: [String: Any]]
+        else { throw SwiftQuantError.format("autodiff fixtures: no \"meta\" metadata") }
+        meta = m
     }
 
-    func array(_ name: String) -> [Float] {
-        guard let e = index[name] else { fatalError("fixture \(name) missing") }
-        let n = max(1, e.shape.reduce(1, *))
-        return data.withUnsafeBytes { raw in
-            (0..<n).map { i in
-                Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: (e.offset + i) * 4,
-                                                                          as: UInt32.self)))
-            }
-        }
-    }
-
-    func shape(_ name: String) -> [Int] { index[name]!.shape }
-
+    /// A fresh float32 copy (retained for the whole test run, see `TestArena`).
     func tensor(_ name: String) -> Tensor {
-        let s = shape(name)
-        return Tensor(shape: s.isEmpty ? [1] : s, values: array(name))
+        do {
+            let t = try file.float32(name)
+            return TestArena.shared.keep(t.copy())
+        } catch { fatalError("fixture \(name): \(error)") }
     }
+
+    func array(_ name: String) -> [Float] { tensor(name).array }
+    func shape(_ name: String) -> [Int] { tensor(name).shape }
 
     func int(_ group: String, _ key: String) -> Int { (meta[group]![key] as! NSNumber).intValue }
     func double(_ group: String, _ key: String) -> Double { (meta[group]![key] as! NSNumber).doubleValue }

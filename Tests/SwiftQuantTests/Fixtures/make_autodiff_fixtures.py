@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Writes the PyTorch-autograd parity fixtures for Sources/SwiftQuant/Autodiff.
 
-Run by hand (never in CI), from any directory:
-    python3 -m venv /tmp/venv-ad && /tmp/venv-ad/bin/pip install torch numpy safetensors
-    /tmp/venv-ad/bin/python Tests/SwiftQuantTests/Fixtures/make_autodiff_fixtures.py
+Run by hand (never in CI), from any directory, in a virtual environment with torch and numpy from PyPI:
+    python3 -m venv venv-ad && venv-ad/bin/pip install torch numpy safetensors
+    venv-ad/bin/python Tests/SwiftQuantTests/Fixtures/make_autodiff_fixtures.py
+The committed files were made with torch 2.15.0 (recorded in the JSON). Clamp gradients at the bounds are
+built explicitly (clamp_g) so the output does not depend on the torch version.
 
-Output, next to this script:
-    autodiff_fixtures.bin   all tensors as little-endian float32, concatenated
-    autodiff_fixtures.json  {"tensors": {name: {"shape": [...], "offset": element offset}}, "meta": {...}}
+Output, next to this script: autodiff_fixtures.safetensors (all tensors float32; the settings of each case are a
+JSON string under the "meta" key of the safetensors metadata, the torch version under "torch").
 
 Every reference below is written directly from the formulas in docs/ALGORITHMS.md §1 and the Hugging Face Llama
 conventions (rotate_half RoPE, repeat_kv GQA, RMSNorm in float32); gradients come from torch.autograd.
@@ -18,6 +19,7 @@ import os
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file
 import torch.nn.functional as F
 
 torch.manual_seed(1234)
@@ -279,16 +281,11 @@ def main():
     op_lwc("lwc_sym", 6, 40, 4, 0, True)      # per output row
     op_adamw()
     llama_block()
-    index, blobs, off = {}, [], 0
-    for name in sorted(tensors):
-        a = tensors[name]
-        index[name] = dict(shape=list(a.shape), offset=off)
-        blobs.append(a.astype("<f4").tobytes())
-        off += a.size
-    with open(os.path.join(HERE, "autodiff_fixtures.bin"), "wb") as f:
-        f.write(b"".join(blobs))
-    with open(os.path.join(HERE, "autodiff_fixtures.json"), "w") as f:
-        json.dump(dict(tensors=index, meta=meta, torch=torch.__version__), f, indent=1, sort_keys=True)
+    out = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in sorted(tensors.items())}
+    save_file(out, os.path.join(HERE, "autodiff_fixtures.safetensors"),
+              metadata={"meta": json.dumps(meta, sort_keys=True), "torch": torch.__version__})
+    index = out
+    off = sum(a.size for a in out.values())
     print(f"{len(index)} tensors, {off * 4} bytes")
 
 

@@ -1,0 +1,174 @@
+import XCTest
+import SwiftQuant
+
+/// Every op's analytic float32 backward against central finite differences of its Float64 reference
+/// (`Ref`), with `L = Σ dY·f(inputs)`: relative error (max|a − n| / max|n|) ≤ 1e-4.
+final class AutodiffGradCheckTests: XCTestCase {
+    typealias A = Autodiff
+    var rng = TestRNG(seed: 0x5157_4144)
+
+    /// `analytic[i]` is the float32 gradient of input `i`; inputs not in `analytic` are held constant.
+    func check(_ name: String, inputs: [[Float]], dY: [Float], analytic: [Int: [Float]], step: Double = 1e-4,
+               tolerance: Double = 1e-4, _ f: ([[Double]]) -> [Double],
+               file: StaticString = #filePath, line: UInt = #line) {
+        let x64 = inputs.map { $0.map(Double.init) }, g64 = dY.map(Double.init)
+        func loss(_ xs: [[Double]]) -> Double {
+            let y = f(xs)
+            precondition(y.count == g64.count, "\(name): output \(y.count) vs dY \(g64.count)")
+            var acc = 0.0
+            for i in y.indices { acc += y[i] * g64[i] }
+            return acc
+        }
+        for (i, a) in analytic.sorted(by: { $0.key < $1.key }) {
+            var numeric = [Double](repeating: 0, count: x64[i].count)
+            var xs = x64
+            for j in numeric.indices {
+                let v = x64[i][j]
+                xs[i][j] = v + step
+                let lp = loss(xs)
+                xs[i][j] = v - step
+                let lm = loss(xs)
+                xs[i][j] = v
+                numeric[j] = (lp - lm) / (2 * step)
+            }
+            let e = relativeError(a, numeric)
+            XCTAssertLessThanOrEqual(e, tolerance, "\(name) input \(i): relative error \(e)", file: file, line: line)
+        }
+    }
+
+    func testLinear() {
+        let (rows, inF, outF) = (5, 7, 6)
+        let x = rng.floats(rows * inF), w = rng.floats(outF * inF), b = rng.floats(outF), dy = rng.floats(rows * outF)
+        let X = tensor(x), W = tensor(w), B = tensor(b), DY = tensor(dy)
+        let dx = zeros([rows * inF]), dw = zeros([outF * inF]), db = zeros([outF])
+        A.Linear.backward(dY: DY.pointer, x: X.pointer, weight: W.pointer, dX: dx.pointer, dWeight: dw.pointer,
+                          dBias: db.pointer, rows: rows, inFeatures: inF, outFeatures: outF)
+        check("linear", inputs: [x, w, b], dY: dy, analytic: [0: dx.array, 1: dw.array, 2: db.array]) {
+            Ref.linear($0[0], $0[1], $0[2], rows: rows, inF: inF, outF: outF)
+        }
+        // The forward agrees with the reference too.
+        let y = zeros([rows * outF])
+        A.Linear.forward(x: X.pointer, weight: W.pointer, bias: B.pointer, y: y.pointer, rows: rows, inFeatures: inF, outFeatures: outF)
+        XCTAssertLessThanOrEqual(relativeError(y.array, Ref.linear(x.map(Double.init), w.map(Double.init), b.map(Double.init), rows: rows, inF: inF, outF: outF)), 1e-6)
+    }
+
+    func testRMSNorm() {
+        let (rows, dim) = (4, 24)
+        let x = rng.floats(rows * dim, shift: 0.3), w = rng.floats(dim, scale: 0.3, shift: 1), dy = rng.floats(rows * dim)
+        let X = tensor(x), W = tensor(w), r = zeros([rows]), y = zeros([rows * dim])
+        let dx = zeros([rows * dim]), dw = zeros([dim])
+        A.RMSNorm.forward(x: X.pointer, weight: W.pointer, y: y.pointer, rstd: r.pointer, rows: rows, dim: dim, eps: 1e-5)
+        A.RMSNorm.backward(dY: tensor(dy).pointer, x: X.pointer, weight: W.pointer, rstd: r.pointer, dX: dx.pointer,
+                           dWeight: dw.pointer, rows: rows, dim: dim)
+        check("rmsnorm", inputs: [x, w], dY: dy, analytic: [0: dx.array, 1: dw.array]) {
+            Ref.rmsNorm($0[0], $0[1], rows: rows, dim: dim, eps: 1e-5)
+        }
+    }
+
+    func testLayerNorm() {
+        let (rows, dim) = (4, 24)
+        let x = rng.floats(rows * dim, shift: 0.5), w = rng.floats(dim, scale: 0.3, shift: 1), b = rng.floats(dim, scale: 0.2)
+        let dy = rng.floats(rows * dim)
+        let X = tensor(x), W = tensor(w), y = zeros([rows * dim]), mu = zeros([rows]), r = zeros([rows])
+        let dx = zeros([rows * dim]), dw = zeros([dim]), db = zeros([dim])
+        A.LayerNorm.forward(x: X.pointer, weight: W.pointer, bias: tensor(b).pointer, y: y.pointer, mean: mu.pointer,
+                            rstd: r.pointer, rows: rows, dim: dim, eps: 1e-5)
+        A.LayerNorm.backward(dY: tensor(dy).pointer, x: X.pointer, weight: W.pointer, mean: mu.pointer, rstd: r.pointer,
+                             dX: dx.pointer, dWeight: dw.pointer, dBias: db.pointer, rows: rows, dim: dim)
+        check("layernorm", inputs: [x, w, b], dY: dy, analytic: [0: dx.array, 1: dw.array, 2: db.array]) {
+            Ref.layerNorm($0[0], $0[1], $0[2], rows: rows, dim: dim, eps: 1e-5)
+        }
+    }
+
+    func testRope() {
+        let (rows, heads, d) = (5, 3, 8)
+        let (c, s) = A.Rope.tables(rows: rows, headDim: d, theta: 10_000)
+        let x = rng.floats(rows * heads * d), dy = rng.floats(rows * heads * d)
+        let dx = tensor(dy)  // in place
+        A.Rope.backward(dY: dx.pointer, dX: dx.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
+        let cd = c.array.map(Double.init), sd = s.array.map(Double.init)
+        check("rope", inputs: [x], dY: dy, analytic: [0: dx.array]) {
+            Ref.rope($0[0], cos: cd, sin: sd, rows: rows, heads: heads, d: d)
+        }
+        let y = tensor(x)
+        A.Rope.forward(x: y.pointer, y: y.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
+        XCTAssertLessThanOrEqual(relativeError(y.array, Ref.rope(x.map(Double.init), cos: cd, sin: sd, rows: rows, heads: heads, d: d)), 1e-6)
+    }
+
+    func testAttentionGQA() throws {
+        let (T, H, KV, d) = (6, 4, 2, 4)
+        let q = rng.floats(T * H * d), k = rng.floats(T * KV * d), v = rng.floats(T * KV * d), dy = rng.floats(T * H * d)
+        for blockRows in [64, 4, 1] {  // one block; blocks with a ragged last one; one row per block
+        let att = try A.CausalAttention(heads: H, kvHeads: KV, headDim: d, maxRows: 8, blockRows: blockRows)
+        let Q = tensor(q), K = tensor(k), V = tensor(v), out = zeros([T * H * d])
+        let dq = zeros([T * H * d]), dk = zeros([T * KV * d]), dv = zeros([T * KV * d])
+        att.forward(q: Q.pointer, k: K.pointer, v: V.pointer, out: out.pointer, rows: T)
+        att.backward(dOut: tensor(dy).pointer, q: Q.pointer, k: K.pointer, v: V.pointer, dQ: dq.pointer, dK: dk.pointer,
+                     dV: dv.pointer, rows: T)
+        check("attention", inputs: [q, k, v], dY: dy, analytic: [0: dq.array, 1: dk.array, 2: dv.array]) {
+            Ref.attention($0[0], $0[1], $0[2], rows: T, heads: H, kvHeads: KV, d: d)
+        }
+        XCTAssertLessThanOrEqual(relativeError(out.array, Ref.attention(q.map(Double.init), k.map(Double.init), v.map(Double.init), rows: T, heads: H, kvHeads: KV, d: d)), 1e-6)
+        }
+    }
+
+    func testActivations() {
+        let n = 64
+        let g = rng.floats(n, scale: 2), u = rng.floats(n), dy = rng.floats(n)
+        let dg = zeros([n]), du = zeros([n])
+        A.SiLUMul.backward(dY: tensor(dy).pointer, gate: tensor(g).pointer, up: tensor(u).pointer, dGate: dg.pointer,
+                           dUp: du.pointer, count: n)
+        check("silu·up", inputs: [g, u], dY: dy, analytic: [0: dg.array, 1: du.array]) { Ref.siluMul($0[0], $0[1]) }
+
+        // Keep ReLU's inputs away from its kink so the finite difference is meaningful.
+        let x = rng.floats(n, scale: 2).map { abs($0) < 0.01 ? $0 + 0.05 : $0 }
+        let X = tensor(x), DY = tensor(dy), dx = zeros([n])
+        A.GELUTanh.backward(dY: DY.pointer, x: X.pointer, dX: dx.pointer, count: n)
+        check("gelu tanh", inputs: [x], dY: dy, analytic: [0: dx.array]) { Ref.geluTanh($0[0]) }
+        A.GELUErf.backward(dY: DY.pointer, x: X.pointer, dX: dx.pointer, count: n)
+        check("gelu erf", inputs: [x], dY: dy, analytic: [0: dx.array]) { Ref.geluErf($0[0]) }
+        A.ReLU.backward(dY: DY.pointer, x: X.pointer, dX: dx.pointer, count: n)
+        check("relu", inputs: [x], dY: dy, analytic: [0: dx.array]) { Ref.relu($0[0]) }
+
+        let y = zeros([n])
+        A.GELUTanh.forward(x: X.pointer, y: y.pointer, count: n)
+        XCTAssertLessThanOrEqual(relativeError(y.array, Ref.geluTanh(x.map(Double.init))), 1e-6)
+        A.GELUErf.forward(x: X.pointer, y: y.pointer, count: n)
+        XCTAssertLessThanOrEqual(relativeError(y.array, Ref.geluErf(x.map(Double.init))), 1e-6)
+    }
+
+    func testResidualAndMSE() {
+        let n = 30
+        let a = rng.floats(n), b = rng.floats(n), dy = rng.floats(n)
+        let da = zeros([n]), db = zeros([n])
+        A.Residual.backward(dY: tensor(dy).pointer, dA: da.pointer, dB: db.pointer, count: n)
+        check("residual", inputs: [a, b], dY: dy, analytic: [0: da.array, 1: db.array]) { xs in
+            xs[0].indices.map { xs[0][$0] + xs[1][$0] }
+        }
+        let p = rng.floats(n), t = rng.floats(n), dp = zeros([n])
+        A.MSELoss.backward(pred: tensor(p).pointer, target: tensor(t).pointer, dPred: dp.pointer, count: n)
+        check("mse", inputs: [p, t], dY: [1], analytic: [0: dp.array]) { [Ref.mse($0[0], $0[1])] }
+    }
+
+    /// The whole block as a function of its input (weights fixed after fake-quantization, so it is smooth in x).
+    func testLlamaBlockInputGradient() throws {
+        let cfg = LlamaBlockConfig(hidden: 16, heads: 4, kvHeads: 2, headDim: 4, ffn: 24)
+        let T = 5
+        func w(_ o: Int, _ i: Int) -> Tensor { tensor(rng.floats(o * i, scale: 1 / Double(i).squareRoot()), [o, i]) }
+        let weights = LlamaBlockWeights(inputNorm: tensor(rng.floats(16, scale: 0.1, shift: 1)), q: w(16, 16), k: w(8, 16),
+                                        v: w(8, 16), o: w(16, 16), postNorm: tensor(rng.floats(16, scale: 0.1, shift: 1)),
+                                        gate: w(24, 16), up: w(24, 16), down: w(16, 24))
+        let block = try LlamaBlockGrad(config: cfg, weights: weights, bits: 4, groupSize: 8, maxRows: 8)
+        let x = rng.floats(T * 16), dy = rng.floats(T * 16)
+        _ = try block.forward(tensor(x, [T, 16]))
+        let dx = try block.backward(tensor(dy, [T, 16])).array
+        let (c, s) = Autodiff.Rope.tables(rows: T, headDim: 4)
+        let ref = Ref.Block(hidden: 16, heads: 4, kvHeads: 2, d: 4, ffn: 24, eps: 1e-5,
+                            g1: weights.inputNorm.array.map(Double.init), g2: weights.postNorm.array.map(Double.init),
+                            w: LlamaLinear.allCases.map { block.fakeQuantizedWeight($0).array.map(Double.init) },
+                            cos: c.array.map(Double.init), sin: s.array.map(Double.init))
+        check("llama block dx", inputs: [x], dY: dy, analytic: [0: dx]) { ref($0[0], rows: T) }
+        let out = try block.forward(tensor(x, [T, 16])).array
+        XCTAssertLessThanOrEqual(relativeError(out, ref(x.map(Double.init), rows: T)), 1e-5)
+    }
+}

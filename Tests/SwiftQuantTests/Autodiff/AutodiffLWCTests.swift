@@ -1,0 +1,146 @@
+import XCTest
+import SwiftQuant
+
+/// The LWC fake-quantizer: straight-through gradients against the analytic formula in Float64 (finite differences
+/// are meaningless through rounding), and the invariants of ALGORITHMS.md §1.
+final class AutodiffLWCTests: XCTestCase {
+    typealias FQ = Autodiff.FakeQuantLWC
+    var rng = TestRNG(seed: 0x4C57_4321)
+
+    func run(_ fq: FQ, w: [Float], u: [Float], l: [Float], dy: [Float])
+        -> (y: [Float], dw: [Float], du: [Float], dl: [Float], state: FQ.State) {
+        let st = fq.makeState()
+        let W = tensor(w), y = zeros([w.count]), du = zeros([u.count]), dl = zeros([l.count]), dw = zeros([w.count])
+        let U = tensor(u), L = tensor(l)
+        fq.forward(weight: W.pointer, u: U.pointer, l: L.pointer, out: y.pointer, state: st)
+        fq.backward(dOut: tensor(dy).pointer, weight: W.pointer, state: st, dU: du.pointer, dL: dl.pointer,
+                    dWeight: dw.pointer)
+        return (y.array, dw.array, du.array, dl.array, st)
+    }
+
+    /// Weights with the awkward cases: an all-zero row, a constant row, an all-positive row, a ragged last group.
+    func weights(rows: Int, cols: Int) -> [Float] {
+        var w = rng.floats(rows * cols, scale: 0.05)
+        for c in 0..<cols { w[1 * cols + c] = 0; w[2 * cols + c] = 0.03; w[3 * cols + c] = abs(w[3 * cols + c]) + 0.01 }
+        return w
+    }
+
+    func testSTEGradientsMatchFloat64Formula() throws {
+        let (rows, cols) = (6, 72)
+        for (bits, group, sym) in [(3, 32, false), (4, 0, false), (4, 16, true), (2, 24, false), (8, 0, true)] {
+            for mode in [FQ.ClampGradient.inclusive, .exclusive] {
+                let fq = try FQ(rows: rows, columns: cols, bits: bits, groupSize: group, symmetric: sym, clampGradient: mode)
+                let w = weights(rows: rows, cols: cols)
+                let n = rows * fq.groupsPerRow
+                let u = rng.floats(n, scale: 1.5, shift: 2), l = rng.floats(n, scale: 1.5, shift: 2)
+                let dy = rng.floats(rows * cols)
+                let got = run(fq, w: w, u: u, l: l, dy: dy)
+                let ref = Ref.lwc(w: w.map(Double.init), u: u.map(Double.init), l: l.map(Double.init), dy: dy.map(Double.init),
+                                  rows: rows, cols: cols, bits: bits, group: group, symmetric: sym, inclusive: mode == .inclusive)
+                let tag = "W\(bits) g\(group) \(sym ? "sym" : "asym") \(mode)"
+                XCTAssertLessThanOrEqual(relativeError(got.y, ref.y), 1e-5, "\(tag): Ŵ")
+                XCTAssertLessThanOrEqual(relativeError(got.du, ref.du), 1e-4, "\(tag): du")
+                XCTAssertLessThanOrEqual(relativeError(got.dl, ref.dl), 1e-4, "\(tag): dl")
+                XCTAssertLessThanOrEqual(relativeError(got.dw, ref.dw), 1e-4, "\(tag): dW")
+                // All-zero and constant rows give finite scales; the all-zero row gets no u/l gradient.
+                XCTAssertTrue(got.state.scales.array.allSatisfy { $0.isFinite && $0 >= 1e-5 }, tag)
+                for g in 0..<fq.groupsPerRow { XCTAssertEqual(got.du[1 * fq.groupsPerRow + g], 0, tag) }
+            }
+        }
+    }
+
+    /// The clamp-boundary convention, on a case built to land exactly on the end codes.
+    func testClampBoundaryConvention() throws {
+        // One group, 3 bits, u = l = 6: h = σ(6)·0.7/7, z = 0; 0 and 0.7 land exactly on codes 0 and 7.
+        let w: [Float] = [0, 0.7, 0.3, 0.5], u: [Float] = [6], l: [Float] = [6], dy: [Float] = [1, 0.5, -1, 2]
+        let inc = run(try FQ(rows: 1, columns: 4, bits: 3, clampGradient: .inclusive), w: w, u: u, l: l, dy: dy)
+        let exc = run(try FQ(rows: 1, columns: 4, bits: 3, clampGradient: .exclusive), w: w, u: u, l: l, dy: dy)
+        XCTAssertEqual(inc.y, exc.y)
+        // STE part only differs at the two end codes: inclusive passes 1 there, exclusive 0.
+        let refI = Ref.lwc(w: w.map(Double.init), u: [6], l: [6], dy: dy.map(Double.init), rows: 1, cols: 4, bits: 3,
+                           group: 0, symmetric: false, inclusive: true)
+        let refE = Ref.lwc(w: w.map(Double.init), u: [6], l: [6], dy: dy.map(Double.init), rows: 1, cols: 4, bits: 3,
+                           group: 0, symmetric: false, inclusive: false)
+        XCTAssertEqual(inc.y.map { ($0 / inc.state.scales.array[0]).rounded() }, [0, 7, 3, 5])
+        XCTAssertLessThanOrEqual(relativeError(inc.dw, refI.dw), 1e-5)
+        XCTAssertLessThanOrEqual(relativeError(exc.dw, refE.dw), 1e-5)
+        XCTAssertLessThanOrEqual(relativeError(inc.du, refI.du), 1e-4)
+        XCTAssertLessThanOrEqual(relativeError(exc.du, refE.du), 1e-4)
+        XCTAssertEqual(Double(exc.dw[2]), -1, accuracy: 1e-6)    // interior element: pure STE
+        // With the end codes outside, they add q − z (0 and 7) to ∂Ŵ/∂h instead of round(t) − t ≈ 0.
+        XCTAssertGreaterThan(abs(exc.du[0] - inc.du[0]), 1e-4)
+    }
+
+    /// u = l = +large (σ → 1 exactly in float32) gives plain round-to-nearest min/max quantization, bit for bit.
+    func testLargeULEqualsRoundToNearest() throws {
+        let (rows, cols) = (5, 64)
+        for (bits, group, sym) in [(3, 32, false), (4, 0, false), (4, 16, true), (2, 20, false)] {
+            let fq = try FQ(rows: rows, columns: cols, bits: bits, groupSize: group, symmetric: sym)
+            let w = weights(rows: rows, cols: cols)
+            let n = rows * fq.groupsPerRow
+            let got = run(fq, w: w, u: [Float](repeating: 40, count: n), l: [Float](repeating: 40, count: n),
+                          dy: [Float](repeating: 0, count: w.count))
+            // Round-to-nearest, written independently.
+            let G = fq.groupSize, qmax = Float((1 << bits) - 1), half = Float((1 << (bits - 1)) - 1)
+            var rtn = w
+            for r in 0..<rows {
+                for g0 in stride(from: 0, to: cols, by: G) {
+                    let idx = (r * cols + g0)..<(r * cols + min(g0 + G, cols))
+                    let mx = w[idx].max()!, mn = w[idx].min()!
+                    let h = min(max(sym ? max(abs(mx), abs(mn)) / half : (mx - mn) / qmax, 1e-5), 1e4)
+                    let z = sym ? half : min(max(-mn / h, -1e4), 1e4).rounded(.toNearestOrEven)
+                    for i in idx { rtn[i] = (min(max((w[i] / h).rounded(.toNearestOrEven) + z, 0), qmax) - z) * h }
+                }
+            }
+            XCTAssertEqual(got.y, rtn, "W\(bits) g\(group) \(sym ? "sym" : "asym")")
+        }
+    }
+
+    /// Every fake-quantized value is (q − z)·h with q an integer code in [0, 2^N − 1].
+    func testOutputLiesOnTheGrid() throws {
+        let (rows, cols) = (8, 96)
+        for (bits, group, sym) in [(3, 32, false), (4, 128, false), (4, 32, true), (2, 0, false)] {
+            let fq = try FQ(rows: rows, columns: cols, bits: bits, groupSize: group, symmetric: sym)
+            let w = weights(rows: rows, cols: cols)
+            let n = rows * fq.groupsPerRow
+            let got = run(fq, w: w, u: rng.floats(n, shift: 2), l: rng.floats(n, shift: 2), dy: [Float](repeating: 0, count: w.count))
+            let hs = got.state.scales.array, zs = got.state.zeros.array, qmax = Float((1 << bits) - 1)
+            for r in 0..<rows {
+                for c in 0..<cols {
+                    let gi = r * fq.groupsPerRow + c / fq.groupSize
+                    XCTAssertEqual(zs[gi], zs[gi].rounded(), "zero point is an integer")
+                    let q = got.y[r * cols + c] / hs[gi] + zs[gi]
+                    XCTAssertEqual(q, q.rounded(), accuracy: 1e-3, "code at [\(r), \(c)]")
+                    XCTAssertTrue(q.rounded() >= 0 && q.rounded() <= qmax, "code \(q) in range")
+                }
+            }
+        }
+    }
+
+    func testRejectsBadSettings() {
+        XCTAssertThrowsError(try FQ(rows: 2, columns: 8, bits: 0))
+        XCTAssertThrowsError(try FQ(rows: 2, columns: 8, bits: 1, symmetric: true))
+        XCTAssertThrowsError(try FQ(rows: 0, columns: 8, bits: 4))
+        XCTAssertThrowsError(try FQ(rows: 2, columns: 8, bits: 4, groupSize: -1))
+    }
+
+    /// A few AdamW steps on the LWC parameters lower the block-output MSE against the FP block.
+    func testCalibrationLossFalls() throws {
+        let cfg = LlamaBlockConfig(hidden: 32, heads: 4, kvHeads: 2, headDim: 8, ffn: 48)
+        func w(_ o: Int, _ i: Int) -> Tensor { tensor(rng.floats(o * i, scale: 1 / Double(i).squareRoot()), [o, i]) }
+        let weights = LlamaBlockWeights(inputNorm: tensor(rng.floats(32, scale: 0.1, shift: 1)), q: w(32, 32), k: w(16, 32),
+                                        v: w(16, 32), o: w(32, 32), postNorm: tensor(rng.floats(32, scale: 0.1, shift: 1)),
+                                        gate: w(48, 32), up: w(48, 32), down: w(32, 48))
+        let block = try LlamaBlockGrad(config: cfg, weights: weights, bits: 3, groupSize: 16, maxRows: 16)
+        let x = tensor(rng.floats(16 * 32), [16, 32])
+        let target = try block.forward(x, quantized: false).copy()
+        let opt = try AdamW(parameters: block.u + block.l, learningRate: 5e-2)
+        var losses: [Float] = []
+        for _ in 0..<40 {
+            losses.append(try block.trainStep(input: x, target: target))
+            try opt.step(gradients: block.gradU + block.gradL)
+        }
+        XCTAssertTrue(losses.allSatisfy { $0.isFinite })
+        XCTAssertLessThan(losses.suffix(5).max()!, 0.9 * losses.first!, "losses \(losses)")
+    }
+}
