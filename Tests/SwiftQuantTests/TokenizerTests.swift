@@ -96,6 +96,29 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// GGUF "llama" (SentencePiece BPE by scores, byte fallback) against the `sentencepiece` library's own ids.
+    func testFromGGUFSentencePieceMatchesSentencePiece() throws {
+        struct Fixture: Decodable {
+            struct Row: Decodable { let text: String; let ids: [Int32]; let decoded: String }
+            let tokens: [String]; let scores: [Float]; let types: [Int32]; let bos: Int; let eos: Int; let unk: Int
+            let cases: [Row]
+        }
+        let f = try JSONDecoder().decode(Fixture.self,
+                                         from: Data(contentsOf: try Self.fixtureURL("gguf_llama_cases.json")))
+        let spec = try TokenizerSpec.fromGGUF(model: "llama", pre: nil, tokens: f.tokens, tokenTypes: f.types,
+                                              scores: f.scores, merges: nil, bos: f.bos, eos: f.eos, unk: f.unk,
+                                              addBOS: nil)
+        XCTAssertEqual(spec.kind, .sentencePieceBPE)
+        XCTAssertTrue(spec.addBOS)
+        let tok = try Tokenizer(spec: spec)
+        XCTAssertGreaterThan(f.cases.count, 50)
+        for c in f.cases {
+            XCTAssertEqual(tok.encode(c.text), c.ids, "encode(\(c.text.debugDescription))")
+            XCTAssertEqual(try tok.decode(c.ids, skipSpecialTokens: true), c.decoded,
+                           "decode of \(c.text.debugDescription)")
+        }
+    }
+
     func testUnknownPreTokenizerPatternIsRefused() throws {
         let spec = TokenizerSpec(kind: .byteLevelBPE, vocab: ["a"], merges: [],
                                  preTokenizer: [.split(pattern: #"\w+|\s+"#, behavior: "Isolated", invert: false),

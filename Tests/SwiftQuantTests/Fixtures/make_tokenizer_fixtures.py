@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the tokenizer fixtures for TokenizerTests (run by hand, never in CI).
 
-    pip install tokenizers numpy gguf
+    pip install tokenizers numpy gguf sentencepiece
     python Tests/SwiftQuantTests/Fixtures/make_tokenizer_fixtures.py [--smollm2-gguf FILE --smollm2-out DIR]
 
 Writes, next to this script:
@@ -10,6 +10,8 @@ Writes, next to this script:
                           template), qwen2 (NFC + Qwen2 split regex + ByteLevel), sp (Llama-2 style SentencePiece
                           BPE with byte fallback: Prepend/Replace normalizer), sp_metaspace (same model, Metaspace
                           pre-tokenizer with prepend_scheme "first").
+  gguf_llama_cases.json   a SentencePiece BPE (byte fallback) trained with the `sentencepiece` library, as GGUF
+                          "llama" metadata (tokens, scores, types), with sentencepiece's ids (+ BOS) and decodes.
   tokenizer_cases.json    for every tokenizer and test string: `tokenizers`' encode(text).ids and decode()
                           with and without skip_special_tokens.
 With --smollm2-gguf: builds SmolLM2's tokenizer.json from the GGUF metadata (tokenizer.ggml.*; the
@@ -166,6 +168,40 @@ def build():
                                                encoding="utf-8")
 
 
+def sentencepiece_gguf_llama():
+    """A SentencePiece BPE model (byte fallback) trained with the `sentencepiece` library, written as the GGUF
+    "llama" tokenizer metadata would hold it (tokens, scores, token types), with sentencepiece's own ids as the
+    oracle for TokenizerSpec.fromGGUF(model: "llama") (score-ordered merges, as llama.cpp does)."""
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        print("note: sentencepiece not installed, gguf_llama_cases.json not regenerated")
+        return
+    import io
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for line in corpus() if line.strip()]), model_writer=buf, model_type="bpe",
+        vocab_size=700, byte_fallback=True, character_coverage=0.995, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
+        allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    n = sp.get_piece_size()
+    tokens = [sp.id_to_piece(i) for i in range(n)]
+    scores = [sp.get_score(i) for i in range(n)]
+    # GGUF token types: 1 normal, 2 unknown, 3 control, 6 byte.
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
+    cases = []
+    for s in test_strings():
+        if any(t in s for t in ("<s>", "</s>", "<unk>")):
+            continue   # sentencepiece does not match control tokens in text; llama.cpp and Tokenizer do
+        ids = sp.encode(s)
+        cases.append({"text": s, "ids": [1] + ids, "decoded": sp.decode(ids)})
+    (HERE / "gguf_llama_cases.json").write_text(json.dumps(
+        {"tokens": tokens, "scores": scores, "types": types, "bos": 1, "eos": 2, "unk": 0, "cases": cases},
+        ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    print(f"sentencepiece (GGUF llama): vocab {n}, {len(cases)} cases")
+
+
 def smollm2(gguf_path, out_dir):
     from gguf import GGUFReader
     r = GGUFReader(gguf_path)
@@ -212,5 +248,6 @@ if __name__ == "__main__":
     ap.add_argument("--smollm2-out", default="smollm2-tokenizer")
     a = ap.parse_args()
     build()
+    sentencepiece_gguf_llama()
     if a.smollm2_gguf:
         smollm2(a.smollm2_gguf, a.smollm2_out)
