@@ -119,6 +119,33 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// The scanner against `tokenizers`' own regex splits on random strings of tricky characters (Unicode
+    /// spaces, newlines, case-folding look-alikes, marks, numbers of every category, emoji, joiners).
+    func testPreTokenizerSplitsMatchTokenizers() throws {
+        struct Fixture: Decodable { let strings: [String]; let splits: [String: [[Int]]] }
+        let f = try JSONDecoder().decode(Fixture.self,
+                                         from: Data(contentsOf: try Self.fixtureURL("pretokenizer_cases.json")))
+        let steps: [String: [TokenizerSpec.PreTokenizerStep]] = [
+            "gpt2": [.byteLevel(addPrefixSpace: false, useRegex: true)],
+            "llama3": [.split(pattern: KnownSplitPattern.llama3, behavior: "Isolated", invert: false),
+                       .byteLevel(addPrefixSpace: false, useRegex: false)],
+            "qwen2": [.split(pattern: KnownSplitPattern.qwen2, behavior: "Isolated", invert: false),
+                      .byteLevel(addPrefixSpace: false, useRegex: false)],
+            "smollm": [.digits(individual: true), .byteLevel(addPrefixSpace: false, useRegex: true)],
+        ]
+        XCTAssertEqual(Set(f.splits.keys), Set(steps.keys))
+        for (name, pre) in steps {
+            let tok = try Tokenizer(spec: TokenizerSpec(kind: .byteLevelBPE, vocab: ["a"], merges: [],
+                                                        preTokenizer: pre))
+            let expected = try XCTUnwrap(f.splits[name])
+            XCTAssertEqual(expected.count, f.strings.count)
+            for (s, want) in zip(f.strings, expected) {
+                let got = tok.preTokenize(s).map { $0.unicodeScalars.count }
+                XCTAssertEqual(got, want, "\(name): \(s.debugDescription) → \(tok.preTokenize(s))")
+            }
+        }
+    }
+
     func testUnknownPreTokenizerPatternIsRefused() throws {
         let spec = TokenizerSpec(kind: .byteLevelBPE, vocab: ["a"], merges: [],
                                  preTokenizer: [.split(pattern: #"\w+|\s+"#, behavior: "Isolated", invert: false),

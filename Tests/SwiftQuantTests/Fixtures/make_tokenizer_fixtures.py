@@ -12,6 +12,7 @@ Writes, next to this script:
                           pre-tokenizer with prepend_scheme "first").
   gguf_llama_cases.json   a SentencePiece BPE (byte fallback) trained with the `sentencepiece` library, as GGUF
                           "llama" metadata (tokens, scores, types), with sentencepiece's ids (+ BOS) and decodes.
+  pretokenizer_cases.json random tricky strings and `tokenizers`' split of each by every known pattern.
   tokenizer_cases.json    for every tokenizer and test string: `tokenizers`' encode(text).ids and decode()
                           with and without skip_special_tokens.
 With --smollm2-gguf: builds SmolLM2's tokenizer.json from the GGUF metadata (tokenizer.ggml.*; the
@@ -202,6 +203,28 @@ def sentencepiece_gguf_llama():
     print(f"sentencepiece (GGUF llama): vocab {n}, {len(cases)} cases")
 
 
+def pretokenizer_fuzz():
+    """Random tricky strings and how `tokenizers` splits them with each known pattern (piece lengths in code
+    points): a direct oracle for the hand-written scanner, independent of any vocabulary."""
+    rng = random.Random(99)
+    pool = list("aZ kK sStTdDmMlLrReEvV'0123456789") + list(" " * 6) + ["\n", "\n", "\r", "\t", "\x0b", "\x0c"]
+    pool += ["\u0085", "\u00a0", "\u1680", "\u2003", "\u2028", "\u2029", "\u202f", "\u3000", "\u200b",
+             "\u017f", "\u212a", "\u0301", "\u0903", "é", "ß", "Ǆ", "ʰ", "日", "한", "٣", "²", "½", "Ⅷ", "〇",
+             "😀", "🏽", "\u200d", ".", ",", "!", "-", "_", "$", "€", "(", '"', "’", "\U000e0001", "\ufeff"]
+    strings = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 24))) for _ in range(250)]
+    variants = {
+        "gpt2": pre_tokenizers.Split(Regex(GPT2), behavior="isolated"),
+        "llama3": pre_tokenizers.Split(Regex(LLAMA3), behavior="isolated"),
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2), behavior="isolated"),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.Split(Regex(GPT2), behavior="isolated")]),
+    }
+    splits = {name: [[len(p) for p, _ in pre.pre_tokenize_str(s)] for s in strings] for name, pre in variants.items()}
+    (HERE / "pretokenizer_cases.json").write_text(json.dumps({"strings": strings, "splits": splits},
+                                                             ensure_ascii=False, separators=(",", ":")),
+                                                  encoding="utf-8")
+
+
 def smollm2(gguf_path, out_dir):
     from gguf import GGUFReader
     r = GGUFReader(gguf_path)
@@ -248,6 +271,7 @@ if __name__ == "__main__":
     ap.add_argument("--smollm2-out", default="smollm2-tokenizer")
     a = ap.parse_args()
     build()
+    pretokenizer_fuzz()
     sentencepiece_gguf_llama()
     if a.smollm2_gguf:
         smollm2(a.smollm2_gguf, a.smollm2_out)

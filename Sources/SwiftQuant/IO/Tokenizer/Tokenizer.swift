@@ -206,6 +206,53 @@ public final class Tokenizer: @unchecked Sendable {
         cacheLock.lock()
         defer { cacheLock.unlock() }
         if cache.count > 1_000_000 { cache.removeAll() }
+        for (range, added) in splitOnAddedTokens(scalars) {
+            if let id = added {
+                out.append(id)
+                continue
+            }
+            let (buf, ranges) = preTokenizeSegment(scalars[range], atTextStart: range.lowerBound == 0)
+            for r in ranges where !r.isEmpty {
+                var v = String.UnicodeScalarView()
+                v.append(contentsOf: buf[r])
+                let key = String(v)
+                if let ids = cache[key] {
+                    out.append(contentsOf: ids)
+                    continue
+                }
+                let ids = bpeWord(buf[r], key: key)
+                if r.count <= 64 { cache[key] = ids }
+                out.append(contentsOf: ids)
+            }
+        }
+        if spec.addEOS, let e = spec.eosId { out.append(e) }
+        return out
+    }
+
+    /// The pieces BPE sees for `text`: added tokens as themselves, every other piece as its normalized,
+    /// pre-tokenized text (before the byte-level character mapping). For inspection and tests.
+    public func preTokenize(_ text: String) -> [String] {
+        let scalars = Array(text.unicodeScalars)
+        var out: [String] = []
+        for (range, added) in splitOnAddedTokens(scalars) {
+            if let id = added {
+                out.append(spec.vocab[Int(id)])
+                continue
+            }
+            let (buf, ranges) = preTokenizeSegment(scalars[range], atTextStart: range.lowerBound == 0)
+            for r in ranges where !r.isEmpty {
+                var v = String.UnicodeScalarView()
+                v.append(contentsOf: buf[r])
+                out.append(String(v))
+            }
+        }
+        return out
+    }
+
+    /// Splits the raw text on added tokens (leftmost match, longest token there; `lstrip`/`rstrip` absorb
+    /// neighbouring whitespace). Returns text ranges (added == nil) and added-token ids in order.
+    private func splitOnAddedTokens(_ scalars: [Unicode.Scalar]) -> [(range: Range<Int>, added: Int32?)] {
+        var segs: [(range: Range<Int>, added: Int32?)] = []
         var segStart = 0
         var i = 0
         let n = scalars.count
@@ -227,10 +274,8 @@ public final class Tokenizer: @unchecked Sendable {
                     if tok.rstrip {
                         while end < n && scalars[end].properties.isWhitespace { end += 1 }
                     }
-                    if start > segStart {
-                        encodeSegment(scalars[segStart..<start], atTextStart: segStart == 0, into: &out)
-                    }
-                    out.append(tok.id)
+                    if start > segStart { segs.append((segStart..<start, nil)) }
+                    segs.append((start..<end, tok.id))
                     i = end
                     segStart = end
                     continue
@@ -238,11 +283,8 @@ public final class Tokenizer: @unchecked Sendable {
             }
             i += 1
         }
-        if segStart < n {
-            encodeSegment(scalars[segStart..<n], atTextStart: segStart == 0, into: &out)
-        }
-        if spec.addEOS, let e = spec.eosId { out.append(e) }
-        return out
+        if segStart < n { segs.append((segStart..<n, nil)) }
+        return segs
     }
 
     private func normalize(_ seg: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
@@ -269,9 +311,11 @@ public final class Tokenizer: @unchecked Sendable {
         return s
     }
 
-    private func encodeSegment(_ seg: ArraySlice<Unicode.Scalar>, atTextStart: Bool, into out: inout [Int32]) {
+    /// Normalizes one stretch of text between added tokens and splits it into pieces (ranges of the result).
+    private func preTokenizeSegment(_ seg: ArraySlice<Unicode.Scalar>, atTextStart: Bool)
+        -> (buf: [Unicode.Scalar], ranges: [Range<Int>]) {
         var buf = spec.normalizer.isEmpty ? Array(seg) : normalize(seg)
-        if buf.isEmpty { return }
+        if buf.isEmpty { return ([], []) }
         var ranges: [Range<Int>] = [0..<buf.count]
         var cls: [UInt8] = []
         var clsValid = false
@@ -343,18 +387,7 @@ public final class Tokenizer: @unchecked Sendable {
                 clsValid = false
             }
         }
-        for r in ranges where !r.isEmpty {
-            var v = String.UnicodeScalarView()
-            v.append(contentsOf: buf[r])
-            let key = String(v)
-            if let ids = cache[key] {
-                out.append(contentsOf: ids)
-                continue
-            }
-            let ids = bpeWord(buf[r], key: key)
-            if r.count <= 64 { cache[key] = ids }
-            out.append(contentsOf: ids)
-        }
+        return (buf, ranges)
     }
 
     private func bpeWord(_ word: ArraySlice<Unicode.Scalar>, key: String) -> [Int32] {
