@@ -117,12 +117,15 @@ extension TokenizerSpec {
     /// - `model == "gpt2"`: byte-level BPE by `merges`; `pre` picks the pre-tokenizer the matching Hugging Face
     ///   tokenizer uses ("default"/"gpt2"/nil: GPT-2 regex; "llama3"/"llama-bpe"/"dbrx"/"smaug-bpe": Llama-3
     ///   regex; "qwen2": Qwen2 regex; "smollm": individual digits + GPT-2 regex). Other names are refused.
-    /// - `model == "llama"`: SentencePiece BPE by `scores`, "▁" prefix, `<0xNN>` byte fallback.
+    /// - `model == "llama"`: SentencePiece BPE by `scores`, `<0xNN>` byte fallback, " " → "▁", and a "▁" prefix on
+    ///   each stretch of text between added tokens unless `addSpacePrefix` (`tokenizer.ggml.add_space_prefix`)
+    ///   is false.
     ///
     /// Token types (GGUF): 3 = control (special added token), 4 = user-defined (non-special added token).
     public static func fromGGUF(model: String, pre: String?, tokens: [String], tokenTypes: [Int32]?,
                                 scores: [Float]?, merges: [String]?, bos: Int?, eos: Int?, unk: Int?,
-                                addBOS: Bool?, addEOS: Bool? = nil) throws -> TokenizerSpec {
+                                addBOS: Bool?, addEOS: Bool? = nil,
+                                addSpacePrefix: Bool? = nil) throws -> TokenizerSpec {
         try require(!tokens.isEmpty, "GGUF tokenizer: tokenizer.ggml.tokens is empty")
         if let t = tokenTypes {
             try require(t.count == tokens.count,
@@ -184,7 +187,9 @@ extension TokenizerSpec {
                 throw SwiftQuantError.format("GGUF tokenizer: model llama without tokenizer.ggml.scores")
             }
             return TokenizerSpec(kind: .sentencePieceBPE, vocab: tokens, merges: [], scores: sc,
-                                 addedTokens: added, normalizer: [.prepend("▁"), .replace(" ", "▁")],
+                                 addedTokens: added,
+                                 normalizer: (addSpacePrefix ?? true) ? [.prepend("▁"), .replace(" ", "▁")]
+                                     : [.replace(" ", "▁")],
                                  byteFallback: true, bosId: bosId, eosId: eosId, unkId: unkId,
                                  addBOS: addBOS ?? true, addEOS: addEOS ?? false)
         default:
