@@ -199,7 +199,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// Encodes `text` like tokenizers' `encode(text).ids` (add_special_tokens=True): added tokens matched in the
     /// raw text first, then normalizer, pre-tokenizer and BPE on the rest, then bos/eos per the post-processor.
     public func encode(_ text: String) -> [Int32] {
-        let scalars = Array(text.unicodeScalars)
+        let scalars = Tokenizer.scalars(of: text)
         var out: [Int32] = []
         out.reserveCapacity(scalars.count / 3 + 2)
         if spec.addBOS, let b = spec.bosId { out.append(b) }
@@ -212,10 +212,11 @@ public final class Tokenizer: @unchecked Sendable {
                 continue
             }
             let (buf, ranges) = preTokenizeSegment(scalars[range], atTextStart: range.lowerBound == 0)
+            var utf8: [UInt8] = []
             for r in ranges where !r.isEmpty {
-                var v = String.UnicodeScalarView()
-                v.append(contentsOf: buf[r])
-                let key = String(v)
+                utf8.removeAll(keepingCapacity: true)
+                for k in r { Tokenizer.appendUTF8(buf[k], to: &utf8) }
+                let key = String(decoding: utf8, as: UTF8.self)
                 if let ids = cache[key] {
                     out.append(contentsOf: ids)
                     continue
@@ -227,6 +228,39 @@ public final class Tokenizer: @unchecked Sendable {
         }
         if spec.addEOS, let e = spec.eosId { out.append(e) }
         return out
+    }
+
+    static func classes(_ buf: [Unicode.Scalar]) -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: buf.count)
+        let ascii = CharClass.ascii
+        for k in 0..<buf.count {
+            let v = buf[k].value
+            c[k] = v < 128 ? ascii[Int(v)] : CharClass.computeSlow(buf[k])
+        }
+        return c
+    }
+
+    static func scalars(of text: String) -> [Unicode.Scalar] {
+        var a: [Unicode.Scalar] = []
+        a.reserveCapacity(text.utf8.count)
+        for s in text.unicodeScalars { a.append(s) }
+        return a
+    }
+
+    @inline(__always)
+    static func appendUTF8(_ s: Unicode.Scalar, to out: inout [UInt8]) {
+        let v = s.value
+        if v < 0x80 {
+            out.append(UInt8(v))
+        } else if v < 0x800 {
+            out.append(UInt8(0xC0 | (v >> 6))); out.append(UInt8(0x80 | (v & 0x3F)))
+        } else if v < 0x10000 {
+            out.append(UInt8(0xE0 | (v >> 12))); out.append(UInt8(0x80 | ((v >> 6) & 0x3F)))
+            out.append(UInt8(0x80 | (v & 0x3F)))
+        } else {
+            out.append(UInt8(0xF0 | (v >> 18))); out.append(UInt8(0x80 | ((v >> 12) & 0x3F)))
+            out.append(UInt8(0x80 | ((v >> 6) & 0x3F))); out.append(UInt8(0x80 | (v & 0x3F)))
+        }
     }
 
     /// The pieces BPE sees for `text`: added tokens as themselves, every other piece as its normalized,
@@ -322,7 +356,7 @@ public final class Tokenizer: @unchecked Sendable {
         for step in steps {
             switch step {
             case .split(let sc):
-                if !clsValid { cls = buf.map(CharClass.of); clsValid = true }
+                if !clsValid { cls = Tokenizer.classes(buf); clsValid = true }
                 var nr: [Range<Int>] = []
                 nr.reserveCapacity(ranges.count + buf.count / 4)
                 buf.withUnsafeBufferPointer { b in
@@ -332,7 +366,7 @@ public final class Tokenizer: @unchecked Sendable {
                 }
                 ranges = nr
             case .digits(let individual):
-                if !clsValid { cls = buf.map(CharClass.of); clsValid = true }
+                if !clsValid { cls = Tokenizer.classes(buf); clsValid = true }
                 var nr: [Range<Int>] = []
                 for r in ranges {
                     var k = r.lowerBound
