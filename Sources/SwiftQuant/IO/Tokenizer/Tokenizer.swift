@@ -88,7 +88,7 @@ public final class Tokenizer: @unchecked Sendable {
 
         let n = spec.vocab.count
         tokenToId.reserveCapacity(n)
-        for (i, t) in spec.vocab.enumerated() where tokenToId[t] == nil { tokenToId[t] = Int32(i) }
+        for (i, t) in spec.vocab.enumerated() where !t.isEmpty && tokenToId[t] == nil { tokenToId[t] = Int32(i) }
         for a in spec.addedTokens {
             try require(a.id >= 0 && Int(a.id) < n, "tokenizer: added token id \(a.id) outside the vocabulary")
             tokenToId[a.content] = a.id

@@ -11,6 +11,12 @@ extension Tokenizer {
 
 extension TokenizerSpec {
     /// Reads a Hugging Face `tokenizer.json` into a spec (see `Tokenizer.fromJSON(path:)`).
+    ///
+    /// bos/eos: taken from the post-processor template when it adds them; otherwise (tokenizer.json does not
+    /// name them; tokenizer_config.json does) the first of the usual names present ("<s>", "<|begin_of_text|>",
+    /// "<|im_start|>", "<|endoftext|>" / "</s>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>").
+    /// The decoder section is not read: decoding follows the kind (ByteLevel, or SentencePiece's
+    /// "▁" → " " + byte fallback + one leading space stripped when a "▁" prefix is added).
     public static func fromJSON(path: String) throws -> TokenizerSpec {
         let data: Data
         do {

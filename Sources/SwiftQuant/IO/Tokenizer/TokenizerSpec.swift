@@ -134,7 +134,7 @@ extension TokenizerSpec {
         if let s = scores {
             try require(s.count == tokens.count, "GGUF tokenizer: \(s.count) scores for \(tokens.count) tokens")
         }
-        func checkedId(_ v: Int?, _ name: String) throws -> Int32? {
+        func checkedId(_ v: Int?) -> Int32? {
             guard let v = v else { return nil }
             // Some converters write -1 (or a huge value) for "none".
             if v < 0 || v >= tokens.count { return nil }
@@ -147,7 +147,7 @@ extension TokenizerSpec {
                 added.append(AddedToken(content: tokens[i], id: Int32(i), special: t == 3))
             }
         }
-        let bosId = try checkedId(bos, "bos"), eosId = try checkedId(eos, "eos"), unkId = try checkedId(unk, "unk")
+        let bosId = checkedId(bos), eosId = checkedId(eos), unkId = checkedId(unk)
         switch model {
         case "gpt2":
             guard let mergeLines = merges else {
