@@ -89,9 +89,11 @@ final class TokenizerTests: XCTestCase {
                 merges: json.merges.map { "\($0.0) \($0.1)" }, bos: json.bosId.map(Int.init),
                 eos: json.eosId.map(Int.init), unk: nil, addBOS: json.addBOS)
             let tok = try Tokenizer(spec: spec)
-            // GGUF carries no NFC normalizer (Qwen2's tokenizer.json has one): compare where NFC changes nothing.
+            // GGUF carries no NFC normalizer (Qwen2's tokenizer.json has one) and no lstrip/rstrip flags (the gpt2
+            // fixture's "<mask>" has them): compare where neither matters.
             try checkParity(name, tok, filter: { c in
-                Array(c.text.unicodeScalars) == Array(c.text.precomposedStringWithCanonicalMapping.unicodeScalars)
+                !c.text.contains("<mask>")
+                    && Array(c.text.unicodeScalars) == Array(c.text.precomposedStringWithCanonicalMapping.unicodeScalars)
             })
         }
     }

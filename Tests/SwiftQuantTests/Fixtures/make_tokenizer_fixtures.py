@@ -73,6 +73,8 @@ def test_strings():
         "line\u2028sep", "zero\u200bwidth", "word's 'quoted' text", "!!!??...---***", " !!! ?? ", "$$$ 100$ €5",
         "supercalifragilisticexpialidocious " * 3, "a" * 100, "  \t  \n", "\r\r\n\n", "x\u0301\u0302",
         "mixed123abc456 7up 1st 2nd", "<0x41> literal byte token text", "▁ literal metaspace",
+        "a <tool> b <tool_call> c <tool_cal <tool_call><tool>", "x  <mask>  y\n<mask>\nz<mask>", "<mask>",
+        " \t<mask> <|endoftext|><mask><tool>",
     ]
     rng = random.Random(1234)
     pool = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789    \n\t\r'.,!?-_()[]\"")
@@ -135,7 +137,10 @@ def make_sp(metaspace=False):
 def build():
     toks = {}
     gpt2 = train_byte_level(None)
-    gpt2.add_tokens([AddedToken("<tool>", special=False, normalized=False)])
+    # Overlapping added tokens (longest match wins) and an lstrip/rstrip one (absorbs neighbouring whitespace).
+    gpt2.add_tokens([AddedToken("<tool>", special=False, normalized=False),
+                     AddedToken("<tool_call>", special=False, normalized=False)])
+    gpt2.add_special_tokens([AddedToken("<mask>", special=True, normalized=False, lstrip=True, rstrip=True)])
     toks["gpt2"] = gpt2
 
     llama3 = train_byte_level(LLAMA3, ignore_merges=True,
