@@ -129,6 +129,8 @@ def make_sp(metaspace=False):
     tok.add_special_tokens([AddedToken("<unk>", special=True, normalized=False),
                             AddedToken("<s>", special=True, normalized=False),
                             AddedToken("</s>", special=True, normalized=False)])
+    # A normalized added token: its content is normalized too ("▁<tool>"), so it matches only after a space.
+    tok.add_tokens([AddedToken("<tool>", special=False, normalized=True)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", 1)])
     return tok
@@ -152,6 +154,8 @@ def build():
     toks["llama3"] = llama3
 
     qwen2 = train_byte_level(QWEN2, nfc=True, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
+    # A normalized added token: matched after NFC, so a decomposed "cafe\u0301" finds it too.
+    qwen2.add_tokens([AddedToken("café", special=False, normalized=True)])
     toks["qwen2"] = qwen2
 
     toks["sp"] = make_sp(metaspace=False)

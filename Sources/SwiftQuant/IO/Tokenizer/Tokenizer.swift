@@ -32,8 +32,11 @@ public final class Tokenizer: @unchecked Sendable {
     private var byteTokenId = [Int32](repeating: -1, count: 256)
     private var byteTokenValue: [Int32: UInt8] = [:]
     // added tokens, matched leftmost-longest
-    private var addedByFirst: [UInt32: [(scalars: [Unicode.Scalar], index: Int)]] = [:]
-    private var addedFirstASCII = [Bool](repeating: false, count: 128)
+    /// Tokens matched in the raw text, and (`normalized` ones) in the normalized text.
+    private var rawAdded = AddedTokenMatcher()
+    private var normalizedAdded = AddedTokenMatcher()
+    /// Decoded text of normalized added tokens: their normalized content, as tokenizers' decode gives it.
+    private var normalizedAddedText: [Int32: String] = [:]
     private var specialIds: Set<Int32> = []
     private var addedIds: Set<Int32> = []
     private let stripPrefixOnDecode: Bool
@@ -161,13 +164,19 @@ public final class Tokenizer: @unchecked Sendable {
 
         for (idx, a) in spec.addedTokens.enumerated() {
             let sc = Array(a.content.unicodeScalars)
-            guard let f = sc.first else { continue }
-            addedByFirst[f.value, default: []].append((sc, idx))
-            if f.value < 128 { addedFirstASCII[Int(f.value)] = true }
+            if a.normalized && !spec.normalizer.isEmpty {
+                // As tokenizers does: the token's content goes through the normalizer too.
+                let n = normalize(sc[...])
+                normalizedAdded.add(n, index: idx)
+                var v = String.UnicodeScalarView()
+                v.append(contentsOf: n)
+                normalizedAddedText[a.id] = String(v)
+            } else {
+                rawAdded.add(sc, index: idx)
+            }
             addedIds.insert(a.id)
             if a.special { specialIds.insert(a.id) }
         }
-        for k in addedByFirst.keys { addedByFirst[k]!.sort { $0.scalars.count > $1.scalars.count } }
     }
 
     static func byteTokenValue(_ t: String) -> UInt8? {
@@ -206,26 +215,19 @@ public final class Tokenizer: @unchecked Sendable {
         cacheLock.lock()
         defer { cacheLock.unlock() }
         if cache.count > 1_000_000 { cache.removeAll() }
-        for (range, added) in splitOnAddedTokens(scalars) {
-            if let id = added {
-                out.append(id)
-                continue
-            }
-            let (buf, ranges) = preTokenizeSegment(scalars[range], atTextStart: range.lowerBound == 0)
-            var utf8: [UInt8] = []
-            for r in ranges where !r.isEmpty {
-                utf8.removeAll(keepingCapacity: true)
-                for k in r { Tokenizer.appendUTF8(buf[k], to: &utf8) }
-                let key = String(decoding: utf8, as: UTF8.self)
-                if let ids = cache[key] {
-                    out.append(contentsOf: ids)
-                    continue
-                }
-                let ids = bpeWord(buf[r], key: key)
-                if r.count <= 64 { cache[key] = ids }
+        var utf8: [UInt8] = []
+        walk(scalars, added: { out.append($0) }, piece: { buf, r in
+            utf8.removeAll(keepingCapacity: true)
+            for k in r { Tokenizer.appendUTF8(buf[k], to: &utf8) }
+            let key = String(decoding: utf8, as: UTF8.self)
+            if let ids = cache[key] {
                 out.append(contentsOf: ids)
+                return
             }
-        }
+            let ids = bpeWord(buf[r], key: key)
+            if r.count <= 64 { cache[key] = ids }
+            out.append(contentsOf: ids)
+        })
         if spec.addEOS, let e = spec.eosId { out.append(e) }
         return out
     }
@@ -266,59 +268,37 @@ public final class Tokenizer: @unchecked Sendable {
     /// The pieces BPE sees for `text`: added tokens as themselves, every other piece as its normalized,
     /// pre-tokenized text (before the byte-level character mapping). For inspection and tests.
     public func preTokenize(_ text: String) -> [String] {
-        let scalars = Array(text.unicodeScalars)
         var out: [String] = []
-        for (range, added) in splitOnAddedTokens(scalars) {
-            if let id = added {
-                out.append(spec.vocab[Int(id)])
-                continue
-            }
-            let (buf, ranges) = preTokenizeSegment(scalars[range], atTextStart: range.lowerBound == 0)
-            for r in ranges where !r.isEmpty {
-                var v = String.UnicodeScalarView()
-                v.append(contentsOf: buf[r])
-                out.append(String(v))
-            }
-        }
+        walk(Tokenizer.scalars(of: text), added: { out.append(spec.vocab[Int($0)]) }, piece: { buf, r in
+            var v = String.UnicodeScalarView()
+            v.append(contentsOf: buf[r])
+            out.append(String(v))
+        })
         return out
     }
 
-    /// Splits the raw text on added tokens (leftmost match, longest token there; `lstrip`/`rstrip` absorb
-    /// neighbouring whitespace). Returns text ranges (added == nil) and added-token ids in order.
-    private func splitOnAddedTokens(_ scalars: [Unicode.Scalar]) -> [(range: Range<Int>, added: Int32?)] {
-        var segs: [(range: Range<Int>, added: Int32?)] = []
-        var segStart = 0
-        var i = 0
-        let n = scalars.count
-        while i < n {
-            let v = scalars[i].value
-            if v < 128 ? addedFirstASCII[Int(v)] : addedByFirst[v] != nil, let cands = addedByFirst[v] {
-                var matched: (len: Int, index: Int)? = nil
-                for c in cands where c.scalars.count <= n - i {
-                    var ok = true
-                    for k in 1..<max(c.scalars.count, 1) where scalars[i + k] != c.scalars[k] { ok = false; break }
-                    if ok { matched = (c.scalars.count, c.index); break }
-                }
-                if let m = matched {
-                    let tok = spec.addedTokens[m.index]
-                    var start = i, end = i + m.len
-                    if tok.lstrip {
-                        while start > segStart && scalars[start - 1].properties.isWhitespace { start -= 1 }
-                    }
-                    if tok.rstrip {
-                        while end < n && scalars[end].properties.isWhitespace { end += 1 }
-                    }
-                    if start > segStart { segs.append((segStart..<start, nil)) }
-                    segs.append((start..<end, tok.id))
-                    i = end
-                    segStart = end
+    /// The encode pipeline up to BPE: raw added tokens, normalizer, normalized added tokens, pre-tokenizer.
+    /// Calls `added` for each added token and `piece` for each non-empty piece (a range of `buf`), in order.
+    private func walk(_ scalars: [Unicode.Scalar], added: (Int32) -> Void,
+                      piece: (_ buf: [Unicode.Scalar], _ range: Range<Int>) -> Void) {
+        for (range, id) in rawAdded.split(scalars, tokens: spec.addedTokens) {
+            if let id = id {
+                added(id)
+                continue
+            }
+            let norm = spec.normalizer.isEmpty ? Array(scalars[range]) : normalize(scalars[range])
+            let subs: [(range: Range<Int>, added: Int32?)] = normalizedAdded.isEmpty
+                ? [(0..<norm.count, nil)] : normalizedAdded.split(norm, tokens: spec.addedTokens)
+            for (sr, sid) in subs {
+                if let sid = sid {
+                    added(sid)
                     continue
                 }
+                let (buf, ranges) = preTokenizeSegment(norm[sr],
+                                                       atTextStart: range.lowerBound == 0 && sr.lowerBound == 0)
+                for r in ranges where !r.isEmpty { piece(buf, r) }
             }
-            i += 1
         }
-        if segStart < n { segs.append((segStart..<n, nil)) }
-        return segs
     }
 
     private func normalize(_ seg: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
@@ -345,10 +325,10 @@ public final class Tokenizer: @unchecked Sendable {
         return s
     }
 
-    /// Normalizes one stretch of text between added tokens and splits it into pieces (ranges of the result).
+    /// Splits one stretch of normalized text between added tokens into pieces (ranges of the returned buffer).
     private func preTokenizeSegment(_ seg: ArraySlice<Unicode.Scalar>, atTextStart: Bool)
         -> (buf: [Unicode.Scalar], ranges: [Range<Int>]) {
-        var buf = spec.normalizer.isEmpty ? Array(seg) : normalize(seg)
+        var buf = Array(seg)
         if buf.isEmpty { return ([], []) }
         var ranges: [Range<Int>] = [0..<buf.count]
         var cls: [UInt8] = []
@@ -475,7 +455,7 @@ public final class Tokenizer: @unchecked Sendable {
         let kept = skipSpecialTokens ? ids.filter { !specialIds.contains($0) } : ids
         if byteLevel {
             for id in kept {
-                let t = spec.vocab[Int(id)]
+                let t = normalizedAddedText[id] ?? spec.vocab[Int(id)]
                 var tb: [UInt8] = []
                 var ok = true
                 for s in t.unicodeScalars {
@@ -500,7 +480,7 @@ public final class Tokenizer: @unchecked Sendable {
         for id in kept {
             if let b = byteTokenValue[id] { pending.append(b); continue }
             flush()
-            result += spec.vocab[Int(id)].replacingOccurrences(of: "▁", with: " ")
+            result += (normalizedAddedText[id] ?? spec.vocab[Int(id)]).replacingOccurrences(of: "▁", with: " ")
         }
         flush()
         // Scalar-wise: " " followed by a combining mark is one Character, so `hasPrefix(" ")` would miss it.

@@ -65,8 +65,10 @@ extension TokenizerSpec {
                 if let sw = a["single_word"] as? Bool, sw {
                     throw unsupported("added token \(content.debugDescription) with single_word is not implemented")
                 }
-                added.append(AddedToken(content: content, id: Int32(id), special: a["special"] as? Bool ?? false,
-                                        lstrip: a["lstrip"] as? Bool ?? false, rstrip: a["rstrip"] as? Bool ?? false))
+                let special = a["special"] as? Bool ?? false
+                added.append(AddedToken(content: content, id: Int32(id), special: special,
+                                        lstrip: a["lstrip"] as? Bool ?? false, rstrip: a["rstrip"] as? Bool ?? false,
+                                        normalized: a["normalized"] as? Bool ?? !special))
                 byId[id] = content
                 maxId = max(maxId, id)
             }

@@ -19,13 +19,18 @@ public struct TokenizerSpec: Sendable {
         /// Also absorb whitespace to the left / right of the match (tokenizers' `lstrip` / `rstrip`).
         public var lstrip: Bool
         public var rstrip: Bool
+        /// Matched in the normalized text (its content normalized too) rather than in the raw text; tokenizers'
+        /// `normalized` flag. Without a normalizer the two are the same.
+        public var normalized: Bool
 
-        public init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false) {
+        public init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false,
+                    normalized: Bool = false) {
             self.content = content
             self.id = id
             self.special = special
             self.lstrip = lstrip
             self.rstrip = rstrip
+            self.normalized = normalized
         }
     }
 
