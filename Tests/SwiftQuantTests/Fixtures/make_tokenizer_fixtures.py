@@ -75,6 +75,8 @@ def test_strings():
         "mixed123abc456 7up 1st 2nd", "<0x41> literal byte token text", "▁ literal metaspace",
         "a <tool> b <tool_call> c <tool_cal <tool_call><tool>", "x  <mask>  y\n<mask>\nz<mask>", "<mask>",
         " \t<mask> <|endoftext|><mask><tool>",
+        "<sw> a <sw> b<sw> <sw>c _<sw> é<sw> 1<sw> .<sw>. <sw>>x <sw>> ²<sw> \u0301<sw> <sw><sw>",
+        "Ⅷ<sw> ٣<sw> ‿<sw> ः<sw> ʰ<sw> 〇<sw> ½<sw> -<sw>- \u200d<sw> \u200b<sw> ⓐ<sw>",
     ]
     rng = random.Random(1234)
     pool = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789    \n\t\r'.,!?-_()[]\"")
@@ -143,6 +145,9 @@ def build():
     gpt2.add_tokens([AddedToken("<tool>", special=False, normalized=False),
                      AddedToken("<tool_call>", special=False, normalized=False)])
     gpt2.add_special_tokens([AddedToken("<mask>", special=True, normalized=False, lstrip=True, rstrip=True)])
+    # single_word: only where no word character (letter, mark, decimal digit, "_"...) touches it; "<sw>" is also a prefix of the longer "<sw>>".
+    gpt2.add_tokens([AddedToken("<sw>", special=False, normalized=False, single_word=True),
+                     AddedToken("<sw>>", special=False, normalized=False, single_word=True)])
     toks["gpt2"] = gpt2
 
     llama3 = train_byte_level(LLAMA3, ignore_merges=True,

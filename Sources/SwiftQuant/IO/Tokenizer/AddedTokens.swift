@@ -7,6 +7,18 @@ struct AddedTokenMatcher {
 
     var isEmpty: Bool { byFirst.isEmpty }
 
+    /// A Unicode regex word character (UTS #18 `\w`: Alphabetic, marks, decimal digits, connector punctuation,
+    /// Join_Control), the test `single_word` uses.
+    static func isWordChar(_ c: Unicode.Scalar) -> Bool {
+        if c.properties.isAlphabetic || c.properties.isJoinControl { return true }
+        switch c.properties.generalCategory {
+        case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation:
+            return true
+        default:
+            return false
+        }
+    }
+
     /// `index` is the token's position in `TokenizerSpec.addedTokens`; `scalars` is the text to look for.
     mutating func add(_ scalars: [Unicode.Scalar], index: Int) {
         guard let f = scalars.first else { return }
@@ -38,6 +50,13 @@ struct AddedTokenMatcher {
                 if let m = matched {
                     let tok = tokens[m.index]
                     var start = i, end = i + m.len
+                    if tok.singleWord
+                        && ((start > 0 && Self.isWordChar(s[start - 1])) || (end < n && Self.isWordChar(s[end]))) {
+                        // Not a word on its own: the span stays text and the search goes on after it (the
+                        // longest match is discarded, not replaced by a shorter one), as tokenizers does.
+                        i = end
+                        continue
+                    }
                     if tok.lstrip {
                         while start > segStart && s[start - 1].properties.isWhitespace { start -= 1 }
                     }

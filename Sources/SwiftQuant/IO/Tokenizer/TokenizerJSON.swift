@@ -62,13 +62,11 @@ extension TokenizerSpec {
                 guard let id = (a["id"] as? NSNumber)?.intValue, id >= 0, let content = a["content"] as? String else {
                     throw bad("added token without id/content")
                 }
-                if let sw = a["single_word"] as? Bool, sw {
-                    throw unsupported("added token \(content.debugDescription) with single_word is not implemented")
-                }
                 let special = a["special"] as? Bool ?? false
                 added.append(AddedToken(content: content, id: Int32(id), special: special,
                                         lstrip: a["lstrip"] as? Bool ?? false, rstrip: a["rstrip"] as? Bool ?? false,
-                                        normalized: a["normalized"] as? Bool ?? !special))
+                                        normalized: a["normalized"] as? Bool ?? !special,
+                                        singleWord: a["single_word"] as? Bool ?? false))
                 byId[id] = content
                 maxId = max(maxId, id)
             }

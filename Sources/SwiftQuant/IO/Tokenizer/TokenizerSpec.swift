@@ -22,9 +22,13 @@ public struct TokenizerSpec: Sendable {
         /// Matched in the normalized text (its content normalized too) rather than in the raw text; tokenizers'
         /// `normalized` flag. Without a normalizer the two are the same.
         public var normalized: Bool
+        /// Matches only when no word character (UTS #18 `\w`: alphabetic, mark, decimal digit, connector
+        /// punctuation, joiner) touches it.
+        public var singleWord: Bool
 
         public init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false,
-                    normalized: Bool = false) {
+                    normalized: Bool = false, singleWord: Bool = false) {
+            self.singleWord = singleWord
             self.content = content
             self.id = id
             self.special = special
