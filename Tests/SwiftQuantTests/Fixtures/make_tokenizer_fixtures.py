@@ -14,7 +14,8 @@ Writes, next to this script:
                           "llama" metadata (tokens, scores, types), with sentencepiece's ids (+ BOS) and decodes.
   pretokenizer_cases.json random tricky strings and `tokenizers`' split of each by every known pattern.
   tokenizer_cases.json    for every tokenizer and test string: `tokenizers`' encode(text).ids and decode()
-                          with and without skip_special_tokens.
+                          with and without skip_special_tokens (each stored only where it differs from the
+                          text / from the plain decode).
 With --smollm2-gguf: builds SmolLM2's tokenizer.json from the GGUF metadata (tokenizer.ggml.*; the
 "smollm" pre-tokenizer is Digits(individual) + ByteLevel) as --smollm2-out/tokenizer.json, and the variant that
 transformers' GGUF conversion builds (plain ByteLevel) as tokenizer-transformers_gguf.json (neither committed,
@@ -175,8 +176,14 @@ def build():
         rows = []
         for s in strings:
             ids = tok.encode(s).ids
-            rows.append({"text": s, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
-                         "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
+            row = {"text": s, "ids": ids}
+            # Decodes stored only where they differ (decoded from text, decoded_skip from decoded): smaller file.
+            dec, dec_skip = tok.decode(ids, skip_special_tokens=False), tok.decode(ids, skip_special_tokens=True)
+            if dec != s:
+                row["decoded"] = dec
+            if dec_skip != dec:
+                row["decoded_skip"] = dec_skip
+            rows.append(row)
         cases[name] = rows
         print(f"{name}: vocab {tok.get_vocab_size()}, {path.stat().st_size} bytes")
     (HERE / "tokenizer_cases.json").write_text(json.dumps(cases, ensure_ascii=False, separators=(",", ":")),
