@@ -142,11 +142,14 @@ final class TokenizerTests: XCTestCase {
             "qwen2": [.split(pattern: KnownSplitPattern.qwen2, behavior: "Isolated", invert: false),
                       .byteLevel(addPrefixSpace: false, useRegex: false)],
             "smollm": [.digits(individual: true), .byteLevel(addPrefixSpace: false, useRegex: true)],
+            "metaspace_always_split": [.metaspace(replacement: "▁", prependScheme: "always", split: true)],
+            "metaspace_first_split": [.metaspace(replacement: "▁", prependScheme: "first", split: true)],
+            "metaspace_never_split": [.metaspace(replacement: "▁", prependScheme: "never", split: true)],
         ]
         XCTAssertEqual(Set(f.splits.keys), Set(steps.keys))
         for (name, pre) in steps {
-            let tok = try Tokenizer(spec: TokenizerSpec(kind: .byteLevelBPE, vocab: ["a"], merges: [],
-                                                        preTokenizer: pre))
+            let kind: TokenizerSpec.Kind = name.hasPrefix("metaspace") ? .sentencePieceBPE : .byteLevelBPE
+            let tok = try Tokenizer(spec: TokenizerSpec(kind: kind, vocab: ["a"], merges: [], preTokenizer: pre))
             let expected = try XCTUnwrap(f.splits[name])
             XCTAssertEqual(expected.count, f.strings.count)
             for (s, want) in zip(f.strings, expected) {

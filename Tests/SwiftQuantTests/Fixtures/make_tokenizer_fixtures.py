@@ -239,6 +239,9 @@ def pretokenizer_fuzz():
         "qwen2": pre_tokenizers.Split(Regex(QWEN2), behavior="isolated"),
         "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                            pre_tokenizers.Split(Regex(GPT2), behavior="isolated")]),
+        "metaspace_always_split": pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        "metaspace_first_split": pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+        "metaspace_never_split": pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True),
     }
     splits = {name: [[len(p) for p, _ in pre.pre_tokenize_str(s)] for s in strings] for name, pre in variants.items()}
     (HERE / "pretokenizer_cases.json").write_text(json.dumps({"strings": strings, "splits": splits},
