@@ -159,6 +159,18 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    func testUnknownCharactersFuseOrNot() throws {
+        // "a日本 a" → "▁a日本▁a": 日 and 本 are not in the vocabulary and there are no byte tokens.
+        for (fuse, want) in [(true, [3, 0, 3]), (false, [3, 0, 0, 3])] as [(Bool, [Int32])] {
+            let spec = TokenizerSpec(kind: .sentencePieceBPE, vocab: ["<unk>", "▁", "a", "▁a"], merges: [("▁", "a")],
+                                     normalizer: [.prepend("▁"), .replace(" ", "▁")], byteFallback: true, unkId: 0,
+                                     fuseUnk: fuse)
+            let tok = try Tokenizer(spec: spec)
+            XCTAssertEqual(tok.encode("a日本 a"), want, "fuseUnk \(fuse)")
+            XCTAssertEqual(try tok.decode(want), "a<unk>\(fuse ? "" : "<unk>") a")
+        }
+    }
+
     func testUnknownPreTokenizerPatternIsRefused() throws {
         let spec = TokenizerSpec(kind: .byteLevelBPE, vocab: ["a"], merges: [],
                                  preTokenizer: [.split(pattern: #"\w+|\s+"#, behavior: "Isolated", invert: false),

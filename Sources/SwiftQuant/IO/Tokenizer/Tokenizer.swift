@@ -416,7 +416,7 @@ public final class Tokenizer: @unchecked Sendable {
             var lastUnk = false
             for b in key.utf8 {
                 let id = byteToId[Int(b)]
-                if id >= 0 { syms.append(id); lastUnk = false } else if let u = spec.unkId, !lastUnk {
+                if id >= 0 { syms.append(id); lastUnk = false } else if let u = spec.unkId, !(lastUnk && spec.fuseUnk) {
                     syms.append(u); lastUnk = true
                 }
             }
@@ -434,7 +434,7 @@ public final class Tokenizer: @unchecked Sendable {
                         lastUnk = false
                     }
                 }
-                if !usedBytes, let u = spec.unkId, !lastUnk { syms.append(u); lastUnk = true }
+                if !usedBytes, let u = spec.unkId, !(lastUnk && spec.fuseUnk) { syms.append(u); lastUnk = true }
             }
         }
         merges.merge(&syms)

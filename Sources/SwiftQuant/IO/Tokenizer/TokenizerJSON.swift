@@ -210,6 +210,7 @@ extension TokenizerSpec {
         return TokenizerSpec(kind: kind, vocab: vocab, merges: merges, addedTokens: added, normalizer: norm,
                              preTokenizer: pre, byteFallback: byteFallback,
                              ignoreMerges: model["ignore_merges"] as? Bool ?? false, bosId: bos, eosId: eos,
-                             unkId: unkId, addBOS: !prefix.isEmpty, addEOS: !suffix.isEmpty)
+                             unkId: unkId, fuseUnk: model["fuse_unk"] as? Bool ?? false, addBOS: !prefix.isEmpty,
+                             addEOS: !suffix.isEmpty)
     }
 }

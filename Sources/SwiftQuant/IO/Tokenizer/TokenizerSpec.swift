@@ -80,6 +80,8 @@ public struct TokenizerSpec: Sendable {
     public var bosId: Int32?
     public var eosId: Int32?
     public var unkId: Int32?
+    /// Consecutive unknown symbols of a word become one `unkId` (tokenizers' `fuse_unk`).
+    public var fuseUnk: Bool
     /// The post-processor prepends `bosId` / appends `eosId` in `encode`.
     public var addBOS: Bool
     public var addEOS: Bool
@@ -87,8 +89,9 @@ public struct TokenizerSpec: Sendable {
     public init(kind: Kind, vocab: [String], merges: [(String, String)], scores: [Float]? = nil,
                 addedTokens: [AddedToken] = [], normalizer: [NormalizerStep] = [],
                 preTokenizer: [PreTokenizerStep] = [], byteFallback: Bool = false, ignoreMerges: Bool = false,
-                bosId: Int32? = nil, eosId: Int32? = nil, unkId: Int32? = nil, addBOS: Bool = false,
-                addEOS: Bool = false) {
+                bosId: Int32? = nil, eosId: Int32? = nil, unkId: Int32? = nil, fuseUnk: Bool = true,
+                addBOS: Bool = false, addEOS: Bool = false) {
+        self.fuseUnk = fuseUnk
         self.kind = kind
         self.vocab = vocab
         self.merges = merges
