@@ -184,6 +184,14 @@ def build():
             if dec_skip != dec:
                 row["decoded_skip"] = dec_skip
             rows.append(row)
+        # Decodes of cut id lists (invalid UTF-8 at the cut: replacement characters) and of reversed ones.
+        partial = []
+        for s in ["emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷", "日本語のテキスト 中文", "Ünïcödé àccénts", "x² ½ ٣٤٥"]:
+            ids = tok.encode(s).ids
+            for cut in (2, 3, 5, 8, len(ids) - 1):
+                partial.append({"ids": ids[:cut], "decoded": tok.decode(ids[:cut], skip_special_tokens=False)})
+            partial.append({"ids": ids[::-1], "decoded": tok.decode(ids[::-1], skip_special_tokens=False)})
+        rows.append({"text": "", "ids": [], "partial": partial})
         cases[name] = rows
         print(f"{name}: vocab {tok.get_vocab_size()}, {path.stat().st_size} bytes")
     (HERE / "tokenizer_cases.json").write_text(json.dumps(cases, ensure_ascii=False, separators=(",", ":")),

@@ -214,7 +214,7 @@ public final class Tokenizer: @unchecked Sendable {
         if spec.addBOS, let b = spec.bosId { out.append(b) }
         cacheLock.lock()
         defer { cacheLock.unlock() }
-        if cache.count > 1_000_000 { cache.removeAll() }
+        if cache.count > 262_144 { cache.removeAll() }   // bound memory on very varied input
         var utf8: [UInt8] = []
         walk(scalars, added: { out.append($0) }, piece: { buf, r in
             utf8.removeAll(keepingCapacity: true)
