@@ -208,6 +208,11 @@ final class TokenizerTests: XCTestCase {
             guard case .format(let m)? = e as? SwiftQuantError else { return XCTFail("\(e)") }
             XCTAssertTrue(m.contains("vocab"), m)
         }
+        try Data(#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}"#.utf8).write(to: tmp)
+        XCTAssertThrowsError(try Tokenizer.fromJSON(path: tmp.path)) { e in
+            guard case .format(let m)? = e as? SwiftQuantError else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.hasPrefix(tmp.path + ": ") && m.contains("merge"), m)
+        }
         XCTAssertThrowsError(try Tokenizer.fromJSON(path: tmp.path + ".missing")) { e in
             guard case .io? = e as? SwiftQuantError else { return XCTFail("\(e)") }
         }

@@ -38,7 +38,6 @@ public final class Tokenizer: @unchecked Sendable {
     /// Decoded text of normalized added tokens: their normalized content, as tokenizers' decode gives it.
     private var normalizedAddedText: [Int32: String] = [:]
     private var specialIds: Set<Int32> = []
-    private var addedIds: Set<Int32> = []
     private let stripPrefixOnDecode: Bool
 
     private var cache: [String: [Int32]] = [:]
@@ -174,7 +173,6 @@ public final class Tokenizer: @unchecked Sendable {
             } else {
                 rawAdded.add(sc, index: idx)
             }
-            addedIds.insert(a.id)
             if a.special { specialIds.insert(a.id) }
         }
     }
@@ -193,6 +191,9 @@ public final class Tokenizer: @unchecked Sendable {
         guard let h = hex(u[3]), let l = hex(u[4]) else { return nil }
         return h << 4 | l
     }
+
+    /// Whether `id` is a special added token (dropped by `decode(_:skipSpecialTokens: true)`).
+    public func isSpecialToken(_ id: Int32) -> Bool { specialIds.contains(id) }
 
     /// The id of a token string, if it is in the vocabulary.
     public func tokenId(_ token: String) -> Int32? { tokenToId[token] }

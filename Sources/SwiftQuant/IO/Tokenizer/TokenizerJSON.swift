@@ -5,7 +5,13 @@ extension Tokenizer {
     /// `.format("<file>: <problem>")` when it is not a valid tokenizer.json, `.unsupported` for a model,
     /// normalizer, pre-tokenizer or post-processor this library does not implement.
     public static func fromJSON(path: String) throws -> Tokenizer {
-        try Tokenizer(spec: TokenizerSpec.fromJSON(path: path))
+        let spec = try TokenizerSpec.fromJSON(path: path)
+        do {
+            return try Tokenizer(spec: spec)
+        } catch SwiftQuantError.invalidArgument(let m) {
+            // An inconsistent file (merge of an unknown token, id out of range) is a format problem of the file.
+            throw SwiftQuantError.format("\(path): \(m)")
+        }
     }
 }
 
