@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the tokenizer fixtures for TokenizerTests (run by hand, never in CI).
 
-    pip install tokenizers numpy gguf
+    pip install tokenizers numpy gguf sentencepiece
     python Tests/SwiftQuantTests/Fixtures/make_tokenizer_fixtures.py [--smollm2-gguf FILE --smollm2-out DIR]
 
 Writes, next to this script:
@@ -10,8 +10,12 @@ Writes, next to this script:
                           template), qwen2 (NFC + Qwen2 split regex + ByteLevel), sp (Llama-2 style SentencePiece
                           BPE with byte fallback: Prepend/Replace normalizer), sp_metaspace (same model, Metaspace
                           pre-tokenizer with prepend_scheme "first").
+  gguf_llama_cases.json   a SentencePiece BPE (byte fallback) trained with the `sentencepiece` library, as GGUF
+                          "llama" metadata (tokens, scores, types), with sentencepiece's ids (+ BOS) and decodes.
+  pretokenizer_cases.json random tricky strings and `tokenizers`' split of each by every known pattern.
   tokenizer_cases.json    for every tokenizer and test string: `tokenizers`' encode(text).ids and decode()
-                          with and without skip_special_tokens.
+                          with and without skip_special_tokens (each stored only where it differs from the
+                          text / from the plain decode).
 With --smollm2-gguf: builds SmolLM2's tokenizer.json from the GGUF metadata (tokenizer.ggml.*; the
 "smollm" pre-tokenizer is Digits(individual) + ByteLevel) as --smollm2-out/tokenizer.json, and the variant that
 transformers' GGUF conversion builds (plain ByteLevel) as tokenizer-transformers_gguf.json (neither committed,
@@ -70,6 +74,10 @@ def test_strings():
         "line\u2028sep", "zero\u200bwidth", "word's 'quoted' text", "!!!??...---***", " !!! ?? ", "$$$ 100$ €5",
         "supercalifragilisticexpialidocious " * 3, "a" * 100, "  \t  \n", "\r\r\n\n", "x\u0301\u0302",
         "mixed123abc456 7up 1st 2nd", "<0x41> literal byte token text", "▁ literal metaspace",
+        "a <tool> b <tool_call> c <tool_cal <tool_call><tool>", "x  <mask>  y\n<mask>\nz<mask>", "<mask>",
+        " \t<mask> <|endoftext|><mask><tool>",
+        "<sw> a <sw> b<sw> <sw>c _<sw> é<sw> 1<sw> .<sw>. <sw>>x <sw>> ²<sw> \u0301<sw> <sw><sw>",
+        "Ⅷ<sw> ٣<sw> ‿<sw> ः<sw> ʰ<sw> 〇<sw> ½<sw> -<sw>- \u200d<sw> \u200b<sw> ⓐ<sw>",
     ]
     rng = random.Random(1234)
     pool = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789    \n\t\r'.,!?-_()[]\"")
@@ -124,6 +132,8 @@ def make_sp(metaspace=False):
     tok.add_special_tokens([AddedToken("<unk>", special=True, normalized=False),
                             AddedToken("<s>", special=True, normalized=False),
                             AddedToken("</s>", special=True, normalized=False)])
+    # A normalized added token: its content is normalized too ("▁<tool>"), so it matches only after a space.
+    tok.add_tokens([AddedToken("<tool>", special=False, normalized=True)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", 1)])
     return tok
@@ -132,7 +142,13 @@ def make_sp(metaspace=False):
 def build():
     toks = {}
     gpt2 = train_byte_level(None)
-    gpt2.add_tokens([AddedToken("<tool>", special=False, normalized=False)])
+    # Overlapping added tokens (longest match wins) and an lstrip/rstrip one (absorbs neighbouring whitespace).
+    gpt2.add_tokens([AddedToken("<tool>", special=False, normalized=False),
+                     AddedToken("<tool_call>", special=False, normalized=False)])
+    gpt2.add_special_tokens([AddedToken("<mask>", special=True, normalized=False, lstrip=True, rstrip=True)])
+    # single_word: only where no word character (letter, mark, decimal digit, "_"...) touches it; "<sw>" is also a prefix of the longer "<sw>>".
+    gpt2.add_tokens([AddedToken("<sw>", special=False, normalized=False, single_word=True),
+                     AddedToken("<sw>>", special=False, normalized=False, single_word=True)])
     toks["gpt2"] = gpt2
 
     llama3 = train_byte_level(LLAMA3, ignore_merges=True,
@@ -144,6 +160,8 @@ def build():
     toks["llama3"] = llama3
 
     qwen2 = train_byte_level(QWEN2, nfc=True, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
+    # A normalized added token: matched after NFC, so a decomposed "cafe\u0301" finds it too.
+    qwen2.add_tokens([AddedToken("café", special=False, normalized=True)])
     toks["qwen2"] = qwen2
 
     toks["sp"] = make_sp(metaspace=False)
@@ -158,12 +176,85 @@ def build():
         rows = []
         for s in strings:
             ids = tok.encode(s).ids
-            rows.append({"text": s, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
-                         "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
+            row = {"text": s, "ids": ids}
+            # Decodes stored only where they differ (decoded from text, decoded_skip from decoded): smaller file.
+            dec, dec_skip = tok.decode(ids, skip_special_tokens=False), tok.decode(ids, skip_special_tokens=True)
+            if dec != s:
+                row["decoded"] = dec
+            if dec_skip != dec:
+                row["decoded_skip"] = dec_skip
+            rows.append(row)
+        # Decodes of cut id lists (invalid UTF-8 at the cut: replacement characters) and of reversed ones.
+        partial = []
+        for s in ["emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷", "日本語のテキスト 中文", "Ünïcödé àccénts", "x² ½ ٣٤٥"]:
+            ids = tok.encode(s).ids
+            for cut in (2, 3, 5, 8, len(ids) - 1):
+                partial.append({"ids": ids[:cut], "decoded": tok.decode(ids[:cut], skip_special_tokens=False)})
+            partial.append({"ids": ids[::-1], "decoded": tok.decode(ids[::-1], skip_special_tokens=False)})
+        rows.append({"text": "", "ids": [], "partial": partial})
         cases[name] = rows
         print(f"{name}: vocab {tok.get_vocab_size()}, {path.stat().st_size} bytes")
     (HERE / "tokenizer_cases.json").write_text(json.dumps(cases, ensure_ascii=False, separators=(",", ":")),
                                                encoding="utf-8")
+
+
+def sentencepiece_gguf_llama():
+    """A SentencePiece BPE model (byte fallback) trained with the `sentencepiece` library, written as the GGUF
+    "llama" tokenizer metadata would hold it (tokens, scores, token types), with sentencepiece's own ids as the
+    oracle for TokenizerSpec.fromGGUF(model: "llama") (score-ordered merges, as llama.cpp does)."""
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        print("note: sentencepiece not installed, gguf_llama_cases.json not regenerated")
+        return
+    import io
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for line in corpus() if line.strip()]), model_writer=buf, model_type="bpe",
+        vocab_size=700, byte_fallback=True, character_coverage=0.995, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
+        allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    n = sp.get_piece_size()
+    tokens = [sp.id_to_piece(i) for i in range(n)]
+    scores = [sp.get_score(i) for i in range(n)]
+    # GGUF token types: 1 normal, 2 unknown, 3 control, 6 byte.
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
+    cases = []
+    for s in test_strings():
+        if any(t in s for t in ("<s>", "</s>", "<unk>")):
+            continue   # sentencepiece does not match control tokens in text; llama.cpp and Tokenizer do
+        ids = sp.encode(s)
+        cases.append({"text": s, "ids": [1] + ids, "decoded": sp.decode(ids)})
+    (HERE / "gguf_llama_cases.json").write_text(json.dumps(
+        {"tokens": tokens, "scores": scores, "types": types, "bos": 1, "eos": 2, "unk": 0, "cases": cases},
+        ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    print(f"sentencepiece (GGUF llama): vocab {n}, {len(cases)} cases")
+
+
+def pretokenizer_fuzz():
+    """Random tricky strings and how `tokenizers` splits them with each known pattern (piece lengths in code
+    points): a direct oracle for the hand-written scanner, independent of any vocabulary."""
+    rng = random.Random(99)
+    pool = list("aZ kK sStTdDmMlLrReEvV'0123456789") + list(" " * 6) + ["\n", "\n", "\r", "\t", "\x0b", "\x0c"]
+    pool += ["\u0085", "\u00a0", "\u1680", "\u2003", "\u2028", "\u2029", "\u202f", "\u3000", "\u200b",
+             "\u017f", "\u212a", "\u0301", "\u0903", "é", "ß", "Ǆ", "ʰ", "日", "한", "٣", "²", "½", "Ⅷ", "〇",
+             "😀", "🏽", "\u200d", ".", ",", "!", "-", "_", "$", "€", "(", '"', "’", "\U000e0001", "\ufeff"]
+    strings = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 24))) for _ in range(250)]
+    variants = {
+        "gpt2": pre_tokenizers.Split(Regex(GPT2), behavior="isolated"),
+        "llama3": pre_tokenizers.Split(Regex(LLAMA3), behavior="isolated"),
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2), behavior="isolated"),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.Split(Regex(GPT2), behavior="isolated")]),
+        "metaspace_always_split": pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        "metaspace_first_split": pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+        "metaspace_never_split": pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True),
+    }
+    splits = {name: [[len(p) for p, _ in pre.pre_tokenize_str(s)] for s in strings] for name, pre in variants.items()}
+    (HERE / "pretokenizer_cases.json").write_text(json.dumps({"strings": strings, "splits": splits},
+                                                             ensure_ascii=False, separators=(",", ":")),
+                                                  encoding="utf-8")
 
 
 def smollm2(gguf_path, out_dir):
@@ -212,5 +303,7 @@ if __name__ == "__main__":
     ap.add_argument("--smollm2-out", default="smollm2-tokenizer")
     a = ap.parse_args()
     build()
+    pretokenizer_fuzz()
+    sentencepiece_gguf_llama()
     if a.smollm2_gguf:
         smollm2(a.smollm2_gguf, a.smollm2_out)

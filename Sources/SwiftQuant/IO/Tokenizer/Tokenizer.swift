@@ -32,10 +32,12 @@ public final class Tokenizer: @unchecked Sendable {
     private var byteTokenId = [Int32](repeating: -1, count: 256)
     private var byteTokenValue: [Int32: UInt8] = [:]
     // added tokens, matched leftmost-longest
-    private var addedByFirst: [UInt32: [(scalars: [Unicode.Scalar], index: Int)]] = [:]
-    private var addedFirstASCII = [Bool](repeating: false, count: 128)
+    /// Tokens matched in the raw text, and (`normalized` ones) in the normalized text.
+    private var rawAdded = AddedTokenMatcher()
+    private var normalizedAdded = AddedTokenMatcher()
+    /// Decoded text of normalized added tokens: their normalized content, as tokenizers' decode gives it.
+    private var normalizedAddedText: [Int32: String] = [:]
     private var specialIds: Set<Int32> = []
-    private var addedIds: Set<Int32> = []
     private let stripPrefixOnDecode: Bool
 
     private var cache: [String: [Int32]] = [:]
@@ -88,7 +90,7 @@ public final class Tokenizer: @unchecked Sendable {
 
         let n = spec.vocab.count
         tokenToId.reserveCapacity(n)
-        for (i, t) in spec.vocab.enumerated() where tokenToId[t] == nil { tokenToId[t] = Int32(i) }
+        for (i, t) in spec.vocab.enumerated() where !t.isEmpty && tokenToId[t] == nil { tokenToId[t] = Int32(i) }
         for a in spec.addedTokens {
             try require(a.id >= 0 && Int(a.id) < n, "tokenizer: added token id \(a.id) outside the vocabulary")
             tokenToId[a.content] = a.id
@@ -161,13 +163,18 @@ public final class Tokenizer: @unchecked Sendable {
 
         for (idx, a) in spec.addedTokens.enumerated() {
             let sc = Array(a.content.unicodeScalars)
-            guard let f = sc.first else { continue }
-            addedByFirst[f.value, default: []].append((sc, idx))
-            if f.value < 128 { addedFirstASCII[Int(f.value)] = true }
-            addedIds.insert(a.id)
+            if a.normalized && !spec.normalizer.isEmpty {
+                // As tokenizers does: the token's content goes through the normalizer too.
+                let n = normalize(sc[...])
+                normalizedAdded.add(n, index: idx)
+                var v = String.UnicodeScalarView()
+                v.append(contentsOf: n)
+                normalizedAddedText[a.id] = String(v)
+            } else {
+                rawAdded.add(sc, index: idx)
+            }
             if a.special { specialIds.insert(a.id) }
         }
-        for k in addedByFirst.keys { addedByFirst[k]!.sort { $0.scalars.count > $1.scalars.count } }
     }
 
     static func byteTokenValue(_ t: String) -> UInt8? {
@@ -185,6 +192,9 @@ public final class Tokenizer: @unchecked Sendable {
         return h << 4 | l
     }
 
+    /// Whether `id` is a special added token (dropped by `decode(_:skipSpecialTokens: true)`).
+    public func isSpecialToken(_ id: Int32) -> Bool { specialIds.contains(id) }
+
     /// The id of a token string, if it is in the vocabulary.
     public func tokenId(_ token: String) -> Int32? { tokenToId[token] }
 
@@ -199,50 +209,97 @@ public final class Tokenizer: @unchecked Sendable {
     /// Encodes `text` like tokenizers' `encode(text).ids` (add_special_tokens=True): added tokens matched in the
     /// raw text first, then normalizer, pre-tokenizer and BPE on the rest, then bos/eos per the post-processor.
     public func encode(_ text: String) -> [Int32] {
-        let scalars = Array(text.unicodeScalars)
+        let scalars = Tokenizer.scalars(of: text)
         var out: [Int32] = []
         out.reserveCapacity(scalars.count / 3 + 2)
         if spec.addBOS, let b = spec.bosId { out.append(b) }
         cacheLock.lock()
         defer { cacheLock.unlock() }
-        if cache.count > 1_000_000 { cache.removeAll() }
-        var segStart = 0
-        var i = 0
-        let n = scalars.count
-        while i < n {
-            let v = scalars[i].value
-            if v < 128 ? addedFirstASCII[Int(v)] : addedByFirst[v] != nil, let cands = addedByFirst[v] {
-                var matched: (len: Int, index: Int)? = nil
-                for c in cands where c.scalars.count <= n - i {
-                    var ok = true
-                    for k in 1..<max(c.scalars.count, 1) where scalars[i + k] != c.scalars[k] { ok = false; break }
-                    if ok { matched = (c.scalars.count, c.index); break }
-                }
-                if let m = matched {
-                    let tok = spec.addedTokens[m.index]
-                    var start = i, end = i + m.len
-                    if tok.lstrip {
-                        while start > segStart && scalars[start - 1].properties.isWhitespace { start -= 1 }
-                    }
-                    if tok.rstrip {
-                        while end < n && scalars[end].properties.isWhitespace { end += 1 }
-                    }
-                    if start > segStart {
-                        encodeSegment(scalars[segStart..<start], atTextStart: segStart == 0, into: &out)
-                    }
-                    out.append(tok.id)
-                    i = end
-                    segStart = end
-                    continue
-                }
+        if cache.count > 262_144 { cache.removeAll() }   // bound memory on very varied input
+        var utf8: [UInt8] = []
+        walk(scalars, added: { out.append($0) }, piece: { buf, r in
+            utf8.removeAll(keepingCapacity: true)
+            for k in r { Tokenizer.appendUTF8(buf[k], to: &utf8) }
+            let key = String(decoding: utf8, as: UTF8.self)
+            if let ids = cache[key] {
+                out.append(contentsOf: ids)
+                return
             }
-            i += 1
-        }
-        if segStart < n {
-            encodeSegment(scalars[segStart..<n], atTextStart: segStart == 0, into: &out)
-        }
+            let ids = bpeWord(buf[r], key: key)
+            if r.count <= 64 { cache[key] = ids }
+            out.append(contentsOf: ids)
+        })
         if spec.addEOS, let e = spec.eosId { out.append(e) }
         return out
+    }
+
+    static func classes(_ buf: [Unicode.Scalar]) -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: buf.count)
+        let ascii = CharClass.ascii
+        for k in 0..<buf.count {
+            let v = buf[k].value
+            c[k] = v < 128 ? ascii[Int(v)] : CharClass.computeSlow(buf[k])
+        }
+        return c
+    }
+
+    static func scalars(of text: String) -> [Unicode.Scalar] {
+        var a: [Unicode.Scalar] = []
+        a.reserveCapacity(text.utf8.count)
+        for s in text.unicodeScalars { a.append(s) }
+        return a
+    }
+
+    @inline(__always)
+    static func appendUTF8(_ s: Unicode.Scalar, to out: inout [UInt8]) {
+        let v = s.value
+        if v < 0x80 {
+            out.append(UInt8(v))
+        } else if v < 0x800 {
+            out.append(UInt8(0xC0 | (v >> 6))); out.append(UInt8(0x80 | (v & 0x3F)))
+        } else if v < 0x10000 {
+            out.append(UInt8(0xE0 | (v >> 12))); out.append(UInt8(0x80 | ((v >> 6) & 0x3F)))
+            out.append(UInt8(0x80 | (v & 0x3F)))
+        } else {
+            out.append(UInt8(0xF0 | (v >> 18))); out.append(UInt8(0x80 | ((v >> 12) & 0x3F)))
+            out.append(UInt8(0x80 | ((v >> 6) & 0x3F))); out.append(UInt8(0x80 | (v & 0x3F)))
+        }
+    }
+
+    /// The pieces BPE sees for `text`: added tokens as themselves, every other piece as its normalized,
+    /// pre-tokenized text (before the byte-level character mapping). For inspection and tests.
+    public func preTokenize(_ text: String) -> [String] {
+        var out: [String] = []
+        walk(Tokenizer.scalars(of: text), added: { out.append(spec.vocab[Int($0)]) }, piece: { buf, r in
+            var v = String.UnicodeScalarView()
+            v.append(contentsOf: buf[r])
+            out.append(String(v))
+        })
+        return out
+    }
+
+    /// The encode pipeline up to BPE: raw added tokens, normalizer, normalized added tokens, pre-tokenizer.
+    /// Calls `added` for each added token and `piece` for each non-empty piece (a range of `buf`), in order.
+    private func walk(_ scalars: [Unicode.Scalar], added: (Int32) -> Void,
+                      piece: (_ buf: [Unicode.Scalar], _ range: Range<Int>) -> Void) {
+        for (range, id) in rawAdded.split(scalars, tokens: spec.addedTokens) {
+            if let id = id {
+                added(id)
+                continue
+            }
+            let norm = spec.normalizer.isEmpty ? Array(scalars[range]) : normalize(scalars[range])
+            let subs: [(range: Range<Int>, added: Int32?)] = normalizedAdded.isEmpty
+                ? [(0..<norm.count, nil)] : normalizedAdded.split(norm, tokens: spec.addedTokens)
+            for (sr, sid) in subs {
+                if let sid = sid {
+                    added(sid)
+                    continue
+                }
+                let (buf, ranges) = preTokenizeSegment(norm[sr],
+                                                       atTextStart: range.lowerBound == 0 && sr.lowerBound == 0)
+                for r in ranges where !r.isEmpty { piece(buf, r) }
+            }
+        }
     }
 
     private func normalize(_ seg: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
@@ -269,16 +326,18 @@ public final class Tokenizer: @unchecked Sendable {
         return s
     }
 
-    private func encodeSegment(_ seg: ArraySlice<Unicode.Scalar>, atTextStart: Bool, into out: inout [Int32]) {
-        var buf = spec.normalizer.isEmpty ? Array(seg) : normalize(seg)
-        if buf.isEmpty { return }
+    /// Splits one stretch of normalized text between added tokens into pieces (ranges of the returned buffer).
+    private func preTokenizeSegment(_ seg: ArraySlice<Unicode.Scalar>, atTextStart: Bool)
+        -> (buf: [Unicode.Scalar], ranges: [Range<Int>]) {
+        var buf = Array(seg)
+        if buf.isEmpty { return ([], []) }
         var ranges: [Range<Int>] = [0..<buf.count]
         var cls: [UInt8] = []
         var clsValid = false
         for step in steps {
             switch step {
             case .split(let sc):
-                if !clsValid { cls = buf.map(CharClass.of); clsValid = true }
+                if !clsValid { cls = Tokenizer.classes(buf); clsValid = true }
                 var nr: [Range<Int>] = []
                 nr.reserveCapacity(ranges.count + buf.count / 4)
                 buf.withUnsafeBufferPointer { b in
@@ -288,7 +347,7 @@ public final class Tokenizer: @unchecked Sendable {
                 }
                 ranges = nr
             case .digits(let individual):
-                if !clsValid { cls = buf.map(CharClass.of); clsValid = true }
+                if !clsValid { cls = Tokenizer.classes(buf); clsValid = true }
                 var nr: [Range<Int>] = []
                 for r in ranges {
                     var k = r.lowerBound
@@ -343,18 +402,7 @@ public final class Tokenizer: @unchecked Sendable {
                 clsValid = false
             }
         }
-        for r in ranges where !r.isEmpty {
-            var v = String.UnicodeScalarView()
-            v.append(contentsOf: buf[r])
-            let key = String(v)
-            if let ids = cache[key] {
-                out.append(contentsOf: ids)
-                continue
-            }
-            let ids = bpeWord(buf[r], key: key)
-            if r.count <= 64 { cache[key] = ids }
-            out.append(contentsOf: ids)
-        }
+        return (buf, ranges)
     }
 
     private func bpeWord(_ word: ArraySlice<Unicode.Scalar>, key: String) -> [Int32] {
@@ -369,7 +417,7 @@ public final class Tokenizer: @unchecked Sendable {
             var lastUnk = false
             for b in key.utf8 {
                 let id = byteToId[Int(b)]
-                if id >= 0 { syms.append(id); lastUnk = false } else if let u = spec.unkId, !lastUnk {
+                if id >= 0 { syms.append(id); lastUnk = false } else if let u = spec.unkId, !(lastUnk && spec.fuseUnk) {
                     syms.append(u); lastUnk = true
                 }
             }
@@ -387,7 +435,7 @@ public final class Tokenizer: @unchecked Sendable {
                         lastUnk = false
                     }
                 }
-                if !usedBytes, let u = spec.unkId, !lastUnk { syms.append(u); lastUnk = true }
+                if !usedBytes, let u = spec.unkId, !(lastUnk && spec.fuseUnk) { syms.append(u); lastUnk = true }
             }
         }
         merges.merge(&syms)
@@ -408,7 +456,7 @@ public final class Tokenizer: @unchecked Sendable {
         let kept = skipSpecialTokens ? ids.filter { !specialIds.contains($0) } : ids
         if byteLevel {
             for id in kept {
-                let t = spec.vocab[Int(id)]
+                let t = normalizedAddedText[id] ?? spec.vocab[Int(id)]
                 var tb: [UInt8] = []
                 var ok = true
                 for s in t.unicodeScalars {
@@ -433,7 +481,7 @@ public final class Tokenizer: @unchecked Sendable {
         for id in kept {
             if let b = byteTokenValue[id] { pending.append(b); continue }
             flush()
-            result += spec.vocab[Int(id)].replacingOccurrences(of: "▁", with: " ")
+            result += (normalizedAddedText[id] ?? spec.vocab[Int(id)]).replacingOccurrences(of: "▁", with: " ")
         }
         flush()
         // Scalar-wise: " " followed by a combining mark is one Character, so `hasPrefix(" ")` would miss it.

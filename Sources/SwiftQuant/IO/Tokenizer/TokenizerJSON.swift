@@ -5,12 +5,24 @@ extension Tokenizer {
     /// `.format("<file>: <problem>")` when it is not a valid tokenizer.json, `.unsupported` for a model,
     /// normalizer, pre-tokenizer or post-processor this library does not implement.
     public static func fromJSON(path: String) throws -> Tokenizer {
-        try Tokenizer(spec: TokenizerSpec.fromJSON(path: path))
+        let spec = try TokenizerSpec.fromJSON(path: path)
+        do {
+            return try Tokenizer(spec: spec)
+        } catch SwiftQuantError.invalidArgument(let m) {
+            // An inconsistent file (merge of an unknown token, id out of range) is a format problem of the file.
+            throw SwiftQuantError.format("\(path): \(m)")
+        }
     }
 }
 
 extension TokenizerSpec {
     /// Reads a Hugging Face `tokenizer.json` into a spec (see `Tokenizer.fromJSON(path:)`).
+    ///
+    /// bos/eos: taken from the post-processor template when it adds them; otherwise (tokenizer.json does not
+    /// name them; tokenizer_config.json does) the first of the usual names present ("<s>", "<|begin_of_text|>",
+    /// "<|im_start|>", "<|endoftext|>" / "</s>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>").
+    /// The decoder section is not read: decoding follows the kind (ByteLevel, or SentencePiece's
+    /// "▁" → " " + byte fallback + one leading space stripped when a "▁" prefix is added).
     public static func fromJSON(path: String) throws -> TokenizerSpec {
         let data: Data
         do {
@@ -56,11 +68,11 @@ extension TokenizerSpec {
                 guard let id = (a["id"] as? NSNumber)?.intValue, id >= 0, let content = a["content"] as? String else {
                     throw bad("added token without id/content")
                 }
-                if let sw = a["single_word"] as? Bool, sw {
-                    throw unsupported("added token \(content.debugDescription) with single_word is not implemented")
-                }
-                added.append(AddedToken(content: content, id: Int32(id), special: a["special"] as? Bool ?? false,
-                                        lstrip: a["lstrip"] as? Bool ?? false, rstrip: a["rstrip"] as? Bool ?? false))
+                let special = a["special"] as? Bool ?? false
+                added.append(AddedToken(content: content, id: Int32(id), special: special,
+                                        lstrip: a["lstrip"] as? Bool ?? false, rstrip: a["rstrip"] as? Bool ?? false,
+                                        normalized: a["normalized"] as? Bool ?? !special,
+                                        singleWord: a["single_word"] as? Bool ?? false))
                 byId[id] = content
                 maxId = max(maxId, id)
             }
@@ -204,6 +216,7 @@ extension TokenizerSpec {
         return TokenizerSpec(kind: kind, vocab: vocab, merges: merges, addedTokens: added, normalizer: norm,
                              preTokenizer: pre, byteFallback: byteFallback,
                              ignoreMerges: model["ignore_merges"] as? Bool ?? false, bosId: bos, eosId: eos,
-                             unkId: unkId, addBOS: !prefix.isEmpty, addEOS: !suffix.isEmpty)
+                             unkId: unkId, fuseUnk: model["fuse_unk"] as? Bool ?? false, addBOS: !prefix.isEmpty,
+                             addEOS: !suffix.isEmpty)
     }
 }

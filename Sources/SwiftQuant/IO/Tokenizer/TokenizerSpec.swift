@@ -19,13 +19,22 @@ public struct TokenizerSpec: Sendable {
         /// Also absorb whitespace to the left / right of the match (tokenizers' `lstrip` / `rstrip`).
         public var lstrip: Bool
         public var rstrip: Bool
+        /// Matched in the normalized text (its content normalized too) rather than in the raw text; tokenizers'
+        /// `normalized` flag. Without a normalizer the two are the same.
+        public var normalized: Bool
+        /// Matches only when no word character (UTS #18 `\w`: alphabetic, mark, decimal digit, connector
+        /// punctuation, joiner) touches it.
+        public var singleWord: Bool
 
-        public init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false) {
+        public init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false,
+                    normalized: Bool = false, singleWord: Bool = false) {
+            self.singleWord = singleWord
             self.content = content
             self.id = id
             self.special = special
             self.lstrip = lstrip
             self.rstrip = rstrip
+            self.normalized = normalized
         }
     }
 
@@ -71,6 +80,8 @@ public struct TokenizerSpec: Sendable {
     public var bosId: Int32?
     public var eosId: Int32?
     public var unkId: Int32?
+    /// Consecutive unknown symbols of a word become one `unkId` (tokenizers' `fuse_unk`).
+    public var fuseUnk: Bool
     /// The post-processor prepends `bosId` / appends `eosId` in `encode`.
     public var addBOS: Bool
     public var addEOS: Bool
@@ -78,8 +89,9 @@ public struct TokenizerSpec: Sendable {
     public init(kind: Kind, vocab: [String], merges: [(String, String)], scores: [Float]? = nil,
                 addedTokens: [AddedToken] = [], normalizer: [NormalizerStep] = [],
                 preTokenizer: [PreTokenizerStep] = [], byteFallback: Bool = false, ignoreMerges: Bool = false,
-                bosId: Int32? = nil, eosId: Int32? = nil, unkId: Int32? = nil, addBOS: Bool = false,
-                addEOS: Bool = false) {
+                bosId: Int32? = nil, eosId: Int32? = nil, unkId: Int32? = nil, fuseUnk: Bool = true,
+                addBOS: Bool = false, addEOS: Bool = false) {
+        self.fuseUnk = fuseUnk
         self.kind = kind
         self.vocab = vocab
         self.merges = merges
@@ -117,12 +129,15 @@ extension TokenizerSpec {
     /// - `model == "gpt2"`: byte-level BPE by `merges`; `pre` picks the pre-tokenizer the matching Hugging Face
     ///   tokenizer uses ("default"/"gpt2"/nil: GPT-2 regex; "llama3"/"llama-bpe"/"dbrx"/"smaug-bpe": Llama-3
     ///   regex; "qwen2": Qwen2 regex; "smollm": individual digits + GPT-2 regex). Other names are refused.
-    /// - `model == "llama"`: SentencePiece BPE by `scores`, "▁" prefix, `<0xNN>` byte fallback.
+    /// - `model == "llama"`: SentencePiece BPE by `scores`, `<0xNN>` byte fallback, " " → "▁", and a "▁" prefix on
+    ///   each stretch of text between added tokens unless `addSpacePrefix` (`tokenizer.ggml.add_space_prefix`)
+    ///   is false.
     ///
     /// Token types (GGUF): 3 = control (special added token), 4 = user-defined (non-special added token).
     public static func fromGGUF(model: String, pre: String?, tokens: [String], tokenTypes: [Int32]?,
                                 scores: [Float]?, merges: [String]?, bos: Int?, eos: Int?, unk: Int?,
-                                addBOS: Bool?, addEOS: Bool? = nil) throws -> TokenizerSpec {
+                                addBOS: Bool?, addEOS: Bool? = nil,
+                                addSpacePrefix: Bool? = nil) throws -> TokenizerSpec {
         try require(!tokens.isEmpty, "GGUF tokenizer: tokenizer.ggml.tokens is empty")
         if let t = tokenTypes {
             try require(t.count == tokens.count,
@@ -131,7 +146,7 @@ extension TokenizerSpec {
         if let s = scores {
             try require(s.count == tokens.count, "GGUF tokenizer: \(s.count) scores for \(tokens.count) tokens")
         }
-        func checkedId(_ v: Int?, _ name: String) throws -> Int32? {
+        func checkedId(_ v: Int?) -> Int32? {
             guard let v = v else { return nil }
             // Some converters write -1 (or a huge value) for "none".
             if v < 0 || v >= tokens.count { return nil }
@@ -144,7 +159,7 @@ extension TokenizerSpec {
                 added.append(AddedToken(content: tokens[i], id: Int32(i), special: t == 3))
             }
         }
-        let bosId = try checkedId(bos, "bos"), eosId = try checkedId(eos, "eos"), unkId = try checkedId(unk, "unk")
+        let bosId = checkedId(bos), eosId = checkedId(eos), unkId = checkedId(unk)
         switch model {
         case "gpt2":
             guard let mergeLines = merges else {
@@ -184,7 +199,9 @@ extension TokenizerSpec {
                 throw SwiftQuantError.format("GGUF tokenizer: model llama without tokenizer.ggml.scores")
             }
             return TokenizerSpec(kind: .sentencePieceBPE, vocab: tokens, merges: [], scores: sc,
-                                 addedTokens: added, normalizer: [.prepend("▁"), .replace(" ", "▁")],
+                                 addedTokens: added,
+                                 normalizer: (addSpacePrefix ?? true) ? [.prepend("▁"), .replace(" ", "▁")]
+                                     : [.replace(" ", "▁")],
                                  byteFallback: true, bosId: bosId, eosId: eosId, unkId: unkId,
                                  addBOS: addBOS ?? true, addEOS: addEOS ?? false)
         default:
