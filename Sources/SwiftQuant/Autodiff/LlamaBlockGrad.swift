@@ -47,6 +47,10 @@ public struct LlamaBlockWeights {
 /// The learnable parameters are `u[i]`, `l[i]` (`[rows, groupsPerRow]` of linear `i`, initialised to 4);
 /// `backward` adds their gradients into `gradU[i]`, `gradL[i]` (call `zeroGradients()` between steps, or use
 /// `trainStep`). Pass them to `AdamW(parameters: u + l)` with gradients `gradU + gradL`.
+///
+/// Not thread-safe (one tape per object). Input widths need not be multiples of `groupSize`: the last group of a
+/// row is then shorter (SmolLM2's 576 = 4·128 + 64). Norm weights and FP weights are frozen: their gradients are
+/// not produced here (the ops can produce them).
 public final class LlamaBlockGrad {
     public let config: LlamaBlockConfig
     public let weights: LlamaBlockWeights
