@@ -72,7 +72,7 @@ struct Quantize: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "Method: rtn.")
+    @Option(help: "Method: rtn or omniquant.")
     var method = "rtn"
 
     @Option(help: "Weight bits (2–8) for integer formats.")
@@ -93,19 +93,83 @@ struct Quantize: ParsableCommand {
     @Option(help: "After quantizing, evaluate perplexity on this many windows (0 = skip).")
     var evalWindows = 0
 
+    @Option(help: "OmniQuant: training epochs per block (paper 20; cpu preset 5).")
+    var epochs: Int?
+
+    @Option(help: "OmniQuant: calibration windows (paper 128; cpu preset 32).")
+    var nsamples: Int?
+
+    @Option(help: "OmniQuant: tokens per calibration window (paper 2048; cpu preset 512).")
+    var seqlen: Int?
+
+    @Option(help: "OmniQuant: AdamW learning rate of the clipping parameters.")
+    var lr: Float = 1e-2
+
+    @Flag(help: "OmniQuant: also match the FP block's output on the quantized inputs.")
+    var augLoss = false
+
+    @Option(help: "OmniQuant: calibration text (default ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt).")
+    var calib: String?
+
+    @Option(help: "OmniQuant: seed of the calibration windows.")
+    var seed: UInt64 = 2
+
+    @Option(help: "OmniQuant budget preset: paper (128 × 2048, 20 epochs) or cpu (32 × 512, 5 epochs).")
+    var preset = "paper"
+
+    @Flag(help: "OmniQuant: continue an interrupted run from its last finished block (same options).")
+    var resume = false
+
     func run() throws {
         try runReportingErrors {
             let fmt = try NumberFormat.parse(format ?? "int\(wbits)")
             try require(groupSize >= 0, "--group-size must be ≥ 0, got \(groupSize)")
             let config = QuantizerConfig(format: fmt, groupSize: groupSize == 0 ? nil : groupSize, symmetric: symmetric)
-            try require(method == "rtn", "unknown --method '\(method)' (available: rtn)")
+            try require(["rtn", "omniquant"].contains(method), "unknown --method '\(method)' (available: rtn, omniquant)")
+            try require(["paper", "cpu"].contains(preset), "unknown --preset '\(preset)' (paper or cpu)")
             try QuantizedExport.checkOutput(out)
+            var omni: OmniQuantOptions?
+            if method == "omniquant" {
+                guard case .int(let bits) = fmt else {
+                    throw SwiftQuantError.invalidArgument("omniquant quantizes to integer formats (--wbits), not \(fmt)")
+                }
+                var o = preset == "cpu" ? OmniQuantOptions.cpuPreset(wbits: bits, groupSize: config.groupSize)
+                    : OmniQuantOptions(wbits: bits, groupSize: config.groupSize)
+                o.symmetric = symmetric
+                if let e = epochs { o.epochs = e }
+                if let n = nsamples { o.nsamples = n }
+                if let s = seqlen { o.seqlen = s }
+                o.lr = lr
+                o.augLoss = augLoss
+                o.seed = seed
+                try o.validate()
+                omni = o
+            }
             let loaded = try LoadedModel.load(path: modelOptions.model)
             let start = Date()
-            let q = try RTN.apply(to: loaded.model, config: config, progress: true)
+            let q: [String: QuantizedTensor]
+            var info: [String: Any] = [:]
+            if let o = omni {
+                loaded.source.enabled = false  // one block in memory at a time
+                let calibText = try Calibration.text(path: calib)
+                guard let tok = loaded.tokenizer else {
+                    throw SwiftQuantError.invalidArgument("\(modelOptions.model): no tokenizer to read the calibration text")
+                }
+                let windows = try Calibration.windows(tokens: tok.encode(calibText.text), count: o.nsamples,
+                                                      length: o.seqlen, seed: o.seed)
+                let runner = try OmniQuant(options: o, workDir: out + ".omniquant-work")
+                try runner.run(model: loaded.model, calibration: windows, resume: resume)
+                q = runner.quantized
+                info["calibration"] = calibText.path
+                info["omniquant"] = ["epochs": o.epochs, "nsamples": o.nsamples, "seqlen": o.seqlen, "lr": o.lr,
+                                     "aug_loss": o.augLoss, "seed": o.seed]
+            } else {
+                q = try RTN.apply(to: loaded.model, config: config, progress: true)
+            }
             let seconds = Date().timeIntervalSince(start)
-            try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out,
-                                      info: ["quantize_seconds": seconds])
+            info["quantize_seconds"] = seconds
+            try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out, info: info)
+            if omni != nil { try? FileManager.default.removeItem(atPath: out + ".omniquant-work") }
             print("wrote \(out): \(q.count) quantized linears, \(config), \(String(format: "%.1f", seconds)) s")
             if evalWindows > 0, let data = Perplexity.defaultDataPath() {
                 let r = try Perplexity.evaluate(loaded, text: try Perplexity.readText(data), limit: evalWindows)

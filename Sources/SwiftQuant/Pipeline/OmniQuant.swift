@@ -252,6 +252,7 @@ public final class OmniQuant {
                 }
             }
             let fake = q.dequantized()
+            quantized[model.blockPrefix(i) + name + ".weight"] = q
             entries.append(SafetensorsEntry(name: name + ".lwc_u", tensor: grad.u[k]))
             entries.append(SafetensorsEntry(name: name + ".lwc_l", tensor: grad.l[k]))
             entries.append(SafetensorsEntry(name: name + ".weight", tensor: fake))
