@@ -15,6 +15,8 @@ final class ModelHandle {
     let configJSON: UnsafeMutablePointer<CChar>
     var names: [UnsafeMutablePointer<CChar>] = []
     var handedOut: [String: Tensor] = [:]
+    var boxes: [String: QuantizedBox] = [:]
+    let quantizedNames: [UnsafeMutablePointer<CChar>]
     let lock = NSLock()
 
     init(_ loaded: LoadedModel, quantized: [String: QuantizedTensor] = [:], method: String? = nil,
@@ -26,11 +28,12 @@ final class ModelHandle {
         self.overrides = overrides
         configJSON = strdup(loaded.configJSON)!
         names = loaded.source.tensorInfos.map { strdup($0.name)! }
+        quantizedNames = quantized.keys.sorted().map { strdup($0)! }
     }
 
     deinit {
         free(configJSON)
-        for n in names { free(n) }
+        for n in names + quantizedNames { free(n) }
     }
 }
 
@@ -252,3 +255,109 @@ public func cabi_tokenizer_decode(_ p: OpaquePointer?, _ idp: UnsafePointer<Int3
 
 @_cdecl("sq_free")
 public func cabi_free(_ p: UnsafeMutableRawPointer?) { free(p) }
+
+// ---- OmniQuant and quantized weights
+
+@_cdecl("sq_model_omniquant")
+public func cabi_model_omniquant(_ p: OpaquePointer?, _ options: UnsafePointer<sq_omniquant_options>?,
+                                 _ calib: UnsafePointer<CChar>?, _ workDir: UnsafePointer<CChar>?, _ resume: Int32,
+                                 _ progress: Int32, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    status {
+        let out = try nonNull(out, "out")
+        out.pointee = nil
+        let m = try model(p)
+        let o = try nonNull(options, "options").pointee
+        try require(o.reserved == 0, "sq_omniquant_options.reserved must be 0")
+        try require(o.group_size >= 0, "group size must be ≥ 0 (0 = per row), got \(o.group_size)")
+        let opts = OmniQuantOptions(wbits: Int(o.wbits), groupSize: o.group_size == 0 ? nil : Int(o.group_size),
+                                    symmetric: o.symmetric != 0, epochs: Int(o.epochs), nsamples: Int(o.nsamples),
+                                    seqlen: Int(o.seqlen), lr: o.lr, augLoss: o.aug_loss != 0, seed: o.seed)
+        try opts.validate(hiddenSize: m.loaded.model.hiddenSize)
+        let copy = try m.loaded.fresh()
+        guard let tok = copy.tokenizer else {
+            throw SwiftQuantError.invalidArgument("\(copy.path): no tokenizer to read the calibration text")
+        }
+        let text = try Calibration.text(path: calib.map { String(cString: $0) })
+        let windows = try Calibration.windows(tokens: tok.encode(text.text), count: opts.nsamples, length: opts.seqlen,
+                                              seed: opts.seed)
+        let dir = String(cString: try nonNull(workDir, "work_dir"))
+        let runner = try OmniQuant(options: opts, workDir: dir)
+        if progress == 0 { runner.log = { _ in } }
+        let wasCaching = copy.source.enabled
+        copy.source.enabled = false
+        defer { copy.source.enabled = wasCaching }
+        try runner.run(model: copy.model, calibration: windows, resume: resume != 0)
+        var overrides: [String: Tensor] = [:]
+        for i in 0..<copy.model.numBlocks {
+            let b = try copy.model.block(i)
+            for (name, lin) in b.linears { overrides[copy.model.blockPrefix(i) + name + ".weight"] = lin.weight }
+        }
+        out.pointee = retained(ModelHandle(copy, quantized: runner.quantized, method: "omniquant",
+                                           qconfig: opts.quantizerConfig, overrides: overrides))
+    }
+}
+
+@_cdecl("sq_model_quantized_count")
+public func cabi_model_quantized_count(_ p: OpaquePointer?, _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
+    status { try nonNull(count, "count").pointee = Int64(try model(p).quantizedNames.count) }
+}
+
+@_cdecl("sq_model_quantized_name")
+public func cabi_model_quantized_name(_ p: OpaquePointer?, _ index: Int64,
+                                      _ name: UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> Int32 {
+    status {
+        let m = try model(p)
+        try require(index >= 0 && index < Int64(m.quantizedNames.count), "index \(index) outside 0..<\(m.quantizedNames.count)")
+        try nonNull(name, "name").pointee = UnsafePointer(m.quantizedNames[Int(index)])
+    }
+}
+
+@_cdecl("sq_model_quantized")
+public func cabi_model_quantized(
+    _ p: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ codes: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
+    _ scales: UnsafeMutablePointer<UnsafePointer<Float>?>?, _ zeros: UnsafeMutablePointer<UnsafePointer<Int32>?>?,
+    _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?, _ groups: UnsafeMutablePointer<Int64>?,
+    _ bits: UnsafeMutablePointer<Int32>?, _ groupSize: UnsafeMutablePointer<Int64>?, _ symmetric: UnsafeMutablePointer<Int32>?
+) -> Int32 {
+    status {
+        let m = try model(p)
+        let n = String(cString: try nonNull(name, "name"))
+        guard let box = m.quantizedBox(n) else {
+            throw SwiftQuantError.invalidArgument("no quantized weight named '\(n)'")
+        }
+        let q = box.tensor
+        try nonNull(codes, "codes").pointee = UnsafePointer(box.codes)
+        try nonNull(scales, "scales").pointee = UnsafePointer(box.scales)
+        try nonNull(zeros, "zeros").pointee = UnsafePointer(box.zeros)
+        try nonNull(rows, "rows").pointee = Int64(q.rows)
+        try nonNull(cols, "cols").pointee = Int64(q.cols)
+        try nonNull(groups, "groups").pointee = Int64(q.groupCount)
+        try nonNull(bits, "bits").pointee = Int32(q.config.format.bitWidth)
+        try nonNull(groupSize, "group_size").pointee = Int64(q.config.groupSize ?? 0)
+        try nonNull(symmetric, "symmetric").pointee = q.config.symmetric ? 1 : 0
+    }
+}
+
+/// Stable copies of a quantized tensor's arrays for the C side.
+final class QuantizedBox {
+    let tensor: QuantizedTensor
+    let codes: UnsafeMutablePointer<UInt8>, scales: UnsafeMutablePointer<Float>, zeros: UnsafeMutablePointer<Int32>
+    init(_ q: QuantizedTensor) {
+        tensor = q
+        codes = .allocate(capacity: max(1, q.codes.count)); codes.initialize(from: q.codes, count: q.codes.count)
+        scales = .allocate(capacity: max(1, q.scales.count)); scales.initialize(from: q.scales, count: q.scales.count)
+        zeros = .allocate(capacity: max(1, q.zeros.count)); zeros.initialize(from: q.zeros, count: q.zeros.count)
+    }
+    deinit { codes.deallocate(); scales.deallocate(); zeros.deallocate() }
+}
+
+extension ModelHandle {
+    func quantizedBox(_ name: String) -> QuantizedBox? {
+        lock.lock(); defer { lock.unlock() }
+        if let b = boxes[name] { return b }
+        guard let q = quantized[name] else { return nil }
+        let b = QuantizedBox(q)
+        boxes[name] = b
+        return b
+    }
+}

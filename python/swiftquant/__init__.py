@@ -40,6 +40,8 @@ __all__ = [
     "load_model",
     "perplexity",
     "rtn",
+    "omniquant",
+    "OmniQuantResult",
     "smollm2_path",
     "__version__",
 ]
@@ -344,4 +346,5 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_b: bool = False, out: np.ndarr
     return out
 
 
-from .models import Model, Tokenizer, load_model, perplexity, rtn, smollm2_path  # noqa: E402
+from .models import (  # noqa: E402
+    CPU_PRESET, Model, OmniQuantResult, Tokenizer, load_model, omniquant, perplexity, rtn, smollm2_path)

@@ -676,7 +676,76 @@ static PyObject *py_tokenizer_vocab_size(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(v);
 }
 
+/* model_omniquant(model, (wbits, group, sym, epochs, nsamples, seqlen, lr, aug, seed), calib or None, work_dir,
+ * resume, progress) -> model */
+static PyObject *py_model_omniquant(PyObject *self, PyObject *args) {
+    PyObject *cap, *calib_obj;
+    sq_omniquant_options o;
+    memset(&o, 0, sizeof o);
+    int wbits, sym, epochs, nsamples, seqlen, aug, resume, progress;
+    long long group;
+    unsigned long long seed;
+    float lr;
+    const char *work_dir;
+    if (!PyArg_ParseTuple(args, "O(iLpiiifpK)Ospp", &cap, &wbits, &group, &sym, &epochs, &nsamples, &seqlen, &lr,
+                          &aug, &seed, &calib_obj, &work_dir, &resume, &progress))
+        return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    o.wbits = wbits; o.group_size = group; o.symmetric = sym; o.epochs = epochs; o.nsamples = nsamples;
+    o.seqlen = seqlen; o.lr = lr; o.aug_loss = aug; o.seed = seed;
+    const char *calib = NULL;
+    if (calib_obj != Py_None) {
+        calib = PyUnicode_AsUTF8(calib_obj);
+        if (!calib) return NULL;
+    }
+    sq_model *out = NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_omniquant(m, &o, calib, work_dir, resume, progress, &out);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    return PyCapsule_New(out, "swiftquant.model", model_capsule_free);
+}
+
+/* model_quantized(model) -> {name: (codes bytes, scales bytes, zeros bytes, rows, cols, groups, bits, group, sym)} */
+static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    int64_t n = 0;
+    int st = sq_model_quantized_count(m, &n);
+    if (st) return raise_status(st);
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        const char *name;
+        const uint8_t *codes;
+        const float *scales;
+        const int32_t *zeros;
+        int64_t rows, cols, groups, gs;
+        int bits, sym;
+        if ((st = sq_model_quantized_name(m, i, &name)) ||
+            (st = sq_model_quantized(m, name, &codes, &scales, &zeros, &rows, &cols, &groups, &bits, &gs, &sym))) {
+            Py_DECREF(d);
+            return raise_status(st);
+        }
+        PyObject *t = Py_BuildValue("(y#y#y#LLLiLi)", (const char *)codes, (Py_ssize_t)(rows * cols),
+                                    (const char *)scales, (Py_ssize_t)(rows * groups * 4), (const char *)zeros,
+                                    (Py_ssize_t)(rows * groups * 4), (long long)rows, (long long)cols,
+                                    (long long)groups, bits, (long long)gs, sym);
+        if (!t || PyDict_SetItemString(d, name, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return d;
+}
+
 static PyMethodDef methods[] = {
+    {"model_omniquant", py_model_omniquant, METH_VARARGS, "model_omniquant(model, options, calib, work_dir, resume, progress)"},
+    {"model_quantized", py_model_quantized, METH_VARARGS, "model_quantized(model) -> dict"},
     {"model_open", py_model_open, METH_VARARGS, "model_open(path) -> model"},
     {"model_config", py_model_config, METH_VARARGS, "model_config(model) -> JSON text"},
     {"model_tensor_names", py_model_tensor_names, METH_VARARGS, "model_tensor_names(model) -> [str]"},

@@ -187,6 +187,38 @@ int sq_tokenizer_encode(sq_tokenizer *tokenizer, const char *text, size_t len, i
 /* Text of n ids as a NUL-terminated UTF-8 string allocated by the library (free it with sq_free). */
 int sq_tokenizer_decode(sq_tokenizer *tokenizer, const int32_t *ids, int64_t n, int skip_special, char **text);
 
+/* ---- OmniQuant ------------------------------------------------------------------------------------------- */
+
+/* Settings of OmniQuant's weight-only calibration (Learnable Weight Clipping). Zero-initialise, then set. */
+typedef struct {
+    int32_t wbits;      /* 2..8 */
+    int64_t group_size; /* 0 = one group per output row */
+    int32_t symmetric;
+    int32_t epochs;     /* paper: 20 */
+    int32_t nsamples;   /* paper: 128 */
+    int32_t seqlen;     /* paper: 2048 */
+    float lr;           /* paper: 1e-2 */
+    int32_t aug_loss;
+    uint64_t seed;      /* calibration windows */
+    int64_t reserved;   /* must be 0 */
+} sq_omniquant_options;
+
+/* Calibrates on `calib_path` (NULL: ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt) and returns a new model
+ * with fused, fake-quantized block weights and the packed results (sq_model_quantized). Finished blocks are kept
+ * in `work_dir`; with `resume` != 0 a run continues after the last finished block there. */
+int sq_model_omniquant(sq_model *model, const sq_omniquant_options *options, const char *calib_path,
+                       const char *work_dir, int resume, int progress, sq_model **out);
+
+/* Names of the quantized weights of a quantized model (RTN or OmniQuant). */
+int sq_model_quantized_count(sq_model *model, int64_t *count);
+int sq_model_quantized_name(sq_model *model, int64_t index, const char **name);
+
+/* One quantized weight: codes [rows, cols] (uint8), scales and zeros [rows, groups]; *group_size 0 = per row.
+ * Pointers stay valid until sq_model_free. */
+int sq_model_quantized(sq_model *model, const char *name, const uint8_t **codes, const float **scales,
+                       const int32_t **zeros, int64_t *rows, int64_t *cols, int64_t *groups, int *bits,
+                       int64_t *group_size, int *symmetric);
+
 /* Frees memory returned by sq_tokenizer_encode / sq_tokenizer_decode. */
 void sq_free(void *p);
 
