@@ -5,7 +5,7 @@ import SwiftQuant
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Speed measurements, each next to a reference measured in the same run.",
-        subcommands: [GEMM.self, Quantize.self]
+        subcommands: [GEMM.self, Quantize.self, BlockStep.self]
     )
 }
 
@@ -52,6 +52,50 @@ extension Bench {
 
         func run() throws {
             print(QuantizeBenchmark.run(rows: rows, cols: cols, iterations: iterations))
+        }
+    }
+}
+
+extension Bench {
+    struct BlockStep: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "block-step",
+            abstract: "One OmniQuant LWC calibration step (forward + backward + AdamW) on one block of a model.")
+
+        @Option(help: "A Hugging Face model directory or .gguf file (Llama family).")
+        var model: String
+
+        @Option(help: "Block index.")
+        var block = 0
+
+        @Option(help: "Tokens in the calibration window.")
+        var tokens = 512
+
+        @Option var wbits = 3
+        @Option var groupSize = 128
+        @Option var iterations = 10
+
+        @Flag(help: "Print one JSON object.")
+        var json = false
+
+        func run() throws {
+            try runReportingErrors {
+                let loaded = try LoadedModel.load(path: model)
+                guard let llama = loaded.model as? LlamaModel else {
+                    throw SwiftQuantError.unsupported("block-step needs a Llama-family model")
+                }
+                let r = try BlockStepBenchmark.run(model: llama, block: block, tokens: tokens, wbits: wbits,
+                                                   groupSize: groupSize, iterations: iterations)
+                if json {
+                    let o: [String: Any] = ["step_ms": r.stepSeconds * 1e3, "gflop_per_step": r.flops / 1e9,
+                                            "gemm_peak_gflops": r.peakGFLOPS, "losses": r.losses.map(Double.init)]
+                    print(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
+                } else {
+                    print(String(format: "block %d, %d tokens, W%d g%d: %.1f ms per step (best of %d), %.2f GFLOP, %.0f GFLOP/s = %.0f%% of the GEMM peak (%.0f GFLOP/s, 1024³ in this run)",
+                                 block, tokens, wbits, groupSize, r.stepSeconds * 1e3, iterations, r.flops / 1e9,
+                                 r.flops / r.stepSeconds / 1e9, r.flops / r.stepSeconds / 1e9 / r.peakGFLOPS * 100, r.peakGFLOPS))
+                }
+            }
         }
     }
 }
