@@ -1,0 +1,45 @@
+"""sq.omniquant from Python: settings are checked before any work starts (the calibration itself is tested in
+Swift on a tiny model, and shown on SmolLM2 by `make demo`)."""
+import time
+
+import pytest
+
+import swiftquant as sq
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    return sq.load_model(smollm2_path)
+
+
+@pytest.mark.parametrize("kwargs, exc, fragment", [
+    (dict(wbits=9), ValueError, "wbits"),
+    (dict(wbits=0), ValueError, "wbits"),
+    (dict(wbits=3, group_size=4096), ValueError, "larger than the rows"),
+    (dict(wbits=3, group_size=0), ValueError, "group_size"),
+    (dict(wbits=3, epochs=0), ValueError, "epochs"),
+    (dict(wbits=3, nsamples=-1), ValueError, "nsamples"),
+    (dict(wbits=3, preset="gpu"), ValueError, "preset"),
+    (dict(wbits=3, calib="/nonexistent/calib.txt"), FileNotFoundError, "calib"),
+])
+def test_bad_settings_fail_fast(smollm2, kwargs, exc, fragment):
+    t = time.perf_counter()
+    with pytest.raises(exc, match=fragment):
+        sq.omniquant(smollm2, progress=False, **kwargs)
+    assert time.perf_counter() - t < 5
+
+
+def test_calibration_text_shorter_than_a_window(smollm2, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words of calibration text")
+    with pytest.raises(ValueError, match="fewer than one window"):
+        sq.omniquant(smollm2, 3, calib=short, preset="cpu", progress=False)
+
+
+def test_tiny_budget_runs_and_returns_packed_weights(smollm2, wikitext_test):
+    r = sq.omniquant(smollm2, 4, group_size=64, epochs=1, nsamples=1, seqlen=64, progress=False)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    q = r.weights[name]
+    assert q.codes.shape == (576, 576) and q.scales.shape == (576, 9) and q.codes.max() <= 15
+    assert (q.dequantize() == r.model.weights[name]).all()
+    assert len(r.weights) == 7 * 30
