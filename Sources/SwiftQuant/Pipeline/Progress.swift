@@ -57,3 +57,15 @@ public final class ProgressBar: @unchecked Sendable {
         FileHandle.standardError.write(Data(out.utf8))
     }
 }
+
+/// Resident and peak resident memory of this process in MiB (Linux /proc), or nil elsewhere.
+public func residentMemoryMiB() -> (current: Double, peak: Double)? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    func field(_ key: String) -> Double? {
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key + ":") }) else { return nil }
+        let kb = line.split(separator: " ").compactMap { Double($0) }.first
+        return kb.map { $0 / 1024 }
+    }
+    guard let cur = field("VmRSS"), let peak = field("VmHWM") else { return nil }
+    return (cur, peak)
+}
