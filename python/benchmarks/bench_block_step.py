@@ -84,6 +84,17 @@ def rope_tables(torch, rows, head_dim, theta):
     return torch.from_numpy(np.concatenate([cos, cos], 1)), torch.from_numpy(np.concatenate([sin, sin], 1))
 
 
+def rope_theta(cfg):
+    """transformers ≥ 5 keeps it in `rope_parameters`; older versions in `rope_theta`."""
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    if "rope_theta" in rp:
+        return float(rp["rope_theta"])
+    theta = getattr(cfg, "rope_theta", None)
+    if theta is None:
+        raise SystemExit("bench_block_step: the model config has no RoPE theta")
+    return float(theta)
+
+
 class LlamaBlock:
     """x → RMSNorm → q,k,v → RoPE(q,k) → causal GQA SDPA → o → +x → RMSNorm → gate, up → SiLU(gate)·up → down → +,
     with the seven linear weights passed in (so they can be fake-quantized)."""
@@ -104,7 +115,7 @@ class LlamaBlock:
         for mod in mods:
             assert getattr(mod, "bias", None) is None, "biased linears are not part of this benchmark"
         self.weights = [mod.weight.detach().float().contiguous() for mod in mods]
-        self.cos, self.sin = rope_tables(torch, rows, self.head_dim, float(getattr(cfg, "rope_theta", 10000.0)))
+        self.cos, self.sin = rope_tables(torch, rows, self.head_dim, rope_theta(cfg))
 
     def rms(self, x, w):
         return x * self.torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
@@ -172,7 +183,10 @@ def run_pytorch(torch, model_path, args):
     from transformers import AutoModelForCausalLM
 
     d, f = os.path.split(os.path.abspath(model_path))
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    except TypeError:  # transformers < 4.56
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
     model.eval()
     cfg = model.config
     layer = model.model.layers[args.block]
@@ -245,6 +259,7 @@ def main():
         sys.exit(2)
     torch.set_num_threads(args.threads)
 
+    load0 = " ".join(f"{v:.2f}" for v in os.getloadavg())
     sq, cmd = run_swiftquant(args.swiftquant, model, args)
     pt = run_pytorch(torch, model, args)
 
@@ -253,6 +268,8 @@ def main():
     pt_gflops = gflop / (pt["step_ms"] / 1e3)
     print(f"processor:   {cpu_name()}")
     print(f"threads:     {args.threads} (PyTorch {torch.__version__}, set_num_threads; SwiftQuant: all active cores)")
+    print(f"load avg:    {' '.join(f'{v:.2f}' for v in os.getloadavg())} (before: {load0}) on "
+          f"{os.cpu_count()} CPUs — other jobs share them")
     print(f"model:       {model}")
     print(f"step:        block {args.block}, {args.tokens} tokens, W{args.wbits} g{args.group_size} asym LWC, "
           f"MSE, AdamW lr 1e-2; best of {args.iterations}")
