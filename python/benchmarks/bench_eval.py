@@ -37,7 +37,9 @@ def _set_thread_env(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-DEFAULT_TEXT = "/work/shared/data/wikitext-2-raw/test.joined.txt"
+# ../shared next to the checkout (the repository root is two levels above this file).
+DEFAULT_TEXT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            os.pardir, "shared", "data", "wikitext-2-raw", "test.joined.txt")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # SmolLM2-135M shape (used when the config cannot be read from the loaded model)

@@ -368,20 +368,32 @@ public enum QuantKernels {
     /// (min, max) of `n` values, or nil when one of them is NaN or ±Inf.
     @inlinable
     public static func minMax(_ p: UnsafePointer<Float>, _ n: Int) -> (Float, Float)? {
+        typealias V = SIMD8<Float>
+        @inline(__always) func load(_ i: Int) -> V { UnsafeRawPointer(p + i).loadUnaligned(as: V.self) }
+        // Two independent accumulator sets hide the latency of min/max/add.
+        var lo0 = V(repeating: .infinity), hi0 = V(repeating: -.infinity), bad0 = V(repeating: 0)
+        var lo1 = lo0, hi1 = hi0, bad1 = bad0
         var i = 0
-        var lo = SIMD8<Float>(repeating: .infinity), hi = SIMD8<Float>(repeating: -.infinity)
-        var bad = SIMD8<Float>(repeating: 0)
-        let raw = UnsafeRawPointer(p)
-        while i + 8 <= n {
-            let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            lo.replace(with: v, where: v .< lo)
-            hi.replace(with: v, where: v .> hi)
-            bad += v - v  // NaN for NaN and ±Inf, 0 otherwise
+        while i + 16 <= n {
+            let a = load(i), b = load(i + 8)
+            lo0.replace(with: a, where: a .< lo0); hi0.replace(with: a, where: a .> hi0)
+            lo1.replace(with: b, where: b .< lo1); hi1.replace(with: b, where: b .> hi1)
+            bad0 += a - a  // NaN for NaN and ±Inf, 0 otherwise
+            bad1 += b - b
+            i += 16
+        }
+        if i + 8 <= n {
+            let a = load(i)
+            lo0.replace(with: a, where: a .< lo0); hi0.replace(with: a, where: a .> hi0)
+            bad0 += a - a
             i += 8
         }
+        lo0.replace(with: lo1, where: lo1 .< lo0)
+        hi0.replace(with: hi1, where: hi1 .> hi0)
+        bad0 += bad1
         // Horizontal reductions by hand: the generic `SIMD.min()` / `.max()` / `.sum()` are not inlined.
-        var l = lo[0], h = hi[0], b = bad[0]
-        for j in 1..<8 { l = Swift.min(l, lo[j]); h = Swift.max(h, hi[j]); b += bad[j] }
+        var l = lo0[0], h = hi0[0], b = bad0[0]
+        for j in 1..<8 { l = Swift.min(l, lo0[j]); h = Swift.max(h, hi0[j]); b += bad0[j] }
         while i < n {
             let v = p[i]
             l = Swift.min(l, v); h = Swift.max(h, v); b += v - v
@@ -397,9 +409,8 @@ public enum QuantKernels {
         var i = 0
         let hv = SIMD8<Float>(repeating: h), zv = SIMD8<Float>(repeating: z), mv = SIMD8<Float>(repeating: magic)
         let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>(repeating: 0)
-        let raw = UnsafeRawPointer(p)
         while i + 8 <= n {
-            var x = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) / hv
+            var x = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self) / hv
             x = (x + mv) - mv + zv
             x.replace(with: zero, where: x .< zero)
             x.replace(with: top, where: x .> top)
