@@ -292,7 +292,7 @@ public func cabi_model_omniquant(_ p: OpaquePointer?, _ options: UnsafePointer<s
             let b = try copy.model.block(i)
             for (name, lin) in b.linears { overrides[copy.model.blockPrefix(i) + name + ".weight"] = lin.weight }
         }
-        out.pointee = retained(ModelHandle(copy, quantized: runner.quantized, method: "omniquant",
+        out.pointee = retained(ModelHandle(copy, quantized: try runner.quantizedTensors(), method: "omniquant",
                                            qconfig: opts.quantizerConfig, overrides: overrides))
     }
 }

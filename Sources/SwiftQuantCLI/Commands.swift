@@ -159,7 +159,7 @@ struct Quantize: ParsableCommand {
                                                       length: o.seqlen, seed: o.seed)
                 let runner = try OmniQuant(options: o, workDir: out + ".omniquant-work")
                 try runner.run(model: loaded.model, calibration: windows, resume: resume)
-                q = runner.quantized
+                q = try runner.quantizedTensors()
                 info["calibration"] = calibText.path
                 info["omniquant"] = ["epochs": o.epochs, "nsamples": o.nsamples, "seqlen": o.seqlen, "lr": o.lr,
                                      "aug_loss": o.augLoss, "seed": o.seed]

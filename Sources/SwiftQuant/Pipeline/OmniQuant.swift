@@ -65,9 +65,10 @@ public struct OmniQuantBlockReport: Sendable, Codable {
 /// parameters of its seven linears with AdamW on the MSE of the block output, fuse (weights quantized with the
 /// learned clipping), and propagate the quantized block's outputs to the next block.
 ///
-/// Memory: blocks are read from the model file one at a time; each fused block is written to the work
-/// directory and used from there (memory-mapped), so resident memory is about one block plus the activations
-/// (`3 · nsamples · seqlen · hidden` floats), whatever the number of blocks.
+/// Memory: blocks are read from the model file one at a time; each fused block (weights, codes, scales,
+/// zero-points) is written to the work directory and dropped from memory once its outputs are propagated, so
+/// resident memory is about one block plus the activations (`3 · nsamples · seqlen · hidden` floats), whatever
+/// the number of blocks. At the end the fused blocks are installed as views of their files.
 ///
 /// Resume: every finished block leaves `block_NNN.safetensors` (learned parameters, fused weights, report) in
 /// `workDir`; a run with the same options and work directory continues after the last finished block and ends
@@ -76,7 +77,7 @@ public final class OmniQuant {
     public let options: OmniQuantOptions
     public let workDir: String
     public private(set) var reports: [OmniQuantBlockReport] = []
-    public private(set) var quantized: [String: QuantizedTensor] = [:]
+    private var blockNames: [(index: Int, prefix: String)] = []
     public var log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
 
     public init(options: OmniQuantOptions, workDir: String) throws {
@@ -147,10 +148,10 @@ public final class OmniQuant {
                                                  ropeSin: ropeSin, qIn: qIn, targets: targets, fpOut: fpOut, ws: ws,
                                                  t0: t0)
             }
-            model.setBlock(i, fused)
             // Propagate: quantized path through the fused block, FP path = the targets.
             for x in qIn { try model.forward(block: fused, hidden: x, workspace: ws) }
             fpIn = fpOut
+            blockNames.append((i, model.blockPrefix(i)))
             reports.append(report)
             let elapsed = sqs_now() - start
             let eta = elapsed / Double(i + 1) * Double(model.numBlocks - i - 1)
@@ -162,6 +163,35 @@ public final class OmniQuant {
                        report.skippedSteps > 0 ? "  \(report.skippedSteps) non-finite steps skipped, lr now \(report.finalLearningRate)" : ""))
         }
         _ = qIn
+        // Install the fused blocks as views of their files (pages are read when used).
+        for i in 0..<model.numBlocks {
+            guard let b = try mappedBlock(i, model: model, block: try model.loadBlock(i)) else {
+                throw SwiftQuantError.io("\(blockFile(i)): missing after calibration")
+            }
+            model.setBlock(i, b)
+        }
+    }
+
+    /// The quantized weights (codes, scales, zero-points) of every calibrated block, read from the work
+    /// directory, by Hugging Face weight name.
+    public func quantizedTensors() throws -> [String: QuantizedTensor] {
+        let cfg = options.quantizerConfig
+        var out: [String: QuantizedTensor] = [:]
+        for (i, prefix) in blockNames {
+            let file = try SafetensorsFile(path: blockFile(i))
+            for name in Self.lwcNames {
+                guard let info = file.info(name + ".codes") else {
+                    throw SwiftQuantError.format("\(blockFile(i)): no \(name).codes")
+                }
+                let rows = info.shape[0], cols = info.shape[1]
+                let codes = Array(try file.rawBytes(name + ".codes").bindMemory(to: UInt8.self))
+                let scales = try file.float32(name + ".scales").array
+                let zeros = Array(try file.rawBytes(name + ".zeros").bindMemory(to: Int32.self))
+                out[prefix + name + ".weight"] = try QuantizedTensor(rows: rows, cols: cols, config: cfg, codes: codes,
+                                                                     scales: scales, zeros: zeros)
+            }
+        }
+        return out
     }
 
     private func ropeTables(_ m: LlamaModel, rows: Int) -> (Tensor, Tensor) {
@@ -253,7 +283,11 @@ public final class OmniQuant {
                 }
             }
             let fake = q.dequantized()
-            quantized[model.blockPrefix(i) + name + ".weight"] = q
+            entries.append(SafetensorsEntry(name: name + ".codes", dtype: .u8, shape: [rows, cols], bytes: Data(q.codes)))
+            entries.append(SafetensorsEntry(name: name + ".scales", dtype: .f32, shape: [rows, q.groupCount],
+                                            bytes: q.scales.withUnsafeBufferPointer { Data(buffer: $0) }))
+            entries.append(SafetensorsEntry(name: name + ".zeros", dtype: .i32, shape: [rows, q.groupCount],
+                                            bytes: q.zeros.withUnsafeBufferPointer { Data(buffer: $0) }))
             entries.append(SafetensorsEntry(name: name + ".lwc_u", tensor: grad.u[k]))
             entries.append(SafetensorsEntry(name: name + ".lwc_l", tensor: grad.l[k]))
             entries.append(SafetensorsEntry(name: name + ".weight", tensor: fake))
@@ -316,19 +350,7 @@ public final class OmniQuant {
               var report = try? JSONDecoder().decode(OmniQuantBlockReport.self, from: Data(r.utf8)),
               let fused = try mappedBlock(i, model: model, block: block)
         else { return nil }
-        let cfg = options.quantizerConfig
-        for name in Self.lwcNames {
-            let lin = block.linear(name)
-            let u = try file.float32(name + ".lwc_u").buffer.map { 1 / (1 + Foundation.exp(-$0)) }
-            let l = try file.float32(name + ".lwc_l").buffer.map { 1 / (1 + Foundation.exp(-$0)) }
-            let q = try u.withUnsafeBufferPointer { up in
-                try l.withUnsafeBufferPointer { low in
-                    try Quantizer.quantize(UnsafeBufferPointer(lin.weight.buffer), rows: lin.weight.shape[0],
-                                           cols: lin.weight.shape[1], config: cfg, clipUp: up, clipLow: low)
-                }
-            }
-            quantized[model.blockPrefix(i) + name + ".weight"] = q
-        }
+        for name in Self.lwcNames where file.info(name + ".codes") == nil { _ = name; return nil }
         report.resumed = true
         return (fused, report)
     }

@@ -48,10 +48,11 @@ final class OmniQuantTests: XCTestCase {
             XCTAssertLessThan(r.lossLastEpoch, r.lossFirstEpoch, "block \(r.block): loss did not fall")
             XCTAssertEqual(r.skippedSteps, 0)
         }
-        XCTAssertEqual(runner.quantized.count, 7 * model.numBlocks)
+        let quantized = try runner.quantizedTensors()
+        XCTAssertEqual(quantized.count, 7 * model.numBlocks)
         for i in 0..<model.numBlocks {
             for name in LlamaModel.linearNames {
-                let q = try XCTUnwrap(runner.quantized[model.blockPrefix(i) + name + ".weight"])
+                let q = try XCTUnwrap(quantized[model.blockPrefix(i) + name + ".weight"])
                 // Exactly (code − zero)·scale: the fused weight is the dequantized QuantizedTensor.
                 XCTAssertEqual(q.dequantized().array.map(\.bitPattern), fused["\(i).\(name)"]!.map(\.bitPattern),
                                "block \(i) \(name)")
