@@ -9,8 +9,8 @@ by construction.
     python Examples/python/demo.py --rows all # also W2 g64 and W3 per-channel
     python Examples/python/demo.py --no-omniquant
 
-OmniQuant runs with the CPU preset (see the README: 32 windows × 512 tokens, 5 epochs; the paper uses
-128 × 2048 and 20 epochs).
+OmniQuant runs with the CPU preset (see the README: 16 windows × 512 tokens, 5 epochs, lr 5e-2; the paper
+uses 128 × 2048 tokens, 20 epochs, lr 1e-2).
 """
 import argparse
 import os

@@ -96,14 +96,14 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant: training epochs per block (paper 20; cpu preset 5).")
     var epochs: Int?
 
-    @Option(help: "OmniQuant: calibration windows (paper 128; cpu preset 32).")
+    @Option(help: "OmniQuant: calibration windows (paper 128; cpu preset 16).")
     var nsamples: Int?
 
     @Option(help: "OmniQuant: tokens per calibration window (paper 2048; cpu preset 512).")
     var seqlen: Int?
 
-    @Option(help: "OmniQuant: AdamW learning rate of the clipping parameters.")
-    var lr: Float = 1e-2
+    @Option(help: "OmniQuant: AdamW learning rate of the clipping parameters (paper 1e-2; cpu preset 5e-2).")
+    var lr: Float?
 
     @Flag(help: "OmniQuant: also match the FP block's output on the quantized inputs.")
     var augLoss = false
@@ -114,7 +114,7 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant: seed of the calibration windows.")
     var seed: UInt64 = 2
 
-    @Option(help: "OmniQuant budget preset: paper (128 × 2048, 20 epochs) or cpu (32 × 512, 5 epochs).")
+    @Option(help: "OmniQuant budget preset: paper (128 × 2048, 20 epochs, lr 1e-2) or cpu (16 × 512, 5 epochs, lr 5e-2).")
     var preset = "paper"
 
     @Flag(help: "OmniQuant: continue an interrupted run from its last finished block (same options).")
@@ -139,7 +139,7 @@ struct Quantize: ParsableCommand {
                 if let e = epochs { o.epochs = e }
                 if let n = nsamples { o.nsamples = n }
                 if let s = seqlen { o.seqlen = s }
-                o.lr = lr
+                if let lr { o.lr = lr }
                 o.augLoss = augLoss
                 o.seed = seed
                 try o.validate()
