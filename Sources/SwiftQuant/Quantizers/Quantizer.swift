@@ -366,7 +366,7 @@ public enum QuantKernels {
     @usableFromInline static let magic: Float = 12_582_912
 
     /// (min, max) of `n` values, or nil when one of them is NaN or ±Inf.
-    @inlinable
+    @inlinable @inline(__always)
     public static func minMax(_ p: UnsafePointer<Float>, _ n: Int) -> (Float, Float)? {
         typealias V = SIMD8<Float>
         @inline(__always) func load(_ i: Int) -> V { UnsafeRawPointer(p + i).loadUnaligned(as: V.self) }
@@ -388,12 +388,15 @@ public enum QuantKernels {
             bad0 += a - a
             i += 8
         }
-        lo0.replace(with: lo1, where: lo1 .< lo0)
-        hi0.replace(with: hi1, where: hi1 .> hi0)
         bad0 += bad1
-        // Horizontal reductions by hand: the generic `SIMD.min()` / `.max()` / `.sum()` are not inlined.
-        var l = lo0[0], h = hi0[0], b = bad0[0]
-        for j in 1..<8 { l = Swift.min(l, lo0[j]); h = Swift.max(h, hi0[j]); b += bad0[j] }
+        // Horizontal reductions by hand, lane by lane: the generic `SIMD.min()` / `.max()` / `.sum()` are not
+        // inlined, and merging the two accumulators with `replace(with:where:)` compiles to per-lane branches.
+        var l = Swift.min(lo0[0], lo1[0]), h = Swift.max(hi0[0], hi1[0]), b = bad0[0]
+        for j in 1..<8 {
+            l = Swift.min(l, Swift.min(lo0[j], lo1[j]))
+            h = Swift.max(h, Swift.max(hi0[j], hi1[j]))
+            b += bad0[j]
+        }
         while i < n {
             let v = p[i]
             l = Swift.min(l, v); h = Swift.max(h, v); b += v - v
@@ -403,7 +406,7 @@ public enum QuantKernels {
     }
 
     /// Codes `clamp(round(w / h) + z, 0, qmax)` of `n` values.
-    @inlinable
+    @inlinable @inline(__always)
     public static func intCodes(_ p: UnsafePointer<Float>, _ n: Int, h: Float, z: Float, qmax: Float,
                                 into codes: UnsafeMutablePointer<UInt8>) {
         var i = 0
