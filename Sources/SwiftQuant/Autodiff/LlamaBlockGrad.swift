@@ -191,7 +191,9 @@ public final class LlamaBlockGrad {
 
     /// Back-propagates `dOut` (`[rows, hidden]`) through the last quantized forward: adds the LWC gradients into
     /// `gradU`/`gradL` and returns `∂L/∂x` (a view of an internal buffer, valid until the next `backward`).
-    public func backward(_ dOut: Tensor) throws -> Tensor {
+    /// With `inputGradient: false` the gradient of the block's input is not computed (calibration does not need
+    /// it: three matrix products and a norm backward fewer); the returned tensor is then meaningless.
+    public func backward(_ dOut: Tensor, inputGradient: Bool = true) throws -> Tensor {
         let c = config, H = c.hidden, F = c.ffn, qd = c.heads * c.headDim, kd = c.kvHeads * c.headDim, T = rows
         try require(T > 0 && usedQuantized, "Llama block: backward needs a quantized forward first")
         try require(dOut.shape == [T, H], "Llama block: dOut \(dOut.shape), expected [\(T), \(H)]")
@@ -220,16 +222,19 @@ public final class LlamaBlockGrad {
                         heads: c.heads, headDim: c.headDim)
         A.Rope.backward(dY: dk.pointer, dX: dk.pointer, cos: ropeCos.pointer, sin: ropeSin.pointer, rows: T,
                         heads: c.kvHeads, headDim: c.headDim)
-        A.Linear.backward(dY: dq.pointer, x: n1.pointer, weight: w[0], dX: dn1.pointer, dWeight: dw[0], overwriteWeightGradient: true,
+        let dn1p: UnsafeMutablePointer<Float>? = inputGradient ? dn1.pointer : nil
+        A.Linear.backward(dY: dq.pointer, x: n1.pointer, weight: w[0], dX: dn1p, dWeight: dw[0], overwriteWeightGradient: true,
                           rows: T, inFeatures: H, outFeatures: qd)
-        A.Linear.backward(dY: dk.pointer, x: n1.pointer, weight: w[1], dX: dn1.pointer, accumulate: true,
+        A.Linear.backward(dY: dk.pointer, x: n1.pointer, weight: w[1], dX: dn1p, accumulate: true,
                           dWeight: dw[1], overwriteWeightGradient: true, rows: T, inFeatures: H, outFeatures: kd)
-        A.Linear.backward(dY: dv.pointer, x: n1.pointer, weight: w[2], dX: dn1.pointer, accumulate: true,
+        A.Linear.backward(dY: dv.pointer, x: n1.pointer, weight: w[2], dX: dn1p, accumulate: true,
                           dWeight: dw[2], overwriteWeightGradient: true, rows: T, inFeatures: H, outFeatures: kd)
         // first residual + input norm
-        dx.pointer.update(from: dh1.pointer, count: T * H)
-        A.RMSNorm.backward(dY: dn1.pointer, x: xIn.pointer, weight: weights.inputNorm.pointer, rstd: rstd1.pointer,
-                           dX: dx.pointer, accumulate: true, dWeight: nil, rows: T, dim: H)
+        if inputGradient {
+            dx.pointer.update(from: dh1.pointer, count: T * H)
+            A.RMSNorm.backward(dY: dn1.pointer, x: xIn.pointer, weight: weights.inputNorm.pointer, rstd: rstd1.pointer,
+                               dX: dx.pointer, accumulate: true, dWeight: nil, rows: T, dim: H)
+        }
         // LWC parameters
         for lin in LlamaLinear.allCases {
             let i = lin.rawValue
@@ -250,7 +255,7 @@ public final class LlamaBlockGrad {
         Autodiff.MSELoss.backward(pred: y.pointer, target: target.pointer, dPred: dh1.pointer, count: n)
         let dOut = Tensor(zeros: y.shape)
         dOut.pointer.update(from: dh1.pointer, count: n)
-        _ = try backward(dOut)
+        _ = try backward(dOut, inputGradient: false)
         return loss
     }
 }

@@ -6,7 +6,7 @@ import Foundation
 public enum BlockStepBenchmark {
     public struct Result: Sendable {
         public var stepSeconds: Double
-        /// Matrix-product FLOPs of one step (forward, and backward's input and weight gradients).
+        /// Matrix-product FLOPs of one step (forward, weight gradients, input gradients where needed).
         public var flops: Double
         public var peakGFLOPS: Double
         public var losses: [Float]
@@ -42,9 +42,12 @@ public enum BlockStepBenchmark {
             try adam.step(gradients: grads)
             best = min(best, sqs_now() - t)
         }
-        let params = w.reduce(0) { $0 + $1.count }
-        let attn = 2.0 * 2 * Double(tokens) * Double(tokens) / 2 * Double(c.numAttentionHeads * c.headDim)
-        let flops = 3 * (2 * Double(tokens) * Double(params) + attn)
+        // Matrix-product FLOPs actually done: forward, weight gradients of all seven linears, input gradients of
+        // all but q/k/v (the block input needs none), attention forward and backward (2× forward).
+        let params = Double(w.reduce(0) { $0 + $1.count }), qkv = Double(w[0].count + w[1].count + w[2].count)
+        let T = Double(tokens)
+        let attn = 2.0 * 2 * T * T / 2 * Double(c.numAttentionHeads * c.headDim)
+        let flops = 2 * T * params + 2 * T * params + 2 * T * (params - qkv) + 3 * attn
         let peak = GEMMBenchmark.gflops(m: 1024, k: 1024, n: 1024, seconds: 0.5)
         return Result(stepSeconds: best, flops: flops, peakGFLOPS: peak, losses: losses)
     }
