@@ -120,11 +120,18 @@ def test_perplexity_on_token_ids_matches_logits():
 def test_tokenizer_from_file_matches_tokenizers(kind):
     cases = json.loads((FIXTURES / "tokenizer_cases.json").read_text())[kind]
     tok = sq.Tokenizer.from_file(FIXTURES / f"tokenizer_{kind}.json")
+    checked = 0
     for case in cases:
+        if "partial" in case:  # decode-only cases (cut and reversed id lists)
+            for p in case["partial"]:
+                assert tok.decode(p["ids"]) == p["decoded"]
+            continue
         ids = tok.encode(case["text"])
         assert ids.dtype == np.int32
         assert ids.tolist() == case["ids"], case["text"]
-        assert tok.decode(ids) == case["decoded"]
+        assert tok.decode(ids) == case.get("decoded", case["text"])  # absent when equal to the text
+        checked += 1
+    assert checked > 50
 
 
 def test_bad_files_raise_format_error(tmp_path):
