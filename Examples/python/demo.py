@@ -88,9 +88,9 @@ def main():
         del m
 
     fp = results[0][1]
-    print(f"\n{'method':<30}{'perplexity':>12}{'vs FP':>10}{'quantize s':>12}{'eval s':>9}{'tok/s':>8}")
+    print(f"\n{'method':<30}{'perplexity':>14}{'vs FP':>12}{'quantize s':>12}{'eval s':>9}{'tok/s':>8}")
     for label, ppl, tq, te in results:
-        print(f"{label:<30}{ppl:>12.4f}{(ppl / fp - 1) * 100:>9.2f}%{tq:>12.1f}{te:>9.1f}{windows * args.seqlen / te:>8.0f}")
+        print(f"{label:<30}{ppl:>14.4f}{(ppl / fp - 1) * 100:>11.1f}%{tq:>12.1f}{te:>9.1f}{windows * args.seqlen / te:>8.0f}")
     print("\n(SmolLM2's packaged weights are Q4_1, group 32: 4-bit rows are optimistic.)")
 
 
