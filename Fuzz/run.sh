@@ -22,7 +22,7 @@ swiftc -O -g -sanitize=fuzzer,address -parse-as-library -module-name SwiftQuant 
 for f in $(find Tests/SwiftQuantTests/Fixtures -name '*.safetensors' -size -200k); do
     { printf '\x00'; cat "$f"; } > "$OUT/corpus/seed-st-$(basename "$f")"
 done
-for f in $(find Tests/SwiftQuantTests/Fixtures -name '*.gguf'); do
+for f in $(find Tests/SwiftQuantTests/Fixtures -name '*.ggufbin'); do
     { printf '\x01'; cat "$f"; } > "$OUT/corpus/seed-gguf-$(basename "$f")"
 done
 exec "$OUT/fuzz-parsers" "$OUT/corpus" -max_total_time="$SECONDS_TO_RUN" -max_len=65536 -rss_limit_mb=4096 \

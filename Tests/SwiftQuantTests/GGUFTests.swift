@@ -28,7 +28,7 @@ private func fixture(_ name: String, _ ext: String) throws -> String {
 
 final class GGUFTests: XCTestCase {
     func testSmallFixtureMetadata() throws {
-        let g = try GGUFFile(path: try fixture("gguf_small", "gguf"))
+        let g = try GGUFFile(path: try fixture("gguf_small", "ggufbin"))
         XCTAssertEqual(g.version, 3)
         XCTAssertEqual(g.alignment, 32)
         XCTAssertEqual(g.dataOffset % 32, 0)
@@ -58,7 +58,7 @@ final class GGUFTests: XCTestCase {
 
     /// Every tensor decodes bit-exactly to what `gguf.quants.dequantize` gives.
     func testDequantizationParityWithGGUFPackage() throws {
-        let g = try GGUFFile(path: try fixture("gguf_small", "gguf"))
+        let g = try GGUFFile(path: try fixture("gguf_small", "ggufbin"))
         let exp = try SafetensorsFile(path: try fixture("gguf_small_expected", "safetensors"))
         var checked = 0
         for name in exp.names where !name.contains(":") && name != "enc_in" {
@@ -84,7 +84,7 @@ final class GGUFTests: XCTestCase {
     }
 
     func testHuggingFaceView() throws {
-        let src = try GGUFTensorSource(path: try fixture("gguf_small", "gguf"))
+        let src = try GGUFTensorSource(path: try fixture("gguf_small", "ggufbin"))
         let exp = try SafetensorsFile(path: try fixture("gguf_small_expected", "safetensors"))
         XCTAssertEqual(src.architecture, "llama")
         XCTAssertTrue(src.undoesRopePermutation)
@@ -104,7 +104,7 @@ final class GGUFTests: XCTestCase {
         XCTAssertTrue(src.isZeroCopy("model.layers.0.input_layernorm.weight"))
         XCTAssertEqual(src.ggufName(for: "model.layers.0.self_attn.q_proj.weight"), "blk.0.attn_q.weight")
         // Without un-permutation the raw GGUF rows come back.
-        let raw = try GGUFTensorSource(path: try fixture("gguf_small", "gguf"), undoRopePermutation: false)
+        let raw = try GGUFTensorSource(path: try fixture("gguf_small", "ggufbin"), undoRopePermutation: false)
         XCTAssertEqual(try raw.float32("model.layers.0.self_attn.q_proj.weight").array,
                        try exp.float32("blk.0.attn_q.weight").array)
     }
@@ -140,7 +140,7 @@ final class GGUFTests: XCTestCase {
     }
 
     func testWriterRoundTrip() throws {
-        let g = try GGUFFile(path: try fixture("gguf_small", "gguf"))
+        let g = try GGUFFile(path: try fixture("gguf_small", "ggufbin"))
         let dir = try makeTempDir(self)
         let out = ProcessInfo.processInfo.environment["SWIFTQUANT_GGUF_ROUNDTRIP_OUT"]
             ?? (dir as NSString).appendingPathComponent("copy.gguf")
@@ -160,7 +160,7 @@ final class GGUFTests: XCTestCase {
         }
         // The file written by the gguf package and ours are byte-identical (same layout rules).
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out)),
-                       try Data(contentsOf: URL(fileURLWithPath: try fixture("gguf_small", "gguf"))))
+                       try Data(contentsOf: URL(fileURLWithPath: try fixture("gguf_small", "ggufbin"))))
         if out.hasPrefix(dir) {
             XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["copy.gguf"])
         }
@@ -335,7 +335,7 @@ final class GGUFTests: XCTestCase {
 final class FormatFuzzTests: XCTestCase {
     /// Cheap deterministic fuzzing: random byte flips and truncations of valid files never crash the parsers.
     func testMutatedFilesNeverCrash() throws {
-        let gguf = try Data(contentsOf: URL(fileURLWithPath: try fixture("gguf_small", "gguf")))
+        let gguf = try Data(contentsOf: URL(fileURLWithPath: try fixture("gguf_small", "ggufbin")))
         var st = Data()
         do {
             let dir = try makeTempDir(self)

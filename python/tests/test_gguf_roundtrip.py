@@ -1,10 +1,10 @@
 """A GGUF file written by SwiftQuant's GGUFWriter reads back bit-exactly with the `gguf` package's GGUFReader.
 
 The Swift side writes the file: run
-    SWIFTQUANT_GGUF_ROUNDTRIP_OUT=/tmp/sq_roundtrip.gguf swift test --filter GGUFTests/testWriterRoundTrip
+    SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$PWD/.build/interop-roundtrip.gguf swift test --filter GGUFTests/testWriterRoundTrip
 then
-    SWIFTQUANT_GGUF_ROUNDTRIP_OUT=/tmp/sq_roundtrip.gguf pytest python/tests/test_gguf_roundtrip.py
-The Swift test re-writes Tests/SwiftQuantTests/Fixtures/gguf_small.gguf (made by the gguf package) with
+    SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$PWD/.build/interop-roundtrip.gguf pytest python/tests/test_gguf_roundtrip.py
+(`make test` does both.) The Swift test re-writes Tests/SwiftQuantTests/Fixtures/gguf_small.ggufbin (made by the gguf package) with
 GGUFWriter; this test checks every metadata value and tensor against the original. Skips when the file or the
 `gguf` package is missing.
 """
@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIXTURE = os.path.join(ROOT, "Tests", "SwiftQuantTests", "Fixtures", "gguf_small.gguf")
+FIXTURE = os.path.join(ROOT, "Tests", "SwiftQuantTests", "Fixtures", "gguf_small.ggufbin")
 
 
 def _swift_file():

@@ -1,7 +1,7 @@
 """A safetensors file written by SwiftQuant's SafetensorsWriter loads with the `safetensors` package.
 
-    SWIFTQUANT_SAFETENSORS_OUT=/tmp/sq_all.safetensors swift test --filter SafetensorsTests/testRoundTripEveryDType
-    SWIFTQUANT_SAFETENSORS_OUT=/tmp/sq_all.safetensors pytest python/tests/test_safetensors_interop.py
+    SWIFTQUANT_SAFETENSORS_OUT=$PWD/.build/interop-roundtrip.safetensors swift test --filter SafetensorsTests/testRoundTripEveryDType
+    SWIFTQUANT_SAFETENSORS_OUT=$PWD/.build/interop-roundtrip.safetensors pytest python/tests/test_safetensors_interop.py
 
 Skips when the file or the `safetensors` package is missing.
 """

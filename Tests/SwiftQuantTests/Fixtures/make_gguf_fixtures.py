@@ -5,7 +5,8 @@
     venv/bin/python Tests/SwiftQuantTests/Fixtures/make_gguf_fixtures.py [--smollm2 PATH_TO_SmolLM2-135M-Instruct.Q4_1.gguf]
 
 Outputs (next to this script):
-  gguf_small.gguf                 written by gguf.GGUFWriter: metadata of every value type, F32/F16/BF16/Q8_0/Q4_0/
+  gguf_small.ggufbin              a GGUF file (the extension keeps it apart from *.gguf model weights, which are
+                                  never committed), written by gguf.GGUFWriter: metadata of every value type, F32/F16/BF16/Q8_0/Q4_0/
                                   Q4_1 tensors (random data plus edge values) and llama-style q/k tensors whose rows
                                   were permuted the way llama.cpp's converter does.
   gguf_small_expected.safetensors expected float32 data from gguf.quants.dequantize (name = GGUF tensor name),
@@ -62,7 +63,7 @@ def write_safetensors(path, tensors):
 def small():
     rng = np.random.default_rng(1234)
     expected = {}
-    w = gguf.GGUFWriter(os.path.join(HERE, "gguf_small.gguf"), "llama")
+    w = gguf.GGUFWriter(os.path.join(HERE, "gguf_small.ggufbin"), "llama")
     w.add_uint32("llama.attention.head_count", 2)
     w.add_uint32("llama.attention.head_count_kv", 1)
     w.add_uint8("test.u8", 250)
