@@ -2,8 +2,9 @@ import Foundation
 
 extension Autodiff {
     /// Causal softmax attention with grouped-query heads (HF `repeat_kv`: query head `h` reads kv head
-    /// `h / (heads / kvHeads)`), scale `1/√headDim`. Inputs are token-major: `q`, `out` `[rows, heads·d]`,
-    /// `k`, `v` `[rows, kvHeads·d]`; position `t` attends to positions `0...t`.
+    /// `h / (heads / kvHeads)`), scale `1/√headDim`; the softmax is the forward pass's (vectorised `exp`).
+    /// Inputs are token-major: `q`, `out` `[rows, heads·d]`, `k`, `v` `[rows, kvHeads·d]`; position `t` attends
+    /// to positions `0...t`.
     ///
     /// The object owns its saved state (the probabilities, `[heads, rows, rows]`) and scratch, allocated once for
     /// `maxRows`; `backward` uses the probabilities of the last `forward`.
@@ -55,19 +56,7 @@ extension Autodiff {
                 let br = blockRows
                 parallelFor(T, minChunk: Swift.max(1, 8192 / T)) { range in
                     for t in range {
-                        let row = p + t * T
-                        var m = -Float.infinity
-                        for j in 0...t { m = Swift.max(m, row[j]) }
-                        var sum: Float = 0
-                        for j in 0...t {
-                            let e = Foundation.exp(row[j] - m)
-                            row[j] = e
-                            sum += e
-                        }
-                        let inv = 1 / sum
-                        for j in 0...t { row[j] *= inv }
-                        let end = Swift.min(T, (t / br + 1) * br)
-                        for j in (t + 1)..<end { row[j] = 0 }
+                        Kernels.softmaxRow(p + t * T, valid: t + 1, total: Swift.min(T, (t / br + 1) * br))
                     }
                 }
                 // O = P·V
@@ -102,12 +91,18 @@ extension Autodiff {
                 // dS = scale · P ⊙ (dP − Σ_j P·dP)   (masked entries have P = 0)
                 parallelFor(T, minChunk: Swift.max(1, 8192 / T)) { range in
                     for t in range {
-                        let pr = p + t * T, gr = dp + t * T
-                        var dot: Float = 0
-                        for j in 0...t { dot += pr[j] * gr[j] }
-                        for j in 0...t { gr[j] = scale * pr[j] * (gr[j] - dot) }
+                        let pr = p + t * T, gr = dp + t * T, n = t + 1
+                        var d8 = SIMD8<Float>()
+                        var j = 0
+                        while j + 8 <= n { d8 += loadSIMD8(pr + j) * loadSIMD8(gr + j); j += 8 }
+                        var dot = d8.sum()
+                        while j < n { dot += pr[j] * gr[j]; j += 1 }
+                        let sv = SIMD8<Float>(repeating: scale), dv = SIMD8<Float>(repeating: dot)
+                        j = 0
+                        while j + 8 <= n { storeSIMD8(sv * loadSIMD8(pr + j) * (loadSIMD8(gr + j) - dv), gr + j); j += 8 }
+                        while j < n { gr[j] = scale * pr[j] * (gr[j] - dot); j += 1 }
                         let end = Swift.min(T, (t / br + 1) * br)
-                        for j in (t + 1)..<end { gr[j] = 0 }
+                        if end > n { (gr + n).update(repeating: 0, count: end - n) }
                     }
                 }
                 for (r0, r1) in bl {

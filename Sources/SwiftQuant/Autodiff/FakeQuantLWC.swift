@@ -75,8 +75,86 @@ extension Autodiff {
 
         @inline(__always) static func sigmoid(_ x: Float) -> Float { 1 / (1 + Foundation.exp(-x)) }
 
-        /// Writes the fake-quantized weight `out` (may not alias `weight`) and fills `state`.
+        /// Writes the fake-quantized weight `out` (may not alias `weight`) and fills `state`. SIMD kernel; the
+        /// scalar definition is `forwardReference`, which it equals bit for bit.
         public func forward(weight: UnsafePointer<Float>, u: UnsafePointer<Float>, l: UnsafePointer<Float>,
+                            out: UnsafeMutablePointer<Float>, state: State) {
+            let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
+            let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
+            let inclusive = clampGradient == .inclusive
+            let hs = state.scales.pointer, zs = state.zeros.pointer, pass = state.hPass.pointer
+            let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer, sus = state.su.pointer, sls = state.sl.pointer
+            parallelFor(rows, minChunk: max(1, 8192 / cols)) { range in
+                for r in range {
+                    for g in 0..<nG {
+                        let idx = r * nG + g
+                        let start = g * G, n = Swift.min(G, cols - start)
+                        let w = weight + r * cols + start, o = out + r * cols + start
+                        guard let (mn, mx) = QuantKernels.minMax(w, n) else {
+                            // NaN or ±Inf in the group: the scalar definition says what happens.
+                            groupReference(w, o, n, idx: idx, u: u, l: l, symDen: symDen, inclusive: inclusive,
+                                           state: state)
+                            continue
+                        }
+                        let su = Self.sigmoid(u[idx]), sl = Self.sigmoid(l[idx])
+                        let (h, z, hIn) = scale(xmaxp: su * mx, xminp: sl * mn, symDen: symDen, inclusive: inclusive)
+                        hs[idx] = h; zs[idx] = z; pass[idx] = hIn ? 1 : 0
+                        xmaxs[idx] = mx; xmins[idx] = mn; sus[idx] = su; sls[idx] = sl
+                        if Swift.max(Swift.abs(mx), Swift.abs(mn)) / h >= Self.roundLimit {
+                            // Beyond ±2^22 the magic-number rounding is not exact: scalar loop.
+                            for i in 0..<n { o[i] = Self.fakeQuant(w[i], h: h, z: z, qmax: qmax) }
+                            continue
+                        }
+                        let hv = SIMD8<Float>(repeating: h), zv = SIMD8<Float>(repeating: z)
+                        let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>(), mv = SIMD8<Float>(repeating: QuantKernels.magic)
+                        var i = 0
+                        while i + 8 <= n {
+                            var p = ((loadSIMD8(w + i) / hv + mv) - mv) + zv
+                            p.replace(with: zero, where: p .< zero)
+                            p.replace(with: top, where: p .> top)
+                            storeSIMD8((p - zv) * hv, o + i)
+                            i += 8
+                        }
+                        while i < n { o[i] = Self.fakeQuant(w[i], h: h, z: z, qmax: qmax); i += 1 }
+                    }
+                }
+            }
+        }
+
+        /// Magnitude of `W/h` below which adding and subtracting 1.5·2^23 rounds exactly (half to even).
+        static let roundLimit: Float = 4_194_304
+
+        /// `(clamp(round(w/h) + z, 0, qmax) − z)·h`, the definition.
+        @inline(__always) static func fakeQuant(_ w: Float, h: Float, z: Float, qmax: Float) -> Float {
+            let p = (w / h).rounded(.toNearestOrEven) + z
+            return (Swift.min(Swift.max(p, 0), qmax) - z) * h
+        }
+
+        /// Scale `h`, zero-point `z` and whether the scale clamp passes the gradient, from the clipped range.
+        @inline(__always)
+        func scale(xmaxp: Float, xminp: Float, symDen: Float, inclusive: Bool) -> (h: Float, z: Float, pass: Bool) {
+            let hRaw = symmetric ? Swift.max(Swift.abs(xmaxp), Swift.abs(xminp)) / symDen : (xmaxp - xminp) / qmax
+            let h = Swift.min(Swift.max(hRaw, 1e-5), 1e4)
+            let z = symmetric ? symDen : Swift.min(Swift.max(-xminp / h, -1e4), 1e4).rounded(.toNearestOrEven)
+            return (h, z, inclusive ? (hRaw >= 1e-5 && hRaw <= 1e4) : (hRaw > 1e-5 && hRaw < 1e4))
+        }
+
+        /// One group of `forwardReference`.
+        private func groupReference(_ w: UnsafePointer<Float>, _ o: UnsafeMutablePointer<Float>, _ n: Int, idx: Int,
+                                    u: UnsafePointer<Float>, l: UnsafePointer<Float>, symDen: Float, inclusive: Bool,
+                                    state: State) {
+            var mx = w[0], mn = w[0]
+            for i in 1..<Swift.max(n, 1) { mx = Swift.max(mx, w[i]); mn = Swift.min(mn, w[i]) }
+            let su = Self.sigmoid(u[idx]), sl = Self.sigmoid(l[idx])
+            let (h, z, hIn) = scale(xmaxp: su * mx, xminp: sl * mn, symDen: symDen, inclusive: inclusive)
+            state.scales.pointer[idx] = h; state.zeros.pointer[idx] = z; state.hPass.pointer[idx] = hIn ? 1 : 0
+            state.xmax.pointer[idx] = mx; state.xmin.pointer[idx] = mn
+            state.su.pointer[idx] = su; state.sl.pointer[idx] = sl
+            for i in 0..<n { o[i] = Self.fakeQuant(w[i], h: h, z: z, qmax: qmax) }
+        }
+
+        /// The scalar definition of `forward` (one element at a time, as written in the type's documentation).
+        public func forwardReference(weight: UnsafePointer<Float>, u: UnsafePointer<Float>, l: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, state: State) {
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
             let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
@@ -120,8 +198,114 @@ extension Autodiff {
         }
 
         /// Adds `∂L/∂u`, `∂L/∂l` into `dU`, `dL` (`[rows, groupsPerRow]`) and, when given, `∂L/∂W` into
-        /// `dWeight`. Uses the `state` of the forward pass on the same `weight`, `u`, `l`.
+        /// `dWeight`. Uses the `state` of the forward pass on the same `weight`, `u`, `l`. SIMD kernel: it equals
+        /// `backwardReference` except for the order in which `∂L/∂h` is summed over a group (both in float64).
         public func backward(dOut: UnsafePointer<Float>, weight: UnsafePointer<Float>, state: State,
+                             dU: UnsafeMutablePointer<Float>, dL: UnsafeMutablePointer<Float>,
+                             dWeight: UnsafeMutablePointer<Float>? = nil) {
+            let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
+            let inclusive = clampGradient == .inclusive
+            let hs = state.scales.pointer, zs = state.zeros.pointer
+            let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer
+            parallelFor(rows, minChunk: max(1, 8192 / cols)) { range in
+                for r in range {
+                    for g in 0..<nG {
+                        let idx = r * nG + g
+                        let start = g * G, n = Swift.min(G, cols - start)
+                        let w = weight + r * cols + start, dy = dOut + r * cols + start
+                        let dwg = dWeight.map { $0 + r * cols + start }
+                        let h = hs[idx], z = zs[idx]
+                        var i = 0
+                        var acc0 = SIMD4<Double>(), acc1 = SIMD4<Double>()
+                        let mx = xmaxs[idx], mn = xmins[idx]
+                        if mx.isFinite && mn.isFinite && Swift.max(Swift.abs(mx), Swift.abs(mn)) / h < Self.roundLimit {
+                            let hv = SIMD8<Float>(repeating: h), zv = SIMD8<Float>(repeating: z)
+                            let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>()
+                            let mv = SIMD8<Float>(repeating: QuantKernels.magic)
+                            while i + 8 <= n {
+                                let t = loadSIMD8(w + i) / hv
+                                let p = ((t + mv) - mv) + zv
+                                let inside = inclusive ? (p .>= zero) .& (p .<= top) : (p .> zero) .& (p .< top)
+                                var q = p
+                                q.replace(with: zero, where: p .< zero)
+                                q.replace(with: top, where: p .> top)
+                                let qz = q - zv
+                                var dWhat = qz - t
+                                dWhat.replace(with: qz, where: .!inside)
+                                let gy = loadSIMD8(dy + i)
+                                let prod = gy * dWhat
+                                acc0 += SIMD4<Double>(Double(prod[0]), Double(prod[1]), Double(prod[2]), Double(prod[3]))
+                                acc1 += SIMD4<Double>(Double(prod[4]), Double(prod[5]), Double(prod[6]), Double(prod[7]))
+                                if let dwg {
+                                    var add = gy
+                                    add.replace(with: zero, where: .!inside)
+                                    storeSIMD8(loadSIMD8(dwg + i) + add, dwg + i)
+                                }
+                                i += 8
+                            }
+                        }
+                        acc0 += acc1
+                        var dh = (acc0[0] + acc0[1]) + (acc0[2] + acc0[3])
+                        while i < n {
+                            let (d, inside) = Self.steTerm(w[i], h: h, z: z, qmax: qmax, inclusive: inclusive)
+                            dh += Double(dy[i] * d)
+                            if let dwg, inside { dwg[i] += dy[i] }
+                            i += 1
+                        }
+                        clipGradients(Float(dh), idx: idx, w: w, n: n, state: state, dU: dU, dL: dL, dWeight: dwg)
+                    }
+                }
+            }
+        }
+
+        /// `∂Ŵ/∂h` of one element and whether it is inside the clamp's pass-through region.
+        @inline(__always)
+        static func steTerm(_ w: Float, h: Float, z: Float, qmax: Float, inclusive: Bool) -> (Float, Bool) {
+            let t = w / h
+            let p = t.rounded(.toNearestOrEven) + z
+            let inside = inclusive ? (p >= 0 && p <= qmax) : (p > 0 && p < qmax)
+            let q = Swift.min(Swift.max(p, 0), qmax)
+            return (inside ? (q - z) - t : (q - z), inside)
+        }
+
+        /// From the group's `∂L/∂h` (before the scale clamp): `∂L/∂u`, `∂L/∂l`, and the min/max path of `∂L/∂W`.
+        @inline(__always)
+        private func clipGradients(_ dh: Float, idx: Int, w: UnsafePointer<Float>, n: Int, state: State,
+                                   dU: UnsafeMutablePointer<Float>, dL: UnsafeMutablePointer<Float>,
+                                   dWeight dw: UnsafeMutablePointer<Float>?) {
+            let gh = state.hPass.pointer[idx] != 0 ? dh : 0
+            if gh == 0 { return }
+            let symDen = Float((1 << (bits - 1)) - 1)
+            let su = state.su.pointer[idx], sl = state.sl.pointer[idx]
+            let mx = state.xmax.pointer[idx], mn = state.xmin.pointer[idx]
+            let dxmaxp: Float, dxminp: Float
+            if symmetric {
+                let xmaxp = su * mx, xminp = sl * mn
+                let a = Swift.abs(xmaxp), b = Swift.abs(xminp)
+                let dm = gh / symDen
+                let wa: Float = a > b ? 1 : (a == b ? 0.5 : 0)
+                dxmaxp = dm * wa * Self.sign(xmaxp)
+                dxminp = dm * (1 - wa) * Self.sign(xminp)
+            } else {
+                dxmaxp = gh / qmax
+                dxminp = -gh / qmax
+            }
+            dU[idx] += dxmaxp * mx * (su * (1 - su))
+            dL[idx] += dxminp * mn * (sl * (1 - sl))
+            if let dw {
+                let dmx = dxmaxp * su, dmn = dxminp * sl
+                var cmx = 0, cmn = 0
+                for i in 0..<n { if w[i] == mx { cmx += 1 }; if w[i] == mn { cmn += 1 } }
+                let emx = dmx / Float(cmx), emn = dmn / Float(cmn)
+                for i in 0..<n {
+                    if w[i] == mx { dw[i] += emx }
+                    if w[i] == mn { dw[i] += emn }
+                }
+            }
+        }
+
+        /// The scalar definition of `backward` (one element at a time, as written in the type's documentation).
+        public func backwardReference(dOut: UnsafePointer<Float>, weight: UnsafePointer<Float>, state: State,
                              dU: UnsafeMutablePointer<Float>, dL: UnsafeMutablePointer<Float>,
                              dWeight: UnsafeMutablePointer<Float>? = nil) {
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax

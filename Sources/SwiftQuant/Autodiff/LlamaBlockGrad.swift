@@ -67,7 +67,7 @@ public final class LlamaBlockGrad {
     // tape
     private let xIn, n1, rstd1, q, k, v, attn, h1, n2, rstd2, gate, up, m, out: Tensor
     // backward scratch
-    private let dh1, dm, dGate, dUp, dn2, da, dq, dk, dv, dn1, dx: Tensor
+    private let dh1, dm, dGate, dUp, dn2, da, dq, dk, dv, dn1, dx, dLoss: Tensor
     private var rows = 0
     private var usedQuantized = true
 
@@ -127,7 +127,7 @@ public final class LlamaBlockGrad {
         attn = z([T, qd]); h1 = z([T, H]); n2 = z([T, H]); rstd2 = z([T]); gate = z([T, F]); up = z([T, F])
         m = z([T, F]); out = z([T, H])
         dh1 = z([T, H]); dm = z([T, F]); dGate = z([T, F]); dUp = z([T, F]); dn2 = z([T, H]); da = z([T, qd])
-        dq = z([T, qd]); dk = z([T, kd]); dv = z([T, kd]); dn1 = z([T, H]); dx = z([T, H])
+        dq = z([T, qd]); dk = z([T, kd]); dv = z([T, kd]); dn1 = z([T, H]); dx = z([T, H]); dLoss = z([T, H])
     }
 
     /// Replaces the RoPE tables (`[≥ rows, headDim]`, row t = position t), e.g. with a model's own.
@@ -252,10 +252,8 @@ public final class LlamaBlockGrad {
         try require(target.shape == y.shape, "Llama block: target \(target.shape), output \(y.shape)")
         let n = y.count
         let loss = Autodiff.MSELoss.forward(pred: y.pointer, target: target.pointer, count: n)
-        Autodiff.MSELoss.backward(pred: y.pointer, target: target.pointer, dPred: dh1.pointer, count: n)
-        let dOut = Tensor(zeros: y.shape)
-        dOut.pointer.update(from: dh1.pointer, count: n)
-        _ = try backward(dOut, inputGradient: false)
+        Autodiff.MSELoss.backward(pred: y.pointer, target: target.pointer, dPred: dLoss.pointer, count: n)
+        _ = try backward(Tensor(shape: y.shape, storage: dLoss.storage, byteOffset: dLoss.byteOffset), inputGradient: false)
         return loss
     }
 }

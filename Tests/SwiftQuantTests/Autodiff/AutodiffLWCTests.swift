@@ -117,6 +117,45 @@ final class AutodiffLWCTests: XCTestCase {
         }
     }
 
+    /// The SIMD kernels against their scalar definitions: forward bit for bit (codes, scales, zero-points and
+    /// Ŵ), backward to float64 summation order. Groups shorter than a vector, ragged last groups, all-zero and
+    /// constant rows, values far outside the grid (|W/h| ≥ 2^22, where the SIMD rounding trick stops being exact),
+    /// and a row with ±Inf and NaN.
+    func testSIMDKernelsMatchScalarReference() throws {
+        for (rows, cols, bits, group, sym) in [(7, 100, 3, 32, false), (6, 72, 4, 0, false), (5, 45, 2, 5, false),
+                                               (6, 130, 4, 16, true), (5, 576, 3, 128, false), (6, 33, 8, 0, true)] {
+            for mode in [FQ.ClampGradient.inclusive, .exclusive] {
+                let fq = try FQ(rows: rows, columns: cols, bits: bits, groupSize: group, symmetric: sym, clampGradient: mode)
+                var w = weights(rows: rows, cols: cols)
+                w[4 * cols] = 9e4; w[4 * cols + 1] = -3e5            // row 4: |W/h| far beyond 2^22 in its first group
+                if rows > 5 { w[5 * cols + 2] = .infinity; w[5 * cols + 3] = -.infinity; w[5 * cols + cols - 1] = .nan }
+                let n = rows * fq.groupsPerRow
+                var u = rng.floats(n, scale: 1.5, shift: 2), l = rng.floats(n, scale: 1.5, shift: 2)
+                u[0] = -30; l[0] = -30                                   // σ ≈ 0: the scale clamps at 1e-5
+                let dy = rng.floats(rows * cols)
+                let W = tensor(w), U = tensor(u), L = tensor(l), DY = tensor(dy)
+                let st1 = fq.makeState(), st2 = fq.makeState()
+                let y1 = zeros([w.count]), y2 = zeros([w.count])
+                fq.forward(weight: W.pointer, u: U.pointer, l: L.pointer, out: y1.pointer, state: st1)
+                fq.forwardReference(weight: W.pointer, u: U.pointer, l: L.pointer, out: y2.pointer, state: st2)
+                let tag = "[\(rows), \(cols)] W\(bits) g\(group) \(sym ? "sym" : "asym") \(mode)"
+                XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern), "\(tag): Ŵ")
+                XCTAssertEqual(st1.scales.array, st2.scales.array, "\(tag): scales")
+                XCTAssertEqual(st1.zeros.array, st2.zeros.array, "\(tag): zero-points")
+                let du1 = zeros([n]), dl1 = zeros([n]), dw1 = zeros([w.count])
+                let du2 = zeros([n]), dl2 = zeros([n]), dw2 = zeros([w.count])
+                fq.backward(dOut: DY.pointer, weight: W.pointer, state: st1, dU: du1.pointer, dL: dl1.pointer, dWeight: dw1.pointer)
+                fq.backwardReference(dOut: DY.pointer, weight: W.pointer, state: st2, dU: du2.pointer, dL: dl2.pointer,
+                                     dWeight: dw2.pointer)
+                for (a, b, what) in [(du1.array, du2.array, "du"), (dl1.array, dl2.array, "dl"), (dw1.array, dw2.array, "dW")] {
+                    for i in a.indices where !(a[i].isNaN && b[i].isNaN) {
+                        XCTAssertEqual(a[i], b[i], accuracy: 1e-6 * max(1, abs(b[i])), "\(tag): \(what)[\(i)]")
+                    }
+                }
+            }
+        }
+    }
+
     func testRejectsBadSettings() {
         XCTAssertThrowsError(try FQ(rows: 2, columns: 8, bits: 0))
         XCTAssertThrowsError(try FQ(rows: 2, columns: 8, bits: 1, symmetric: true))
