@@ -41,6 +41,14 @@ void sqs_blas_set_threads(int n);
 int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc);
 
+/// 4-bit min/max quantization (asymmetric, or symmetric when `symmetric` != 0) of rows [r0, r1) of the
+/// row-major `w` ([rows, cols]) in groups of `width` consecutive columns (even; the last group may be
+/// shorter), fused with packing: row r's codes go to `packed + r * stride` as one little-endian nibble stream,
+/// scales and zero-points to `[r * groups + g]`. Returns -1 when done, the first row holding NaN/Inf (rows
+/// before it are done), or -2 when the kernel is not available (built without AVX2, or odd `width`).
+int64_t sqs_quant_int4_packed(const float *w, int64_t r0, int64_t r1, int64_t cols, int64_t width, int symmetric,
+                              uint8_t *packed, int64_t stride, float *scales, int32_t *zeros);
+
 /// Thread-local last-error message of the C ABI (copied; "" when none).
 void sqs_set_last_error(const char *message);
 const char *sqs_last_error(void);

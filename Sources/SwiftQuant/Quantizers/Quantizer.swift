@@ -1,3 +1,5 @@
+import CSQSupport
+
 /// Weight quantizers over row-major [rows, cols] float32 matrices (ALGORITHMS.md §1 and §4).
 ///
 /// Every entry point validates its arguments, refuses NaN/Inf weights with `.nonFinite`, and runs rows in
@@ -64,10 +66,9 @@ public enum Quantizer {
                     "scales/zeros buffers hold \(scales.count)/\(zeros.count) values, \(rows * g) needed")
         let out = packed.baseAddress!
         let width = config.groupWidth(cols: cols)
-        if case .int(4) = config.format, width % 2 == 0, clipUp == nil {
-            // Fast path: group by group, codes stay in L1 between quantizing and packing.
-            try fusedInt4(w.baseAddress!, rows: rows, cols: cols, config: config, packed: out, stride: stride,
-                          scales: scales.baseAddress!, zeros: zeros.baseAddress!)
+        if case .int(4) = config.format, config.policy == .minmax, clipUp == nil,
+           try fusedInt4(w.baseAddress!, rows: rows, cols: cols, width: width, symmetric: config.symmetric,
+                         packed: out, stride: stride, scales: scales.baseAddress!, zeros: zeros.baseAddress!) {
             return
         }
         try run(w.baseAddress!, rows: rows, cols: cols, config: config, clipUp: clipUp, clipLow: clipLow,
@@ -76,32 +77,29 @@ public enum Quantizer {
         }
     }
 
+    /// 4-bit min/max quantize + pack in one pass over the weights (the AVX2 kernel `sqs_quant_int4_packed`:
+    /// per group the range, the scale, then 32 values at a time straight to 16 packed bytes). Returns false when
+    /// the kernel is not available (a build without AVX2, or an odd group width); the caller then takes the
+    /// general path, which is also the scalar definition the tests compare this kernel with.
     private static func fusedInt4(
-        _ w: UnsafePointer<Float>, rows: Int, cols: Int, config: QuantizerConfig, packed: UnsafeMutablePointer<UInt8>,
-        stride: Int, scales: UnsafeMutablePointer<Float>, zeros: UnsafeMutablePointer<Int32>
-    ) throws {
-        let g = config.groupCount(cols: cols), width = config.groupWidth(cols: cols)
+        _ w: UnsafePointer<Float>, rows: Int, cols: Int, width: Int, symmetric: Bool,
+        packed: UnsafeMutablePointer<UInt8>, stride: Int, scales: UnsafeMutablePointer<Float>,
+        zeros: UnsafeMutablePointer<Int32>
+    ) throws -> Bool {
+        func kernel(_ r0: Int, _ r1: Int) -> Int64 {
+            sqs_quant_int4_packed(w, Int64(r0), Int64(r1), Int64(cols), Int64(width), symmetric ? 1 : 0, packed,
+                                  Int64(stride), scales, zeros)
+        }
+        if kernel(0, 0) == -2 { return false }
         let badRows = UnsafeMutablePointer<UInt8>.allocate(capacity: rows)
         badRows.initialize(repeating: 0, count: rows)
         defer { badRows.deallocate() }
         parallelFor(rows, minChunk: max(1, 32768 / cols)) { range in
-            let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: width)
-            defer { codes.deallocate() }
-            for r in range {
-                let row = w + r * cols
-                for gi in 0..<g {
-                    let lo = gi * width, n = min(cols, lo + width) - lo
-                    guard let (xmin, xmax) = QuantKernels.minMax(row + lo, n) else { badRows[r] = 1; break }
-                    let (h, z) = intParams(xmin: xmin, xmax: xmax, bits: 4, symmetric: config.symmetric,
-                                           policy: config.policy)
-                    scales[r * g + gi] = h
-                    zeros[r * g + gi] = Int32(z)
-                    QuantKernels.intCodes(row + lo, n, h: h, z: z, qmax: 15, into: codes)
-                    BitPacking.packUnchecked(codes, count: n, bits: 4, into: packed + r * stride + lo / 2)
-                }
-            }
+            let bad = kernel(range.lowerBound, range.upperBound)
+            if bad >= 0 { badRows[Int(bad)] = 1 }
         }
         try reportNonFinite(w, rows: rows, cols: cols, flags: badRows)
+        return true
     }
 
     /// Writes `dequantize(quantize(w))` to `out`, which may be `w` itself (in place).

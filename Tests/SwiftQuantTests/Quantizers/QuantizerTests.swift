@@ -133,6 +133,68 @@ final class QuantizerTests: XCTestCase {
         }
     }
 
+    /// The fused 4-bit kernel against the general path (per-element scalar codes, then the reference packer):
+    /// sym and asym, group widths that do and do not divide the row (odd row lengths leave a half-filled last
+    /// byte), exact ties (w/h = k + ½ must round to even), values far outside the grid, tiny and constant groups.
+    func testFusedInt4MatchesGeneralPath() throws {
+        var rng = SplitMix64(seed: 404)
+        for (rows, cols) in [(6, 256), (5, 300), (4, 37), (3, 2), (7, 4096)] {
+            var w = (0..<(rows * cols)).map { _ in Float(rng.gaussian()) * 0.02 }
+            for c in 0..<cols {
+                w[c] = Float(c % 16) + 0.5                       // row 0: group range [0.5, 15.5] → ties
+                w[cols + c] = c % 7 == 0 ? 3e6 : -2e-7 * Float(c) // row 1: huge and tiny values
+                w[2 * cols + c] = 0.25                           // row 2: constant
+            }
+            for sym in [false, true] {
+                for group in [nil, 2, 32, 64, 128, 100, 36].filter({ ($0 ?? 0) <= cols }) {
+                    let cfg = QuantizerConfig(format: .int(bits: 4), groupSize: group, symmetric: sym)
+                    let q = try w.withUnsafeBufferPointer { try Quantizer.quantize($0, rows: rows, cols: cols, config: cfg) }
+                    let g = cfg.groupCount(cols: cols)
+                    var packed = [UInt8](repeating: 0xEE, count: rows * BitPacking.packedByteCount(count: cols, bits: 4))
+                    var s = [Float](repeating: 0, count: rows * g), z = [Int32](repeating: 99, count: rows * g)
+                    try w.withUnsafeBufferPointer { wp in
+                        try packed.withUnsafeMutableBufferPointer { p in
+                            try s.withUnsafeMutableBufferPointer { sp in
+                                try z.withUnsafeMutableBufferPointer { zp in
+                                    try Quantizer.quantizePacked(wp, rows: rows, cols: cols, config: cfg, packed: p,
+                                                                 scales: sp, zeros: zp)
+                                }
+                            }
+                        }
+                    }
+                    let stride = BitPacking.packedByteCount(count: cols, bits: 4)
+                    var expected = [UInt8](repeating: 0, count: rows * stride)
+                    q.codes.withUnsafeBufferPointer { c in
+                        expected.withUnsafeMutableBufferPointer { e in
+                            for r in 0..<rows {
+                                BitPacking.Reference.pack(c.baseAddress! + r * cols, count: cols, bits: 4,
+                                                          into: e.baseAddress! + r * stride)
+                            }
+                        }
+                    }
+                    XCTAssertEqual(packed, expected, "\(cfg) [\(rows), \(cols)]")
+                    XCTAssertEqual(s.map(\.bitPattern), q.scales.map(\.bitPattern), "\(cfg) scales")
+                    XCTAssertEqual(z, q.zeros, "\(cfg) zeros")
+                }
+            }
+        }
+        // NaN in the middle of a large matrix: refused, naming the position.
+        var w = [Float](repeating: 0.5, count: 64 * 256)
+        w[40 * 256 + 17] = .nan
+        var packed = [UInt8](repeating: 0, count: 64 * 128), s = [Float](repeating: 0, count: 64 * 2)
+        var z = [Int32](repeating: 0, count: 64 * 2)
+        XCTAssertThrowsError(try w.withUnsafeBufferPointer { wp in
+            try packed.withUnsafeMutableBufferPointer { p in
+                try s.withUnsafeMutableBufferPointer { sp in
+                    try z.withUnsafeMutableBufferPointer { zp in
+                        try Quantizer.quantizePacked(wp, rows: 64, cols: 256, config: QuantizerConfig(format: .int(bits: 4)),
+                                                     packed: p, scales: sp, zeros: zp)
+                    }
+                }
+            }
+        }) { XCTAssertTrue("\($0)".contains("[40, 17]"), "\($0)") }
+    }
+
     func testSIMDKernelsMatchScalarReference() {
         var rng = SplitMix64(seed: 11)
         for n in [1, 7, 8, 9, 63, 128, 131] {
