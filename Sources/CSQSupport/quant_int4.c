@@ -61,9 +61,10 @@ static inline __m128i pack32(const float *p, __m256 h, __m256 z) {
     return pack_codes(ab, cd);
 }
 
-// The same codes with fewer operations, for groups where |w / h| < 2^30 and the rounding mode is the default
-// (MXCSR, which the conversion follows): round-to-nearest-even conversion to int32, + z, and the clamp to [0, 15] done by the saturating packs (signed
-// 32 → 16 bits, then 16 → unsigned 8 bits: negatives become 0) and one unsigned byte minimum with 15.
+// The same codes with fewer operations, for groups where |w / h| < 2^30 while the rounding mode is the default
+// (MXCSR, which the conversion follows): round-to-nearest-even conversion to int32, + z, and the clamp to
+// [0, 15] done by the saturating packs (signed 32 → 16 bits, then 16 → unsigned 8 bits: negatives become 0)
+// and one unsigned byte minimum with 15.
 static inline __m256i rounded8(const float *p, __m256 h, __m256i z) {
     return _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(p), h)), z);
 }

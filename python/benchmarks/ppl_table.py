@@ -7,9 +7,12 @@ two mean NLLs, the same number a single pass over all windows gives (up to float
 the first 16 windows twice.
 
 Rows finished are kept in the JSON file (--out) and skipped when the script is run again, so a long run can be
-interrupted and continued.
+interrupted and continued. With --dirs DIR, OmniQuant rows use models calibrated beforehand by
+`swiftquant quantize --method omniquant --preset cpu ... --out DIR/<w4_g128|w3_g128|w2_g64|w3_gch>` when present
+(their calibration time is read from the directory's swiftquant.json), so calibrations can run on an otherwise
+idle machine and the long evaluations later.
 
-    python python/benchmarks/ppl_table.py --out ppl_table.json
+    python python/benchmarks/ppl_table.py --out ppl_table.json [--dirs DIR]
 """
 import argparse
 import json
@@ -45,6 +48,7 @@ def main():
     ap.add_argument("--head", type=int, default=16, help="windows in the short evaluation")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: all)")
+    ap.add_argument("--dirs", default=None, help="directory of OmniQuant models quantized beforehand (see above)")
     args = ap.parse_args()
 
     data = Path(args.data) if args.data else find_wikitext()
@@ -64,13 +68,28 @@ def main():
             continue
         print(f"--- {label}", file=sys.stderr, flush=True)
         t = time.perf_counter()
+        tq = None
         if method is None:
             m = model
         elif method == "rtn":
             m = sq.rtn(model, bits, group_size=group)
         else:
-            m = sq.omniquant(model, bits, group_size=group, preset="cpu").model
-        tq = time.perf_counter() - t
+            pre = os.path.join(args.dirs, f"w{bits}_g{group or 'ch'}") if args.dirs else None
+            if pre and os.path.exists(os.path.join(pre, "swiftquant.json")):
+                meta = json.loads(Path(pre, "swiftquant.json").read_text())
+                gs = meta.get("group_size")
+                gs = None if gs is None or gs <= 0 else gs  # per channel: written as -1
+                want = {"bits": bits, "group_size": group, "method": "omniquant"}
+                got = {"bits": meta.get("bits"), "group_size": gs, "method": meta.get("method")}
+                oq = meta.get("omniquant", {})
+                if got != want or any(oq.get(k) != v for k, v in sq.CPU_PRESET.items()):
+                    sys.exit(f"{pre}: swiftquant.json says {got}, {oq}; expected {want} with the CPU preset")
+                m = sq.load_model(pre)
+                tq = meta["quantize_seconds"]  # the calibration's own wall time
+            else:
+                m = sq.omniquant(model, bits, group_size=group, preset="cpu").model
+        if tq is None:
+            tq = time.perf_counter() - t
         t = time.perf_counter()
         head = sq.perplexity(m, ids[:cut], seqlen=args.seqlen)
         rest = sq.perplexity(m, ids[cut:], seqlen=args.seqlen)

@@ -3,18 +3,10 @@ import Foundation
 /// Calibration windows (ALGORITHMS.md §3 and §7): `nsamples` windows of `seqlen` tokens at seeded random
 /// offsets of a tokenized text.
 public enum Calibration {
-    /// `../shared/data/wikitext-2-raw/tokenized-v1/valid.txt` found from the current directory upwards, or nil.
+    /// `../shared/data/wikitext-2-raw/tokenized-v1/valid.txt` found from the current directory or the
+    /// executable's location upwards (`SharedData.find`), or nil.
     public static func defaultTextPath() -> String? {
-        var dir = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
-        for _ in 0..<6 {
-            for rel in ["shared/data/wikitext-2-raw/tokenized-v1/valid.txt",
-                        "../shared/data/wikitext-2-raw/tokenized-v1/valid.txt"] {
-                let p = dir.appendingPathComponent(rel).standardizedFileURL.path
-                if FileManager.default.fileExists(atPath: p) { return p }
-            }
-            dir.deleteLastPathComponent()
-        }
-        return nil
+        SharedData.find("wikitext-2-raw/tokenized-v1/valid.txt")
     }
 
     /// The text of a WikiText file of one row per line, rebuilt as the Hugging Face split is joined: a blank

@@ -156,7 +156,9 @@ public final class OmniQuant {
             reports.append(report)
             let elapsed = sqs_now() - start
             let eta = elapsed / Double(i + 1) * Double(model.numBlocks - i - 1)
-            let mem = residentMemoryMiB().map { String(format: "  rss %.0f MiB (peak %.0f)", $0.current, $0.peak) } ?? ""
+            let mem = residentMemoryMiB().map {
+                String(format: "  rss %.0f MiB (anon %.0f, peak %.0f)", $0.current, $0.anonymous, $0.peak)
+            } ?? ""
             log(String(format: "block %2d/%d  loss %.3e → %.3e  fused %.3e (RTN %.3e, %+.1f%%)  %5.1f s  ETA %@%@%@%@",
                        i + 1, model.numBlocks, report.lossFirstEpoch, report.lossLastEpoch, report.fusedLoss,
                        report.rtnLoss, (report.fusedLoss / max(report.rtnLoss, 1e-30) - 1) * 100, report.seconds,

@@ -58,8 +58,10 @@ public final class ProgressBar: @unchecked Sendable {
     }
 }
 
-/// Resident and peak resident memory of this process in MiB (Linux /proc), or nil elsewhere.
-public func residentMemoryMiB() -> (current: Double, peak: Double)? {
+/// Resident and peak resident memory of this process in MiB (Linux /proc), or nil elsewhere. `anonymous` is
+/// the part not backed by files: the resident total also counts the pages of memory-mapped model files that
+/// have been read, which the kernel can drop at any time and which grow with every block a run has visited.
+public func residentMemoryMiB() -> (current: Double, peak: Double, anonymous: Double)? {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
     func field(_ key: String) -> Double? {
         guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key + ":") }) else { return nil }
@@ -67,5 +69,5 @@ public func residentMemoryMiB() -> (current: Double, peak: Double)? {
         return kb.map { $0 / 1024 }
     }
     guard let cur = field("VmRSS"), let peak = field("VmHWM") else { return nil }
-    return (cur, peak)
+    return (cur, peak, field("RssAnon") ?? cur)
 }
