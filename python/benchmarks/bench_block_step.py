@@ -273,7 +273,9 @@ def main():
     load0 = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rounds = []
     for _ in range(max(1, args.rounds)):
+        time.sleep(1)  # lets PyTorch's idle OpenMP threads stop spinning before the other side runs
         sq_r, cmd = run_swiftquant(args.swiftquant, model, args)
+        time.sleep(1)
         pt_r = run_pytorch(torch, model, args)
         rounds.append((sq_r, pt_r))
     sq = dict(min((r[0] for r in rounds), key=lambda r: r["step_ms"]))
