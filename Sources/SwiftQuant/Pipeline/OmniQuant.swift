@@ -112,7 +112,7 @@ public final class OmniQuant {
         let T = options.seqlen, H = c.hiddenSize, n = windows.count
         // Block-0 inputs. fp = FP path, q = quantized path; aug: FP targets of the quantized inputs too.
         var fpIn = try windows.map { try model.embed($0) }
-        var qIn = fpIn.map { $0.copy() }
+        let qIn = fpIn.map { $0.copy() }
         let blockCfg = LlamaBlockConfig(hidden: H, heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
                                         headDim: c.headDim, ffn: c.intermediateSize, rmsEps: Float(c.rmsNormEps),
                                         ropeTheta: c.ropeTheta)
