@@ -80,7 +80,7 @@ extension Autodiff {
         public func forward(weight: UnsafePointer<Float>, u: UnsafePointer<Float>, l: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, state: State) {
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
-            let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
+            let symDen = Float((1 << (bits - 1)) - 1)
             let inclusive = clampGradient == .inclusive
             let hs = state.scales.pointer, zs = state.zeros.pointer, pass = state.hPass.pointer
             let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer, sus = state.su.pointer, sls = state.sl.pointer
