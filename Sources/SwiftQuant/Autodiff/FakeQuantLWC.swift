@@ -155,43 +155,15 @@ extension Autodiff {
 
         /// The scalar definition of `forward` (one element at a time, as written in the type's documentation).
         public func forwardReference(weight: UnsafePointer<Float>, u: UnsafePointer<Float>, l: UnsafePointer<Float>,
-                            out: UnsafeMutablePointer<Float>, state: State) {
-            let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
-            let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
-            let inclusive = clampGradient == .inclusive
-            let hs = state.scales.pointer, zs = state.zeros.pointer, pass = state.hPass.pointer
-            let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer, sus = state.su.pointer, sls = state.sl.pointer
+                                     out: UnsafeMutablePointer<Float>, state: State) {
+            let G = groupSize, nG = groupsPerRow, cols = columns
+            let symDen = Float((1 << (bits - 1)) - 1), inclusive = clampGradient == .inclusive
             parallelFor(rows, minChunk: max(1, 8192 / cols)) { range in
                 for r in range {
                     for g in 0..<nG {
-                        let idx = r * nG + g
-                        let start = g * G, n = Swift.min(G, cols - start)
-                        let w = weight + r * cols + start, o = out + r * cols + start
-                        var mx = w[0], mn = w[0]
-                        for i in 1..<Swift.max(n, 1) { mx = Swift.max(mx, w[i]); mn = Swift.min(mn, w[i]) }
-                        let su = Self.sigmoid(u[idx]), sl = Self.sigmoid(l[idx])
-                        let xmaxp = su * mx, xminp = sl * mn
-                        let hRaw: Float, z: Float
-                        if symmetric {
-                            hRaw = Swift.max(Swift.abs(xmaxp), Swift.abs(xminp)) / symDen
-                        } else {
-                            hRaw = (xmaxp - xminp) / qmax
-                        }
-                        let h = Swift.min(Swift.max(hRaw, 1e-5), 1e4)
-                        if symmetric {
-                            z = symDen
-                        } else {
-                            z = Swift.min(Swift.max(-xminp / h, -1e4), 1e4).rounded(.toNearestOrEven)
-                        }
-                        hs[idx] = h; zs[idx] = z
-                        let hIn = inclusive ? (hRaw >= 1e-5 && hRaw <= 1e4) : (hRaw > 1e-5 && hRaw < 1e4)
-                        pass[idx] = hIn ? 1 : 0
-                        xmaxs[idx] = mx; xmins[idx] = mn; sus[idx] = su; sls[idx] = sl
-                        for i in 0..<n {
-                            let p = (w[i] / h).rounded(.toNearestOrEven) + z
-                            let q = Swift.min(Swift.max(p, 0), qmax)
-                            o[i] = (q - z) * h
-                        }
+                        let start = g * G
+                        groupReference(weight + r * cols + start, out + r * cols + start, Swift.min(G, cols - start),
+                                       idx: r * nG + g, u: u, l: l, symDen: symDen, inclusive: inclusive, state: state)
                     }
                 }
             }
@@ -306,59 +278,26 @@ extension Autodiff {
 
         /// The scalar definition of `backward` (one element at a time, as written in the type's documentation).
         public func backwardReference(dOut: UnsafePointer<Float>, weight: UnsafePointer<Float>, state: State,
-                             dU: UnsafeMutablePointer<Float>, dL: UnsafeMutablePointer<Float>,
-                             dWeight: UnsafeMutablePointer<Float>? = nil) {
+                                      dU: UnsafeMutablePointer<Float>, dL: UnsafeMutablePointer<Float>,
+                                      dWeight: UnsafeMutablePointer<Float>? = nil) {
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
-            let symDen = Float((1 << (bits - 1)) - 1), symmetric = self.symmetric
             let inclusive = clampGradient == .inclusive
-            let hs = state.scales.pointer, zs = state.zeros.pointer, pass = state.hPass.pointer
-            let xmaxs = state.xmax.pointer, xmins = state.xmin.pointer, sus = state.su.pointer, sls = state.sl.pointer
+            let hs = state.scales.pointer, zs = state.zeros.pointer
             parallelFor(rows, minChunk: max(1, 8192 / cols)) { range in
                 for r in range {
                     for g in 0..<nG {
                         let idx = r * nG + g
                         let start = g * G, n = Swift.min(G, cols - start)
                         let w = weight + r * cols + start, dy = dOut + r * cols + start
-                        let h = hs[idx], z = zs[idx]
+                        let dwg = dWeight.map { $0 + r * cols + start }
                         // ∂L/∂h summed over the group (accumulated in Double: many terms of both signs).
                         var dh: Double = 0
                         for i in 0..<n {
-                            let t = w[i] / h
-                            let p = t.rounded(.toNearestOrEven) + z
-                            let inside = inclusive ? (p >= 0 && p <= qmax) : (p > 0 && p < qmax)
-                            let q = Swift.min(Swift.max(p, 0), qmax)
-                            let dWhat = inside ? (q - z) - t : (q - z)
-                            dh += Double(dy[i] * dWhat)
-                            if let dWeight, inside { dWeight[r * cols + start + i] += dy[i] }
+                            let (d, inside) = Self.steTerm(w[i], h: hs[idx], z: zs[idx], qmax: qmax, inclusive: inclusive)
+                            dh += Double(dy[i] * d)
+                            if let dwg, inside { dwg[i] += dy[i] }
                         }
-                        let gh = pass[idx] != 0 ? Float(dh) : 0
-                        if gh == 0 { continue }
-                        let su = sus[idx], sl = sls[idx], mx = xmaxs[idx], mn = xmins[idx]
-                        let dxmaxp: Float, dxminp: Float
-                        if symmetric {
-                            let xmaxp = su * mx, xminp = sl * mn
-                            let a = Swift.abs(xmaxp), b = Swift.abs(xminp)
-                            let dm = gh / symDen
-                            let wa: Float = a > b ? 1 : (a == b ? 0.5 : 0)
-                            dxmaxp = dm * wa * Self.sign(xmaxp)
-                            dxminp = dm * (1 - wa) * Self.sign(xminp)
-                        } else {
-                            dxmaxp = gh / qmax
-                            dxminp = -gh / qmax
-                        }
-                        dU[idx] += dxmaxp * mx * (su * (1 - su))
-                        dL[idx] += dxminp * mn * (sl * (1 - sl))
-                        if let dWeight {
-                            let dmx = dxmaxp * su, dmn = dxminp * sl
-                            var cmx = 0, cmn = 0
-                            for i in 0..<n { if w[i] == mx { cmx += 1 }; if w[i] == mn { cmn += 1 } }
-                            let emx = dmx / Float(cmx), emn = dmn / Float(cmn)
-                            let dw = dWeight + r * cols + start
-                            for i in 0..<n {
-                                if w[i] == mx { dw[i] += emx }
-                                if w[i] == mn { dw[i] += emn }
-                            }
-                        }
+                        clipGradients(Float(dh), idx: idx, w: w, n: n, state: state, dU: dU, dL: dL, dWeight: dwg)
                     }
                 }
             }

@@ -165,7 +165,6 @@ public final class OmniQuant {
                        ProgressBar.format(seconds: eta), mem, report.resumed ? "  (resumed)" : "",
                        report.skippedSteps > 0 ? "  \(report.skippedSteps) non-finite steps skipped, lr now \(report.finalLearningRate)" : ""))
         }
-        _ = qIn
         // Install the fused blocks as views of their files (pages are read when used).
         for i in 0..<model.numBlocks {
             guard let b = try mappedBlock(i, model: model, block: try model.loadBlock(i)) else {
@@ -341,8 +340,8 @@ public final class OmniQuant {
         return TransformerBlock(index: i, linearNames: block.linearNames, linears: linears, norms: block.norms)
     }
 
-    /// A block finished by an earlier run with the same options: its fused weights and report, and its
-    /// quantized tensors recomputed from the saved clipping (bit-identical to the first run's).
+    /// A block finished by an earlier run with the same options: its fused weights (mapped from the work
+    /// directory, where its codes, scales and zero-points also are) and its report.
     private func loadFinished(_ i: Int, model: TransformerModel, block: TransformerBlock) throws
         -> (TransformerBlock, OmniQuantBlockReport)?
     {
@@ -351,9 +350,9 @@ public final class OmniQuant {
         do { file = try SafetensorsFile(path: blockFile(i)) } catch { return nil }  // a torn file: redo the block
         guard file.metadata["options"] == fingerprint, let r = file.metadata["report"],
               var report = try? JSONDecoder().decode(OmniQuantBlockReport.self, from: Data(r.utf8)),
+              Self.lwcNames.allSatisfy({ file.info($0 + ".codes") != nil }),
               let fused = try mappedBlock(i, model: model, block: block)
         else { return nil }
-        for name in Self.lwcNames where file.info(name + ".codes") == nil { _ = name; return nil }
         report.resumed = true
         return (fused, report)
     }
