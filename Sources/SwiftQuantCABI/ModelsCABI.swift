@@ -147,23 +147,43 @@ public func cabi_model_perplexity(_ p: OpaquePointer?, _ idp: UnsafePointer<Int3
     }
 }
 
-@_cdecl("sq_model_rtn")
-public func cabi_model_rtn(_ p: OpaquePointer?, _ format: UnsafePointer<CChar>?,
-                           _ options: UnsafePointer<sq_quant_options>?, _ progress: Int32,
-                           _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+@_cdecl("sq_recipe_resolve")
+public func cabi_recipe_resolve(_ json: UnsafePointer<CChar>?,
+                                _ resolved: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    status {
+        let out = try nonNull(resolved, "resolved")
+        out.pointee = nil
+        let r = try QuantRecipe.fromJSON(String(cString: try nonNull(json, "recipe_json")))
+        try r.validate()
+        out.pointee = strdup(r.json)
+    }
+}
+
+@_cdecl("sq_model_quantize")
+public func cabi_model_quantize(_ p: OpaquePointer?, _ json: UnsafePointer<CChar>?, _ calib: UnsafePointer<CChar>?,
+                                _ workDir: UnsafePointer<CChar>?, _ resume: Int32, _ progress: Int32,
+                                _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     status {
         let out = try nonNull(out, "out")
         out.pointee = nil
         let m = try model(p)
-        let cfg = try config(format, options)
+        let recipe = try QuantRecipe.fromJSON(String(cString: try nonNull(json, "recipe_json")))
+        try recipe.validate(model: m.loaded.model)
+        var dir: String?
+        if recipe.needsCalibrationData {
+            guard let workDir else { throw SwiftQuantError.invalidArgument("\(recipe.method.rawValue) needs a work_dir") }
+            dir = String(cString: workDir)
+        }
         let copy = try m.loaded.fresh()
-        let q = try RTN.apply(to: copy.model, config: cfg, progress: progress != 0)
+        let r = try CalibrationPipeline.quantize(copy, recipe: recipe, calibrationPath: calib.map { String(cString: $0) },
+                                                 workDir: dir, resume: resume != 0, progress: progress != 0)
         var overrides: [String: Tensor] = [:]
         for i in 0..<copy.model.numBlocks {
             let b = try copy.model.block(i)
             for (name, lin) in b.linears { overrides[copy.model.blockPrefix(i) + name + ".weight"] = lin.weight }
         }
-        out.pointee = retained(ModelHandle(copy, quantized: q, method: "rtn", qconfig: cfg, overrides: overrides))
+        out.pointee = retained(ModelHandle(copy, quantized: r.quantized, method: recipe.method.rawValue,
+                                           qconfig: try recipe.quantizerConfig, overrides: overrides))
     }
 }
 
@@ -256,46 +276,7 @@ public func cabi_tokenizer_decode(_ p: OpaquePointer?, _ idp: UnsafePointer<Int3
 @_cdecl("sq_free")
 public func cabi_free(_ p: UnsafeMutableRawPointer?) { free(p) }
 
-// ---- OmniQuant and quantized weights
-
-@_cdecl("sq_model_omniquant")
-public func cabi_model_omniquant(_ p: OpaquePointer?, _ options: UnsafePointer<sq_omniquant_options>?,
-                                 _ calib: UnsafePointer<CChar>?, _ workDir: UnsafePointer<CChar>?, _ resume: Int32,
-                                 _ progress: Int32, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
-    status {
-        let out = try nonNull(out, "out")
-        out.pointee = nil
-        let m = try model(p)
-        let o = try nonNull(options, "options").pointee
-        try require(o.reserved == 0, "sq_omniquant_options.reserved must be 0")
-        try require(o.group_size >= 0, "group size must be ≥ 0 (0 = per row), got \(o.group_size)")
-        let opts = OmniQuantOptions(wbits: Int(o.wbits), groupSize: o.group_size == 0 ? nil : Int(o.group_size),
-                                    symmetric: o.symmetric != 0, epochs: Int(o.epochs), nsamples: Int(o.nsamples),
-                                    seqlen: Int(o.seqlen), lr: o.lr, augLoss: o.aug_loss != 0, seed: o.seed)
-        try opts.validate(hiddenSize: m.loaded.model.hiddenSize)
-        let copy = try m.loaded.fresh()
-        guard let tok = copy.tokenizer else {
-            throw SwiftQuantError.invalidArgument("\(copy.path): no tokenizer to read the calibration text")
-        }
-        let text = try Calibration.text(path: calib.map { String(cString: $0) })
-        let windows = try Calibration.windows(tokens: tok.encode(text.text), count: opts.nsamples, length: opts.seqlen,
-                                              seed: opts.seed)
-        let dir = String(cString: try nonNull(workDir, "work_dir"))
-        let runner = try OmniQuant(options: opts, workDir: dir)
-        if progress == 0 { runner.log = { _ in } }
-        let wasCaching = copy.source.enabled
-        copy.source.enabled = false
-        defer { copy.source.enabled = wasCaching }
-        try runner.run(model: copy.model, calibration: windows, resume: resume != 0)
-        var overrides: [String: Tensor] = [:]
-        for i in 0..<copy.model.numBlocks {
-            let b = try copy.model.block(i)
-            for (name, lin) in b.linears { overrides[copy.model.blockPrefix(i) + name + ".weight"] = lin.weight }
-        }
-        out.pointee = retained(ModelHandle(copy, quantized: try runner.quantizedTensors(), method: "omniquant",
-                                           qconfig: opts.quantizerConfig, overrides: overrides))
-    }
-}
+// ---- Quantized weights
 
 @_cdecl("sq_model_quantized_count")
 public func cabi_model_quantized_count(_ p: OpaquePointer?, _ count: UnsafeMutablePointer<Int64>?) -> Int32 {

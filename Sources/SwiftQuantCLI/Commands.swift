@@ -122,54 +122,32 @@ struct Quantize: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let fmt = try NumberFormat.parse(format ?? "int\(wbits)")
             try require(groupSize >= 0, "--group-size must be ≥ 0, got \(groupSize)")
-            let config = QuantizerConfig(format: fmt, groupSize: groupSize == 0 ? nil : groupSize, symmetric: symmetric)
-            try require(["rtn", "omniquant"].contains(method), "unknown --method '\(method)' (available: rtn, omniquant)")
-            try require(["paper", "cpu"].contains(preset), "unknown --preset '\(preset)' (paper or cpu)")
-            try QuantizedExport.checkOutput(out)
-            var omni: OmniQuantOptions?
-            if method == "omniquant" {
-                guard case .int(let bits) = fmt else {
-                    throw SwiftQuantError.invalidArgument("omniquant quantizes to integer formats (--wbits), not \(fmt)")
-                }
-                var o = preset == "cpu" ? OmniQuantOptions.cpuPreset(wbits: bits, groupSize: config.groupSize)
-                    : OmniQuantOptions(wbits: bits, groupSize: config.groupSize)
-                o.symmetric = symmetric
-                if let e = epochs { o.epochs = e }
-                if let n = nsamples { o.nsamples = n }
-                if let s = seqlen { o.seqlen = s }
-                if let lr { o.lr = lr }
-                o.augLoss = augLoss
-                o.seed = seed
-                try o.validate()
-                omni = o
+            guard let m = QuantRecipe.Method(rawValue: method) else {
+                throw SwiftQuantError.invalidArgument("unknown --method '\(method)' (available: rtn, omniquant)")
             }
+            guard let p = QuantRecipe.Preset(rawValue: preset) else {
+                throw SwiftQuantError.invalidArgument("unknown --preset '\(preset)' (paper or cpu)")
+            }
+            let recipe = QuantRecipe(method: m, wformat: format ?? "int\(wbits)", groupSize: groupSize == 0 ? nil : groupSize,
+                                     symmetric: symmetric, preset: p, epochs: epochs, nsamples: nsamples, seqlen: seqlen,
+                                     lr: lr, augLoss: augLoss, seed: seed)
+            try recipe.validate()
+            let config = try recipe.quantizerConfig
+            try QuantizedExport.checkOutput(out)
+            let calibPath = recipe.needsCalibrationData ? try calib ?? defaultCalibrationPath() : nil
             let loaded = try LoadedModel.load(path: modelOptions.model)
             let start = Date()
-            let q: [String: QuantizedTensor]
-            var info: [String: Any] = [:]
-            if let o = omni {
-                loaded.source.enabled = false  // one block in memory at a time
-                let calibText = try Calibration.text(path: calib)
-                guard let tok = loaded.tokenizer else {
-                    throw SwiftQuantError.invalidArgument("\(modelOptions.model): no tokenizer to read the calibration text")
-                }
-                let windows = try Calibration.windows(tokens: tok.encode(calibText.text), count: o.nsamples,
-                                                      length: o.seqlen, seed: o.seed)
-                let runner = try OmniQuant(options: o, workDir: out + ".omniquant-work")
-                try runner.run(model: loaded.model, calibration: windows, resume: resume)
-                q = try runner.quantizedTensors()
-                info["calibration"] = calibText.path
-                info["omniquant"] = ["epochs": o.epochs, "nsamples": o.nsamples, "seqlen": o.seqlen, "lr": o.lr,
-                                     "aug_loss": o.augLoss, "seed": o.seed]
-            } else {
-                q = try RTN.apply(to: loaded.model, config: config, progress: true)
-            }
+            let work = recipe.needsCalibrationData ? out + ".\(method)-work" : nil
+            let result = try CalibrationPipeline.quantize(loaded, recipe: recipe, calibrationPath: calibPath, workDir: work,
+                                                          resume: resume)
+            let q = result.quantized
+            var info: [String: Any] = ["recipe": recipe.json]
+            if let c = result.calibrationPath { info["calibration"] = c }
             let seconds = Date().timeIntervalSince(start)
             info["quantize_seconds"] = seconds
             try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out, info: info)
-            if omni != nil { try? FileManager.default.removeItem(atPath: out + ".omniquant-work") }
+            if let work { try? FileManager.default.removeItem(atPath: work) }
             print("wrote \(out): \(q.count) quantized linears, \(config), \(String(format: "%.1f", seconds)) s")
             if evalWindows > 0, let data = Perplexity.defaultDataPath() {
                 let r = try Perplexity.evaluate(loaded, text: try Perplexity.readText(data), limit: evalWindows)
@@ -177,6 +155,16 @@ struct Quantize: ParsableCommand {
             }
         }
     }
+}
+
+/// The default calibration text: ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt, found from the current
+/// directory or the executable's location upwards.
+func defaultCalibrationPath() throws -> String {
+    guard let p = SharedData.find("wikitext-2-raw/tokenized-v1/valid.txt") else {
+        throw SwiftQuantError.invalidArgument(
+            "no --calib given and ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt was not found; pass one")
+    }
+    return p
 }
 
 struct Inspect: ParsableCommand {

@@ -81,8 +81,9 @@ def main():
                 gs = None if gs is None or gs <= 0 else gs  # per channel: written as -1
                 want = {"bits": bits, "group_size": group, "method": "omniquant"}
                 got = {"bits": meta.get("bits"), "group_size": gs, "method": meta.get("method")}
-                oq = meta.get("omniquant", {})
-                if got != want or any(oq.get(k) != v for k, v in sq.CPU_PRESET.items()):
+                oq = json.loads(meta.get("recipe", "{}"))
+                cpu = sq.recipe("omniquant", f"int{bits}", group, preset="cpu")
+                if got != want or any(oq.get(k) != cpu[k] for k in ("epochs", "nsamples", "seqlen", "lr")):
                     sys.exit(f"{pre}: swiftquant.json says {got}, {oq}; expected {want} with the CPU preset")
                 m = sq.load_model(pre)
                 tq = meta["quantize_seconds"]  # the calibration's own wall time

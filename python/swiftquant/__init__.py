@@ -347,4 +347,5 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_b: bool = False, out: np.ndarr
 
 
 from .models import (  # noqa: E402
-    CPU_PRESET, Model, OmniQuantResult, Tokenizer, load_model, omniquant, perplexity, rtn, smollm2_path)
+    Model, OmniQuantResult, Tokenizer, default_calibration_path, load_model, omniquant, perplexity, recipe, rtn,
+    smollm2_path)

@@ -577,19 +577,32 @@ static PyObject *py_model_perplexity(PyObject *self, PyObject *args) {
     return Py_BuildValue("(dL)", ppl, (long long)windows);
 }
 
-/* model_rtn(model, fmt, options, progress) -> model */
-static PyObject *py_model_rtn(PyObject *self, PyObject *args) {
-    PyObject *cap, *opts;
-    const char *fmt;
-    int progress;
-    if (!PyArg_ParseTuple(args, "OsOp", &cap, &fmt, &opts, &progress)) return NULL;
+/* recipe_resolve(json) -> json: the recipe with every field filled in and checked by the core */
+static PyObject *py_recipe_resolve(PyObject *self, PyObject *args) {
+    const char *json;
+    if (!PyArg_ParseTuple(args, "s", &json)) return NULL;
+    char *out = NULL;
+    int st = sq_recipe_resolve(json, &out);
+    if (st) return raise_status(st);
+    PyObject *r = PyUnicode_FromString(out);
+    sq_free(out);
+    return r;
+}
+
+/* model_quantize(model, recipe_json, calib or None, work_dir or None, resume, progress) -> model */
+static PyObject *py_model_quantize(PyObject *self, PyObject *args) {
+    PyObject *cap, *calib_obj, *work_obj;
+    const char *json;
+    int resume, progress;
+    if (!PyArg_ParseTuple(args, "OsOOpp", &cap, &json, &calib_obj, &work_obj, &resume, &progress)) return NULL;
     sq_model *m = get_model(cap);
     if (!m) return NULL;
-    sq_quant_options o;
-    if (parse_options(opts, &o) < 0) return NULL;
+    const char *calib = NULL, *work_dir = NULL;
+    if (calib_obj != Py_None && !(calib = PyUnicode_AsUTF8(calib_obj))) return NULL;
+    if (work_obj != Py_None && !(work_dir = PyUnicode_AsUTF8(work_obj))) return NULL;
     sq_model *out = NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS st = sq_model_rtn(m, fmt, &o, progress, &out);
+    Py_BEGIN_ALLOW_THREADS st = sq_model_quantize(m, json, calib, work_dir, resume, progress, &out);
     Py_END_ALLOW_THREADS if (st) return raise_status(st);
     return PyCapsule_New(out, "swiftquant.model", model_capsule_free);
 }
@@ -676,36 +689,6 @@ static PyObject *py_tokenizer_vocab_size(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(v);
 }
 
-/* model_omniquant(model, (wbits, group, sym, epochs, nsamples, seqlen, lr, aug, seed), calib or None, work_dir,
- * resume, progress) -> model */
-static PyObject *py_model_omniquant(PyObject *self, PyObject *args) {
-    PyObject *cap, *calib_obj;
-    sq_omniquant_options o;
-    memset(&o, 0, sizeof o);
-    int wbits, sym, epochs, nsamples, seqlen, aug, resume, progress;
-    long long group;
-    unsigned long long seed;
-    float lr;
-    const char *work_dir;
-    if (!PyArg_ParseTuple(args, "O(iLpiiifpK)Ospp", &cap, &wbits, &group, &sym, &epochs, &nsamples, &seqlen, &lr,
-                          &aug, &seed, &calib_obj, &work_dir, &resume, &progress))
-        return NULL;
-    sq_model *m = get_model(cap);
-    if (!m) return NULL;
-    o.wbits = wbits; o.group_size = group; o.symmetric = sym; o.epochs = epochs; o.nsamples = nsamples;
-    o.seqlen = seqlen; o.lr = lr; o.aug_loss = aug; o.seed = seed;
-    const char *calib = NULL;
-    if (calib_obj != Py_None) {
-        calib = PyUnicode_AsUTF8(calib_obj);
-        if (!calib) return NULL;
-    }
-    sq_model *out = NULL;
-    int st;
-    Py_BEGIN_ALLOW_THREADS st = sq_model_omniquant(m, &o, calib, work_dir, resume, progress, &out);
-    Py_END_ALLOW_THREADS if (st) return raise_status(st);
-    return PyCapsule_New(out, "swiftquant.model", model_capsule_free);
-}
-
 /* model_quantized(model) -> {name: (codes bytes, scales bytes, zeros bytes, rows, cols, groups, bits, group, sym)} */
 static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
     PyObject *cap;
@@ -744,8 +727,6 @@ static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"model_omniquant", py_model_omniquant, METH_VARARGS, "model_omniquant(model, options, calib, work_dir, resume, progress)"},
-    {"model_quantized", py_model_quantized, METH_VARARGS, "model_quantized(model) -> dict"},
     {"model_open", py_model_open, METH_VARARGS, "model_open(path) -> model"},
     {"model_config", py_model_config, METH_VARARGS, "model_config(model) -> JSON text"},
     {"model_tensor_names", py_model_tensor_names, METH_VARARGS, "model_tensor_names(model) -> [str]"},
@@ -753,7 +734,9 @@ static PyMethodDef methods[] = {
     {"model_vocab_size", py_model_vocab_size, METH_VARARGS, "model_vocab_size(model) -> int"},
     {"model_logits", py_model_logits, METH_VARARGS, "model_logits(model, ids, out)"},
     {"model_perplexity", py_model_perplexity, METH_VARARGS, "model_perplexity(model, ids, seqlen, limit, progress)"},
-    {"model_rtn", py_model_rtn, METH_VARARGS, "model_rtn(model, fmt, options, progress) -> model"},
+    {"model_quantize", py_model_quantize, METH_VARARGS,
+     "model_quantize(model, recipe_json, calib, work_dir, resume, progress) -> model"},
+    {"recipe_resolve", py_recipe_resolve, METH_VARARGS, "recipe_resolve(json) -> json"},
     {"model_save", py_model_save, METH_VARARGS, "model_save(model, dir)"},
     {"model_tokenizer", py_model_tokenizer, METH_VARARGS, "model_tokenizer(model) -> tokenizer or None"},
     {"tokenizer_open", py_tokenizer_open, METH_VARARGS, "tokenizer_open(path) -> tokenizer"},

@@ -160,21 +160,34 @@ def perplexity(model: Model | str, text_or_path, seqlen: int = 2048, limit: int 
     return ppl
 
 
+def recipe(method: str, wformat: str, group_size: int | None = 128, **settings) -> dict:
+    """A quantization recipe with every field filled in and checked by the Swift core (presets and validation
+    live there only): ``sq.recipe("omniquant", "int3", preset="cpu")`` gives the CPU budget's epochs, nsamples,
+    seqlen and lr. ``group_size=None`` is one group per output row. Unknown or impossible settings raise
+    ``ValueError``."""
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))):
+        raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
+    r = {"method": method, "wformat": wformat, "group_size": None if group_size is None else int(group_size)}
+    r.update({k: v for k, v in settings.items() if v is not None})
+    return json.loads(_native.recipe_resolve(json.dumps(r)))
+
+
+def _run_recipe(model: Model, r: dict, calib, work_dir, resume: bool, progress: bool) -> Model:
+    out = Model(_native.model_quantize(model._h, json.dumps(r), calib, work_dir, bool(resume), bool(progress)),
+                model.path)
+    out.quantization = dict(r)
+    return out
+
+
 def rtn(model: Model | str, wbits: int, group_size: int | None = 128, symmetric: bool = False,
         fmt: str | None = None, progress: bool = False) -> Model:
     """Round-to-nearest weight quantization of every block linear (embeddings, norms and LM head stay FP): a
     new ``Model`` whose block weights are fake-quantized; ``model`` itself is unchanged. ``fmt`` overrides
     ``int<wbits>`` (for example ``"e2m1"`` for FP4)."""
-    from . import _options
-
     if not isinstance(model, Model):
         model = load_model(model)
-    name = fmt or f"int{wbits}"
-    cols = int(model.config.get("hidden_size", 1))
-    opts = _options(name, group_size, symmetric, "minmax", None, cols)
-    out = Model(_native.model_rtn(model._h, name, opts, bool(progress)), model.path)
-    out.quantization = {"method": "rtn", "format": name, "group_size": group_size, "symmetric": symmetric}
-    return out
+    r = recipe("rtn", fmt or f"int{wbits}", group_size, symmetric=bool(symmetric))
+    return _run_recipe(model, r, None, None, False, progress)
 
 
 def _quantized_tensors(model: Model) -> dict:
@@ -214,12 +227,6 @@ class OmniQuantResult:
         return f"OmniQuantResult({self.options}, {self.seconds:.1f} s)"
 
 
-#: The CPU budget (``preset="cpu"``): minutes on 2 cores. The larger learning rate makes up for 32x fewer steps.
-CPU_PRESET = {"epochs": 5, "nsamples": 16, "seqlen": 512, "lr": 5e-2}
-#: The paper's budget (the default).
-PAPER_PRESET = {"epochs": 20, "nsamples": 128, "seqlen": 2048, "lr": 1e-2}
-
-
 def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: int | None = None,
               nsamples: int | None = None, seqlen: int | None = None, lr: float | None = None, aug_loss: bool = False,
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
@@ -232,28 +239,21 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     work directory: finished blocks are saved there as they complete, and a later call with the same directory
     and settings continues after the last finished one (bit-identical to an uninterrupted run).
     """
+    import shutil
     import tempfile
     import time
 
-    if preset not in ("paper", "cpu"):
-        raise ValueError(f"preset must be 'paper' or 'cpu', got {preset!r}")
-    base = dict(CPU_PRESET if preset == "cpu" else PAPER_PRESET)
-    for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen), ("lr", lr)):
-        if v is not None:
-            base[k] = v
-    for k in ("epochs", "nsamples", "seqlen"):
-        if isinstance(base[k], bool) or not isinstance(base[k], (int, np.integer)) or base[k] <= 0:
-            raise ValueError(f"{k} must be a positive integer, got {base[k]!r}")
-    if group_size is not None and (isinstance(group_size, bool) or group_size <= 0):
-        raise ValueError(f"group_size must be positive or None (per-channel), got {group_size!r}")
+    for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    r = recipe("omniquant", f"int{wbits}", group_size, symmetric=bool(symmetric), preset=preset, epochs=epochs,
+               nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=bool(aug_loss),
+               seed=int(seed))
     if not isinstance(model_or_path, Model):
         model_or_path = load_model(model_or_path)
-    if calib is not None:
-        calib = os.fspath(calib)
-        if not os.path.isfile(calib):
-            raise FileNotFoundError(f"calibration file not found: {calib}")
-    options = (int(wbits), int(group_size or 0), bool(symmetric), int(base["epochs"]), int(base["nsamples"]),
-               int(base["seqlen"]), float(base["lr"]), bool(aug_loss), int(seed))
+    calib = os.fspath(calib) if calib is not None else default_calibration_path()
+    if not os.path.isfile(calib):
+        raise FileNotFoundError(f"calibration file not found: {calib}")
     tmp = None
     if resume is None:
         tmp = tempfile.mkdtemp(prefix="swiftquant-omniquant-")
@@ -263,16 +263,28 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
         again = os.path.isdir(work)
     t = time.perf_counter()
     try:
-        h = _native.model_omniquant(model_or_path._h, options, calib, work, again, bool(progress))
+        out = _run_recipe(model_or_path, r, calib, work, again, progress)
     finally:
         if tmp is not None:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)  # fused blocks stay mapped until the model is freed
-    out = Model(h, model_or_path.path)
-    opts = dict(wbits=wbits, group_size=group_size, aug_loss=aug_loss, seed=seed, **base)
-    out.quantization = {"method": "omniquant", **opts}
-    return OmniQuantResult(out, time.perf_counter() - t, opts)
+    return OmniQuantResult(out, time.perf_counter() - t, r)
+
+
+def default_calibration_path() -> str:
+    """``../shared/data/wikitext-2-raw/tokenized-v1/valid.txt`` (``$SWIFTQUANT_CALIB`` first), searched from the
+    current directory upwards, as the CLI does; the Swift library itself never searches the file system."""
+    env = os.environ.get("SWIFTQUANT_CALIB")
+    if env:
+        return env
+    d = os.path.abspath(os.getcwd())
+    for _ in range(8):
+        for p in (os.path.join(d, "..", "shared"), os.path.join(d, "shared")):
+            f = os.path.join(p, "data", "wikitext-2-raw", "tokenized-v1", "valid.txt")
+            if os.path.isfile(f):
+                return os.path.normpath(f)
+        d = os.path.dirname(d)
+    raise FileNotFoundError("no calib given and ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt was not found; "
+                            "pass calib=")
 
 
 def smollm2_path() -> str:

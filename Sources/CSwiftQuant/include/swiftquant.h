@@ -163,10 +163,24 @@ int sq_model_logits(sq_model *model, const int32_t *ids, int64_t n, float *out);
 int sq_model_perplexity(sq_model *model, const int32_t *ids, int64_t n, int64_t seqlen, int64_t limit,
                         int progress, double *ppl, int64_t *windows);
 
-/* Round-to-nearest quantization of every block linear: a new model whose block weights are fake-quantized
- * (the original is unchanged). `format` and `options` as for sq_quantize. */
-int sq_model_rtn(sq_model *model, const char *format, const sq_quant_options *options, int progress,
-                 sq_model **out);
+/* ---- Quantization: one recipe, one pipeline ------------------------------------------------------------ */
+
+/* A recipe is JSON (the same in Swift, the CLI and Python), keys in snake_case:
+ *   {"method": "rtn" | "omniquant", "wformat": "int3" | "e2m1" | ..., "group_size": 128 or null (per row),
+ *    "symmetric": false, "preset": "paper" | "cpu", "epochs": .., "nsamples": .., "seqlen": .., "lr": ..,
+ *    "aug_loss": false, "seed": 2}
+ * Only method and wformat are required; missing budget fields come from the preset ("paper": 128 x 2048 tokens,
+ * 20 epochs, lr 1e-2; "cpu": 16 x 512, 5 epochs, lr 5e-2). */
+
+/* The recipe with every field filled in and checked (*resolved: NUL-terminated JSON, free it with sq_free). */
+int sq_recipe_resolve(const char *recipe_json, char **resolved);
+
+/* Runs the recipe on a copy of `model` (the original is unchanged) and returns a new model with fused,
+ * fake-quantized block weights and the packed results (sq_model_quantized). Methods that calibrate read
+ * `calib_path` (required for them) and keep finished blocks in `work_dir` (required for them); with `resume`
+ * != 0 a run continues after the last finished block there. With `progress` != 0 progress goes to stderr. */
+int sq_model_quantize(sq_model *model, const char *recipe_json, const char *calib_path, const char *work_dir,
+                      int resume, int progress, sq_model **out);
 
 /* Writes the model to `dir`: config.json + model.safetensors (float32, transformers loads it), and for a
  * quantized model quantized.safetensors with packed codes, scales and zero-points (see the README). Atomic. */
@@ -187,27 +201,7 @@ int sq_tokenizer_encode(sq_tokenizer *tokenizer, const char *text, size_t len, i
 /* Text of n ids as a NUL-terminated UTF-8 string allocated by the library (free it with sq_free). */
 int sq_tokenizer_decode(sq_tokenizer *tokenizer, const int32_t *ids, int64_t n, int skip_special, char **text);
 
-/* ---- OmniQuant ------------------------------------------------------------------------------------------- */
-
-/* Settings of OmniQuant's weight-only calibration (Learnable Weight Clipping). Zero-initialise, then set. */
-typedef struct {
-    int32_t wbits;      /* 2..8 */
-    int64_t group_size; /* 0 = one group per output row */
-    int32_t symmetric;
-    int32_t epochs;     /* paper: 20 */
-    int32_t nsamples;   /* paper: 128 */
-    int32_t seqlen;     /* paper: 2048 */
-    float lr;           /* paper: 1e-2 */
-    int32_t aug_loss;
-    uint64_t seed;      /* calibration windows */
-    int64_t reserved;   /* must be 0 */
-} sq_omniquant_options;
-
-/* Calibrates on `calib_path` (NULL: ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt) and returns a new model
- * with fused, fake-quantized block weights and the packed results (sq_model_quantized). Finished blocks are kept
- * in `work_dir`; with `resume` != 0 a run continues after the last finished block there. */
-int sq_model_omniquant(sq_model *model, const sq_omniquant_options *options, const char *calib_path,
-                       const char *work_dir, int resume, int progress, sq_model **out);
+/* ---- Quantized weights --------------------------------------------------------------------------------- */
 
 /* Names of the quantized weights of a quantized model (RTN or OmniQuant). */
 int sq_model_quantized_count(sq_model *model, int64_t *count);

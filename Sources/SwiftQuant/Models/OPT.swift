@@ -21,17 +21,33 @@ public final class OPTModel: TransformerModel {
 
     public static let linearNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                      "self_attn.out_proj", "fc1", "fc2"]
-    public var blockLinearNames: [String] { Self.linearNames }
-    public var letPairs: [LETPair] {
-        [LETPair(source: .norm("self_attn_layer_norm"),
-                 targets: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-         LETPair(source: .linear("self_attn.v_proj"), targets: ["self_attn.out_proj"]),
-         LETPair(source: .norm("final_layer_norm"), targets: ["fc1"])]
+
+    /// LayerNorm → biased q, k, v → attention (no rotary positions) → out_proj; LayerNorm → fc1 → ReLU → fc2.
+    public let blockSpec: BlockSpec
+
+    /// The block description of an OPT config.
+    public static func blockSpec(for c: OPTConfig) -> BlockSpec {
+        let h = c.hiddenSize, f = c.ffnDim, b = c.enableBias, affine = c.layerNormElementwiseAffine
+        return BlockSpec(
+            hidden: h, heads: c.numAttentionHeads, kvHeads: c.numAttentionHeads, headDim: c.headDim, ffn: f,
+            rope: false, mlp: .relu,
+            attentionNorm: .init("self_attn_layer_norm", .layer, eps: layerNormEps, affine: affine, bias: affine),
+            mlpNorm: .init("final_layer_norm", .layer, eps: layerNormEps, affine: affine, bias: affine),
+            linears: [.init("self_attn.q_proj", .q, out: h, in: h, bias: b), .init("self_attn.k_proj", .k, out: h, in: h, bias: b),
+                      .init("self_attn.v_proj", .v, out: h, in: h, bias: b), .init("self_attn.out_proj", .o, out: h, in: h, bias: b),
+                      .init("fc1", .up, out: f, in: h, bias: b), .init("fc2", .down, out: h, in: f, bias: b)],
+            letPairs: [LETPair(source: .norm("self_attn_layer_norm"),
+                               targets: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                       LETPair(source: .linear("self_attn.v_proj"), targets: ["self_attn.out_proj"]),
+                       LETPair(source: .norm("final_layer_norm"), targets: ["fc1"])])
     }
+
+    public func rotaryTables(rows: Int) -> RopeTables? { nil }
 
     public init(config: OPTConfig, source: TensorSource) throws {
         try config.validate()
         self.config = config
+        self.blockSpec = Self.blockSpec(for: config)
         self.source = source
         self.loader = WeightLoader(source: source)
         for name in ["model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"]
@@ -51,16 +67,7 @@ public final class OPTModel: TransformerModel {
 
     public func loadBlock(_ i: Int) throws -> TransformerBlock {
         try require(i >= 0 && i < numBlocks, "block index \(i) outside 0..<\(numBlocks)")
-        let c = config, p = blockPrefix(i), h = c.hiddenSize, b = c.enableBias
-        let specs: [(String, Int, Int)] = [
-            ("self_attn.q_proj", h, h), ("self_attn.k_proj", h, h), ("self_attn.v_proj", h, h),
-            ("self_attn.out_proj", h, h), ("fc1", c.ffnDim, h), ("fc2", h, c.ffnDim),
-        ]
-        var linears: [String: Linear] = [:]
-        for (name, out, inF) in specs { linears[name] = try loader.linear(p + name, out: out, in: inF, bias: b) }
-        var norms: [String: NormWeights] = [:]
-        for name in ["self_attn_layer_norm", "final_layer_norm"] { norms[name] = try layerNorm(p + name) }
-        return TransformerBlock(index: i, linearNames: Self.linearNames, linears: linears, norms: norms)
+        return try loader.block(i, prefix: blockPrefix(i), spec: blockSpec)
     }
 
     private func layerNorm(_ name: String) throws -> NormWeights {
@@ -107,35 +114,5 @@ public final class OPTModel: TransformerModel {
         let n = try layerNorm("model.decoder.final_layer_norm")
         Kernels.layerNorm(hidden.pointer, rows: hidden.shape[0], dim: hiddenSize, weight: n.weight?.pointer,
                           bias: n.bias?.pointer, eps: Self.layerNormEps, hidden.pointer)
-    }
-
-    public func forward(block: TransformerBlock, hidden: Tensor, workspace ws: Workspace) throws {
-        let c = config, T = hidden.shape[0], h = c.hiddenSize, hd = c.headDim, ffn = c.ffnDim
-        try require(T <= c.maxPositionEmbeddings, "window of \(T) tokens is longer than OPT's "
-                    + "\(c.maxPositionEmbeddings) positions")
-        guard let n1 = block.norms["self_attn_layer_norm"], let n2 = block.norms["final_layer_norm"] else {
-            throw SwiftQuantError.invalidArgument("block \(block.index) lacks its norms")
-        }
-        let x = hidden.pointer
-        let xn = ws.buffer(0, T * h)
-        let q = ws.buffer(1, T * h), k = ws.buffer(2, T * h), v = ws.buffer(3, T * h), attn = ws.buffer(4, T * h)
-
-        Kernels.layerNorm(x, rows: T, dim: h, weight: n1.weight?.pointer, bias: n1.bias?.pointer,
-                          eps: Self.layerNormEps, xn)
-        Kernels.linear(xn, rows: T, block.linear("self_attn.q_proj"), q)
-        Kernels.linear(xn, rows: T, block.linear("self_attn.k_proj"), k)
-        Kernels.linear(xn, rows: T, block.linear("self_attn.v_proj"), v)
-        // (q + b)·s·kᵀ = s·(q + b)·kᵀ: the head_dim^-0.5 scaling goes into the score GEMM.
-        Kernels.causalAttention(q: q, k: k, v: v, out: attn, T: T, heads: c.numAttentionHeads,
-                                kvHeads: c.numAttentionHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(),
-                                workspace: ws, slot: 8)
-        Kernels.linear(attn, rows: T, block.linear("self_attn.out_proj"), x, accumulate: true)
-
-        Kernels.layerNorm(x, rows: T, dim: h, weight: n2.weight?.pointer, bias: n2.bias?.pointer,
-                          eps: Self.layerNormEps, xn)
-        let mid = ws.buffer(6, T * ffn)
-        Kernels.linear(xn, rows: T, block.linear("fc1"), mid)
-        Kernels.relu(mid, count: T * ffn)
-        Kernels.linear(mid, rows: T, block.linear("fc2"), x, accumulate: true)
     }
 }

@@ -82,10 +82,11 @@ public protocol TransformerModel: AnyObject {
     /// Longest window the model can take (position table size, sliding window).
     var maxSequenceLength: Int { get }
     var source: TensorSource { get }
-    /// Block-relative names of every block's linears, in execution order.
-    var blockLinearNames: [String] { get }
-    /// Where LET scales fold, as data.
-    var letPairs: [LETPair] { get }
+    /// Every block's description (norms, linears, attention, MLP, LET pairs) as data: the one block forward
+    /// (`BlockGraph`) runs it.
+    var blockSpec: BlockSpec { get }
+    /// Rotary tables for positions `0..<rows` (nil when the family has no rotary positions).
+    func rotaryTables(rows: Int) -> RopeTables?
 
     /// Hugging Face prefix of block `i`, e.g. "model.layers.3.".
     func blockPrefix(_ i: Int) -> String
@@ -98,8 +99,6 @@ public protocol TransformerModel: AnyObject {
 
     /// Token embeddings (plus positions where the architecture adds them): `[T, hiddenSize]`.
     func embed(_ ids: [Int32]) throws -> Tensor
-    /// Runs one block in place on `hidden` `[T, hiddenSize]`.
-    func forward(block: TransformerBlock, hidden: Tensor, workspace: Workspace) throws
     /// Applies the final norm in place.
     func applyFinalNorm(_ hidden: Tensor) throws
     /// The LM head weight `[vocabSize, hiddenSize]` (the embedding when tied).
@@ -122,6 +121,26 @@ public struct PerplexityResult: Equatable, Sendable {
 }
 
 extension TransformerModel {
+    /// Block-relative names of every block's linears, in execution order.
+    public var blockLinearNames: [String] { blockSpec.linearNames }
+    /// Where LET scales fold, as data.
+    public var letPairs: [LETPair] { blockSpec.letPairs }
+
+    /// Runs one block in place on `hidden` `[T, hiddenSize]`, through the one block forward, with optional hooks
+    /// on its linears (in `blockSpec.linears` order).
+    public func forward(block: TransformerBlock, hidden: Tensor, workspace: Workspace,
+                        hooks: [LinearHooks]? = nil) throws {
+        let T = hidden.shape[0]
+        try require(T <= maxSequenceLength, "window of \(T) tokens is longer than this model's \(maxSequenceLength)")
+        try BlockGraph.infer(spec: blockSpec, weights: block, hooks: hooks, rope: rotaryTables(rows: T), hidden: hidden,
+                             ws: workspace)
+    }
+
+    /// A recording block graph for calibration: block `i`'s weights (as installed), tape for `maxRows` tokens.
+    public func blockGraph(_ block: TransformerBlock, hooks: [LinearHooks]? = nil, maxRows: Int) throws -> BlockGraph {
+        try BlockGraph(spec: blockSpec, weights: block, hooks: hooks, rope: rotaryTables(rows: maxRows), maxRows: maxRows)
+    }
+
     public func preloadBlocks() throws {
         for i in 0..<numBlocks { setBlock(i, try loadBlock(i)) }
     }
@@ -232,6 +251,20 @@ struct WeightLoader {
 
     func linear(_ name: String, out: Int, in inF: Int, bias: Bool) throws -> Linear {
         Linear(weight: try load(name + ".weight", [out, inF]), bias: bias ? try load(name + ".bias", [out]) : nil)
+    }
+
+    /// Block `i`'s linears and norms as `spec` declares them, under `prefix`.
+    func block(_ i: Int, prefix p: String, spec: BlockSpec) throws -> TransformerBlock {
+        var linears: [String: Linear] = [:]
+        for l in spec.linears {
+            linears[l.name] = try linear(p + l.name, out: l.outFeatures, in: l.inFeatures, bias: l.bias)
+        }
+        var norms: [String: NormWeights] = [:]
+        for n in [spec.attentionNorm, spec.mlpNorm] where n.affine {
+            norms[n.name] = NormWeights(weight: try load(p + n.name + ".weight", [spec.hidden]),
+                                        bias: n.bias ? try load(p + n.name + ".bias", [spec.hidden]) : nil)
+        }
+        return TransformerBlock(index: i, linearNames: spec.linearNames, linears: linears, norms: norms)
     }
 }
 

@@ -3,12 +3,6 @@ import Foundation
 /// Calibration windows (ALGORITHMS.md §3 and §7): `nsamples` windows of `seqlen` tokens at seeded random
 /// offsets of a tokenized text.
 public enum Calibration {
-    /// `../shared/data/wikitext-2-raw/tokenized-v1/valid.txt` found from the current directory or the
-    /// executable's location upwards (`SharedData.find`), or nil.
-    public static func defaultTextPath() -> String? {
-        SharedData.find("wikitext-2-raw/tokenized-v1/valid.txt")
-    }
-
     /// The text of a WikiText file of one row per line, rebuilt as the Hugging Face split is joined: a blank
     /// line is the row "", any other line is the row `line + "\n"`; rows are joined with "\n\n"
     /// (../shared/data/wikitext-2-raw/SOURCE.md).
@@ -18,15 +12,23 @@ public enum Calibration {
         return lines.map { $0.trimmingCharacters(in: .whitespaces).isEmpty ? "" : $0 + "\n" }.joined(separator: "\n\n")
     }
 
-    /// The calibration text of `path` (nil: the default WikiText-2 validation file, rows rebuilt). Any other
-    /// file is used as it is.
-    public static func text(path: String?) throws -> (text: String, path: String) {
-        if let p = path { return (try Perplexity.readText(p), p) }
-        guard let p = defaultTextPath() else {
-            throw SwiftQuantError.invalidArgument(
-                "no calibration file given and ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt was not found; pass one")
+    /// Whether `text` is a WikiText line file (one Hugging Face row per line, as `wiki.*.tokens` and
+    /// `tokenized-v1/*.txt`): it has lines, and every line is blank or starts with a space (WikiText rows do).
+    public static func isWikitextLines(_ text: String) -> Bool {
+        var lines = 0
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.allSatisfy({ $0 == " " || $0 == "\r" }) { continue }
+            guard line.first == " " else { return false }
+            lines += 1
         }
-        return (wikitextRows(try Perplexity.readText(p)), p)
+        return lines > 0
+    }
+
+    /// The calibration text of the file at `path`, by one rule whoever names the file: a WikiText line file
+    /// (`isWikitextLines`) has its rows rebuilt (`wikitextRows`), any other file is used as it is.
+    public static func text(path: String) throws -> String {
+        let raw = try Perplexity.readText(path)
+        return isWikitextLines(raw) ? wikitextRows(raw) : raw
     }
 
     /// `count` windows of `length` tokens starting at offsets drawn uniformly from `0...(tokens − length − 1)`

@@ -9,29 +9,25 @@ final class AutodiffBenchmarkTests: XCTestCase {
     func testSmolLM2BlockStep() throws {
         try XCTSkipUnless(ProcessInfo.processInfo.environment["SWIFTQUANT_BENCH"] == "1", "set SWIFTQUANT_BENCH=1")
         var rng = TestRNG(seed: 7)
-        let cfg = LlamaBlockConfig(hidden: 576, heads: 9, kvHeads: 3, headDim: 64, ffn: 1536)
         let T = 512
-        func w(_ o: Int, _ i: Int) -> Tensor { tensor(rng.floats(o * i, scale: 1 / Double(i).squareRoot()), [o, i]) }
-        let weights = LlamaBlockWeights(inputNorm: tensor(rng.floats(576, scale: 0.1, shift: 1)), q: w(576, 576),
-                                        k: w(192, 576), v: w(192, 576), o: w(576, 576),
-                                        postNorm: tensor(rng.floats(576, scale: 0.1, shift: 1)),
-                                        gate: w(1536, 576), up: w(1536, 576), down: w(576, 1536))
-        let block = try LlamaBlockGrad(config: cfg, weights: weights, bits: 3, groupSize: 128, maxRows: T)
+        let sb = try SyntheticLlamaBlock(hidden: 576, heads: 9, kvHeads: 3, headDim: 64, ffn: 1536, bits: 3, group: 128,
+                                        maxRows: T, rng: &rng)
+        let block = sb.graph
         let x = tensor(rng.floats(T * 576), [T, 576])
-        let target = try block.forward(x, quantized: false).copy()
-        let opt = try AdamW(parameters: block.u + block.l, learningRate: 1e-2)
+        let target = try sb.fpForward(x)
+        let opt = try AdamW(parameters: sb.parameters, learningRate: 1e-2)
         let dOut = zeros([T, 576])
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         var fwd: [Double] = [], bwd: [Double] = [], adam: [Double] = [], total: [Double] = []
         for _ in 0..<12 {
             let t0 = now()
-            block.zeroGradients()
+            sb.zeroGradients()
             let y = try block.forward(x)
             let t1 = now()
             Autodiff.MSELoss.backward(pred: y.pointer, target: target.pointer, dPred: dOut.pointer, count: y.count)
             _ = try block.backward(dOut)
             let t2 = now()
-            try opt.step(gradients: block.gradU + block.gradL)
+            try opt.step(gradients: sb.gradients)
             let t3 = now()
             fwd.append(t1 - t0); bwd.append(t2 - t1); adam.append(t3 - t2); total.append(t3 - t0)
         }

@@ -82,11 +82,12 @@ final class AutodiffGradCheckTests: XCTestCase {
 
     func testRope() {
         let (rows, heads, d) = (5, 3, 8)
-        let (c, s) = A.Rope.tables(rows: rows, headDim: d, theta: 10_000)
+        let t = A.Rope.tables(rows: rows, inverseFrequencies: A.Rope.inverseFrequencies(headDim: d, theta: 10_000))
+        let (c, s) = (t.cos, t.sin)
         let x = rng.floats(rows * heads * d), dy = rng.floats(rows * heads * d)
         let dx = tensor(dy)  // in place
         A.Rope.backward(dY: dx.pointer, dX: dx.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
-        let cd = c.array.map(Double.init), sd = s.array.map(Double.init)
+        let cd = fullRopeTable(c), sd = fullRopeTable(s)
         check("rope", inputs: [x], dY: dy, analytic: [0: dx.array]) {
             Ref.rope($0[0], cos: cd, sin: sd, rows: rows, heads: heads, d: d)
         }
@@ -152,23 +153,19 @@ final class AutodiffGradCheckTests: XCTestCase {
 
     /// The whole block as a function of its input (weights fixed after fake-quantization, so it is smooth in x).
     func testLlamaBlockInputGradient() throws {
-        let cfg = LlamaBlockConfig(hidden: 16, heads: 4, kvHeads: 2, headDim: 4, ffn: 24)
         let T = 5
-        func w(_ o: Int, _ i: Int) -> Tensor { tensor(rng.floats(o * i, scale: 1 / Double(i).squareRoot()), [o, i]) }
-        let weights = LlamaBlockWeights(inputNorm: tensor(rng.floats(16, scale: 0.1, shift: 1)), q: w(16, 16), k: w(8, 16),
-                                        v: w(8, 16), o: w(16, 16), postNorm: tensor(rng.floats(16, scale: 0.1, shift: 1)),
-                                        gate: w(24, 16), up: w(24, 16), down: w(16, 24))
-        let block = try LlamaBlockGrad(config: cfg, weights: weights, bits: 4, groupSize: 8, maxRows: 8)
+        let b = try SyntheticLlamaBlock(hidden: 16, heads: 4, kvHeads: 2, headDim: 4, ffn: 24, bits: 4, group: 8, maxRows: 8,
+                                        rng: &rng)
         let x = rng.floats(T * 16), dy = rng.floats(T * 16)
-        _ = try block.forward(tensor(x, [T, 16]))
-        let dx = try block.backward(tensor(dy, [T, 16])).array
-        let (c, s) = Autodiff.Rope.tables(rows: T, headDim: 4)
+        _ = try b.graph.forward(tensor(x, [T, 16]))
+        let dx = try b.graph.backward(tensor(dy, [T, 16])).array
         let ref = Ref.Block(hidden: 16, heads: 4, kvHeads: 2, d: 4, ffn: 24, eps: 1e-5,
-                            g1: weights.inputNorm.array.map(Double.init), g2: weights.postNorm.array.map(Double.init),
-                            w: LlamaLinear.allCases.map { block.fakeQuantizedWeight($0).array.map(Double.init) },
-                            cos: c.array.map(Double.init), sin: s.array.map(Double.init))
+                            g1: b.weights.norms["input_layernorm"]!.weight!.array.map(Double.init),
+                            g2: b.weights.norms["post_attention_layernorm"]!.weight!.array.map(Double.init),
+                            w: (0..<7).map { b.graph.effectiveWeight($0).array.map(Double.init) },
+                            cos: fullRopeTable(b.rope.cos), sin: fullRopeTable(b.rope.sin))
         check("llama block dx", inputs: [x], dY: dy, analytic: [0: dx]) { ref($0[0], rows: T) }
-        let out = try block.forward(tensor(x, [T, 16])).array
+        let out = try b.graph.forward(tensor(x, [T, 16])).array
         XCTAssertLessThanOrEqual(relativeError(out, ref(x.map(Double.init), rows: T)), 1e-5)
     }
 }

@@ -51,14 +51,15 @@ final class AutodiffParityTests: XCTestCase {
         let x = fx.tensor("rope.x"), c = fx.tensor("rope.cos"), s = fx.tensor("rope.sin"), dy = fx.tensor("rope.dy")
         let rows = x.shape[0], d = c.shape[1], heads = x.shape[1] / d
         let y = zeros(x.shape), dx = zeros(x.shape)
-        A.Rope.forward(x: x.pointer, y: y.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
-        A.Rope.backward(dY: dy.pointer, dX: dx.pointer, cos: c.pointer, sin: s.pointer, rows: rows, heads: heads, headDim: d)
+        let (c2, s2) = (halfRopeTable(c), halfRopeTable(s))  // PyTorch's tables have two equal halves
+        A.Rope.forward(x: x.pointer, y: y.pointer, cos: c2.pointer, sin: s2.pointer, rows: rows, heads: heads, headDim: d)
+        A.Rope.backward(dY: dy.pointer, dX: dx.pointer, cos: c2.pointer, sin: s2.pointer, rows: rows, heads: heads, headDim: d)
         assertClose(y.array, fx.array("rope.y"), 1e-4, "y")
         assertClose(dx.array, fx.array("rope.dx"), 1e-4, "dx")
         // Our own tables agree with PyTorch's float32 ones.
-        let (oc, os) = A.Rope.tables(rows: rows, headDim: d)
-        assertClose(oc.array, c.array, 1e-5, "cos table")
-        assertClose(os.array, s.array, 1e-5, "sin table")
+        let own = A.Rope.tables(rows: rows, inverseFrequencies: A.Rope.inverseFrequencies(headDim: d, theta: 10_000))
+        assertClose(own.cos.array, c2.array, 1e-5, "cos table")
+        assertClose(own.sin.array, s2.array, 1e-5, "sin table")
     }
 
     func testAttentionGQA() throws {
@@ -154,34 +155,30 @@ final class AutodiffParityTests: XCTestCase {
 
     func checkLlamaBlock(_ mode: A.FakeQuantLWC.ClampGradient, prefix: String) throws {
         let m = "block"
-        let cfg = LlamaBlockConfig(hidden: fx.int(m, "hidden"), heads: fx.int(m, "heads"), kvHeads: fx.int(m, "kv_heads"),
-                                   headDim: fx.int(m, "head_dim"), ffn: fx.int(m, "ffn"),
-                                   rmsEps: Float(fx.double(m, "eps")), ropeTheta: fx.double(m, "theta"))
-        let weights = LlamaBlockWeights(
-            inputNorm: fx.tensor("block.g1"), q: fx.tensor("block.w.q"), k: fx.tensor("block.w.k"),
-            v: fx.tensor("block.w.v"), o: fx.tensor("block.w.o"), postNorm: fx.tensor("block.g2"),
-            gate: fx.tensor("block.w.gate"), up: fx.tensor("block.w.up"), down: fx.tensor("block.w.down"))
         let names = ["q", "k", "v", "o", "gate", "up", "down"]
-        var lwc: [LlamaLinear: (u: Tensor, l: Tensor)] = [:]
-        for lin in LlamaLinear.allCases {
-            lwc[lin] = (fx.tensor("block.u.\(names[lin.rawValue])"), fx.tensor("block.l.\(names[lin.rawValue])"))
-        }
-        let block = try LlamaBlockGrad(config: cfg, weights: weights, bits: fx.int(m, "bits"),
-                                       groupSize: fx.int(m, "group"), clampGradient: mode, lwcParameters: lwc,
-                                       maxRows: fx.int(m, "rows"))
-        try block.setRopeTables(cos: fx.tensor("block.cos"), sin: fx.tensor("block.sin"))
-        let out = try block.forward(fx.tensor("block.x"))
-        for lin in LlamaLinear.allCases {
-            XCTAssertEqual(block.fakeQuantizedWeight(lin).array, fx.array("block.what.\(names[lin.rawValue])"),
-                           "fake-quantized \(lin) weight")
+        var rng = TestRNG(seed: 1)
+        let hf = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                  "mlp.up_proj", "mlp.down_proj"]
+        var given: [String: Tensor] = [:]
+        for (n, h) in zip(names, hf) { given[h] = fx.tensor("block.w.\(n)") }
+        let b = try SyntheticLlamaBlock(
+            hidden: fx.int(m, "hidden"), heads: fx.int(m, "heads"), kvHeads: fx.int(m, "kv_heads"),
+            headDim: fx.int(m, "head_dim"), ffn: fx.int(m, "ffn"), bits: fx.int(m, "bits"), group: fx.int(m, "group"),
+            maxRows: fx.int(m, "rows"), eps: fx.double(m, "eps"), theta: fx.double(m, "theta"), rng: &rng,
+            weights: given, norms: (fx.tensor("block.g1"), fx.tensor("block.g2")),
+            lwcParameters: names.map { (fx.tensor("block.u.\($0)"), fx.tensor("block.l.\($0)")) }, clamp: mode,
+            rope: RopeTables(cos: halfRopeTable(fx.tensor("block.cos")), sin: halfRopeTable(fx.tensor("block.sin"))))
+        let out = try b.graph.forward(fx.tensor("block.x"))
+        for (i, n) in names.enumerated() {
+            XCTAssertEqual(b.graph.effectiveWeight(i).array, fx.array("block.what.\(n)"), "fake-quantized \(n) weight")
         }
         assertClose(out.array, fx.array("block.out"), 1e-4, "block out")
-        let dx = try block.backward(fx.tensor("block.dout"))
+        b.zeroGradients()
+        let dx = try b.graph.backward(fx.tensor("block.dout"))
         assertClose(dx.array, fx.array("block.dx"), 1e-4, "block dx")
-        for lin in LlamaLinear.allCases {
-            let n = names[lin.rawValue]
-            assertClose(block.gradU[lin.rawValue].array, fx.array("\(prefix)du.\(n)"), 1e-4, "\(mode) du \(n)")
-            assertClose(block.gradL[lin.rawValue].array, fx.array("\(prefix)dl.\(n)"), 1e-4, "\(mode) dl \(n)")
+        for (i, n) in names.enumerated() {
+            assertClose(b.lwc[i].gradU.array, fx.array("\(prefix)du.\(n)"), 1e-4, "\(mode) du \(n)")
+            assertClose(b.lwc[i].gradL.array, fx.array("\(prefix)dl.\(n)"), 1e-4, "\(mode) dl \(n)")
         }
     }
 }

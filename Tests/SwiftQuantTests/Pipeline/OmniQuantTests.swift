@@ -5,8 +5,10 @@ import XCTest
 /// OmniQuant's block-wise LWC calibration on a tiny Llama (GQA) model from the fixtures, and on a real SmolLM2
 /// block when the model is available.
 final class OmniQuantTests: XCTestCase {
-    func tinyModel() throws -> LoadedModel {
-        try LoadedModel.load(path: Fixtures.url("tiny/llama_gqa").path)
+    static let families = ["tiny/llama_gqa", "tiny/qwen2", "tiny/opt"]
+
+    func tinyModel(_ name: String = "tiny/llama_gqa") throws -> LoadedModel {
+        try LoadedModel.load(path: Fixtures.url(name).path)
     }
 
     func windows(_ model: TransformerModel, count: Int = 4, length: Int = 32) throws -> [[Int32]] {
@@ -15,8 +17,8 @@ final class OmniQuantTests: XCTestCase {
         return try Calibration.windows(tokens: tokens, count: count, length: length, seed: 2)
     }
 
-    func options() -> OmniQuantOptions {
-        OmniQuantOptions(wbits: 3, groupSize: 32, epochs: 4, nsamples: 4, seqlen: 32, lr: 5e-2)
+    func recipe(group: Int? = 16) -> QuantRecipe {
+        QuantRecipe(method: .omniquant, wformat: "int3", groupSize: group, epochs: 4, nsamples: 4, seqlen: 32, lr: 5e-2)
     }
 
     func tempDir() -> String {
@@ -26,90 +28,140 @@ final class OmniQuantTests: XCTestCase {
     }
 
     /// Runs on a fresh model and returns the fused weights of every block linear.
-    func run(_ opts: OmniQuantOptions, workDir: String, resume: Bool = false) throws
-        -> ([String: [Float]], OmniQuant, TransformerModel)
+    func run(_ r: QuantRecipe, family: String = "tiny/llama_gqa", workDir: String?, resume: Bool = false) throws
+        -> ([String: [Float]], QuantizationResult, TransformerModel)
     {
-        let loaded = try tinyModel()
-        let runner = try OmniQuant(options: opts, workDir: workDir)
-        runner.log = { _ in }
-        try runner.run(model: loaded.model, calibration: try windows(loaded.model, count: opts.nsamples, length: opts.seqlen),
-                       resume: resume)
+        let loaded = try tinyModel(family)
+        let pipeline = try CalibrationPipeline(recipe: r, workDir: workDir, progress: false)
+        let w = r.needsCalibrationData ? try windows(loaded.model, count: r.nsamples, length: r.seqlen) : []
+        let result = try pipeline.run(model: loaded.model, windows: w, resume: resume)
         var fused: [String: [Float]] = [:]
         for i in 0..<loaded.model.numBlocks {
             for (name, lin) in try loaded.model.block(i).linears { fused["\(i).\(name)"] = lin.weight.array }
         }
-        return (fused, runner, loaded.model)
+        return (fused, result, loaded.model)
     }
 
+    /// One pipeline, one block definition: Llama (GQA), Qwen2 (q/k/v biases) and OPT (LayerNorm with bias,
+    /// biased linears, ReLU, learned positions) all calibrate; the loss falls and fused weights lie on the grid.
     func testTrainingLowersTheLossAndFusedWeightsLieOnTheGrid() throws {
-        let (fused, runner, model) = try run(options(), workDir: tempDir())
-        XCTAssertEqual(runner.reports.count, model.numBlocks)
-        for r in runner.reports {
-            XCTAssertLessThan(r.lossLastEpoch, r.lossFirstEpoch, "block \(r.block): loss did not fall")
-            XCTAssertEqual(r.skippedSteps, 0)
-        }
-        let quantized = try runner.quantizedTensors()
-        XCTAssertEqual(quantized.count, 7 * model.numBlocks)
-        for i in 0..<model.numBlocks {
-            for name in LlamaModel.linearNames {
-                let q = try XCTUnwrap(quantized[model.blockPrefix(i) + name + ".weight"])
-                // Exactly (code − zero)·scale: the fused weight is the dequantized QuantizedTensor.
-                XCTAssertEqual(q.dequantized().array.map(\.bitPattern), fused["\(i).\(name)"]!.map(\.bitPattern),
-                               "block \(i) \(name)")
-                XCTAssertTrue(q.codes.allSatisfy { $0 < 8 })
+        for family in Self.families {
+            let (fused, result, model) = try run(recipe(), family: family, workDir: tempDir())
+            XCTAssertEqual(result.reports.count, model.numBlocks)
+            for r in result.reports {
+                XCTAssertLessThan(r.lossLastEpoch!, r.lossFirstEpoch!, "\(family) block \(r.block): loss did not fall")
+                XCTAssertLessThanOrEqual(r.fusedLoss!, r.rtnLoss! * 1.05, "\(family) block \(r.block): fused worse than RTN")
+                XCTAssertEqual(r.skippedSteps, 0)
+            }
+            let names = model.blockLinearNames
+            XCTAssertEqual(result.quantized.count, names.count * model.numBlocks, family)
+            for i in 0..<model.numBlocks {
+                for name in names {
+                    let q = try XCTUnwrap(result.quantized[model.blockPrefix(i) + name + ".weight"], "\(family) \(name)")
+                    // Exactly (code − zero)·scale: the fused weight is the dequantized QuantizedTensor.
+                    XCTAssertEqual(q.dequantized().array.map(\.bitPattern), fused["\(i).\(name)"]!.map(\.bitPattern),
+                                   "\(family) block \(i) \(name)")
+                    XCTAssertTrue(q.codes.allSatisfy { $0 < 8 })
+                }
             }
         }
     }
 
-    /// A run stopped after block 0 and resumed ends bit-identical to an uninterrupted run.
+    /// RTN through the same pipeline equals quantizing each weight on its own.
+    func testRTNThroughThePipeline() throws {
+        let r = QuantRecipe(method: .rtn, wformat: "int4", groupSize: 32)
+        let (fused, result, model) = try run(r, family: "tiny/qwen2", workDir: nil)
+        let fresh = try tinyModel("tiny/qwen2").model
+        for i in 0..<model.numBlocks {
+            for name in model.blockLinearNames {
+                let w = try fresh.loadBlock(i).linear(name).weight
+                let (_, fake) = try RTN.quantizeWeight(w, config: try r.quantizerConfig, name: name)
+                XCTAssertEqual(fake.array.map(\.bitPattern), fused["\(i).\(name)"]!.map(\.bitPattern))
+                XCTAssertNotNil(result.quantized[model.blockPrefix(i) + name + ".weight"])
+            }
+        }
+    }
+
+    /// A run stopped after block 0 and resumed ends bit-identical to an uninterrupted run (every family).
     func testResumeIsBitIdentical() throws {
-        let opts = options()
-        let (full, _, _) = try run(opts, workDir: tempDir())
-        let dir = tempDir()
-        _ = try run(opts, workDir: dir)
-        // Simulate a kill after block 0: the last block's result never got written.
-        try FileManager.default.removeItem(atPath: dir + "/block_001.safetensors")
-        let (resumed, runner, _) = try run(opts, workDir: dir, resume: true)
-        XCTAssertEqual(runner.reports.map(\.resumed), [true, false])
-        XCTAssertEqual(resumed.keys.sorted(), full.keys.sorted())
-        for (k, v) in full { XCTAssertEqual(resumed[k]!.map(\.bitPattern), v.map(\.bitPattern), k) }
-        // A torn block file is redone, not trusted.
-        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir + "/block_001.safetensors"))
-        let (again, runner2, _) = try run(opts, workDir: dir, resume: true)
-        XCTAssertEqual(runner2.reports.map(\.resumed), [true, false])
-        for (k, v) in full { XCTAssertEqual(again[k]!.map(\.bitPattern), v.map(\.bitPattern), k) }
-        // Other options cannot resume this directory.
-        var other = opts
-        other.epochs = 3
-        XCTAssertThrowsSwiftQuantError(try run(other, workDir: dir, resume: true), contains: "other options")
+        for family in Self.families {
+            let r = recipe()
+            let (full, _, _) = try run(r, family: family, workDir: tempDir())
+            let dir = tempDir()
+            _ = try run(r, family: family, workDir: dir)
+            // Simulate a kill after block 0: the last block's result never got written.
+            try FileManager.default.removeItem(atPath: dir + "/block_001.safetensors")
+            let (resumed, result, _) = try run(r, family: family, workDir: dir, resume: true)
+            XCTAssertEqual(result.reports.map(\.resumed), [true, false])
+            XCTAssertEqual(resumed.keys.sorted(), full.keys.sorted())
+            for (k, v) in full { XCTAssertEqual(resumed[k]!.map(\.bitPattern), v.map(\.bitPattern), "\(family) \(k)") }
+            // A torn block file is redone, not trusted.
+            try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir + "/block_001.safetensors"))
+            let (again, result2, _) = try run(r, family: family, workDir: dir, resume: true)
+            XCTAssertEqual(result2.reports.map(\.resumed), [true, false])
+            for (k, v) in full { XCTAssertEqual(again[k]!.map(\.bitPattern), v.map(\.bitPattern), k) }
+            // Another recipe cannot resume this directory.
+            var other = r
+            other.epochs = 3
+            XCTAssertThrowsSwiftQuantError(try run(other, family: family, workDir: dir, resume: true), contains: "another recipe")
+        }
     }
 
     func testBadSettingsFailBeforeAnyWork() throws {
         let dir = tempDir()
-        for (opts, fragment) in [
-            (OmniQuantOptions(wbits: 0, groupSize: 32), "wbits"), (OmniQuantOptions(wbits: 9, groupSize: 32), "wbits"),
-            (OmniQuantOptions(wbits: 3, groupSize: 0), "group size"),
-            (OmniQuantOptions(wbits: 3, groupSize: 32, epochs: 0), "epochs"),
-            (OmniQuantOptions(wbits: 3, groupSize: 32, nsamples: 0), "nsamples"),
+        for (r, fragment) in [
+            (QuantRecipe(method: .omniquant, wformat: "int0", groupSize: 32), "int0"),
+            (QuantRecipe(method: .omniquant, wformat: "int9", groupSize: 32), "int9"),
+            (QuantRecipe(method: .omniquant, wformat: "e2m1", groupSize: 32), "integer"),
+            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 0), "group size"),
+            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 32, epochs: 0), "epochs"),
+            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 32, nsamples: 0), "nsamples"),
         ] {
-            XCTAssertThrowsSwiftQuantError(try OmniQuant(options: opts, workDir: dir), contains: fragment)
+            XCTAssertThrowsSwiftQuantError(try CalibrationPipeline(recipe: r, workDir: dir), contains: fragment)
         }
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "gptq", "wformat": "int4"}"#), contains: "recipe")
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn"}"#), contains: "wformat")
         let loaded = try tinyModel()
-        let runner = try OmniQuant(options: OmniQuantOptions(wbits: 3, groupSize: 1024, nsamples: 4, seqlen: 32), workDir: dir)
-        XCTAssertThrowsSwiftQuantError(try runner.run(model: loaded.model, calibration: try windows(loaded.model), resume: false),
+        let p = try CalibrationPipeline(recipe: QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 1024,
+                                                            nsamples: 4, seqlen: 32), workDir: dir)
+        XCTAssertThrowsSwiftQuantError(try p.run(model: loaded.model, windows: try windows(loaded.model)),
                                        contains: "larger than the rows")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "no work started")
         XCTAssertThrowsSwiftQuantError(try Calibration.windows(tokens: [1, 2, 3], count: 4, length: 32, seed: 2),
                                        contains: "fewer than one window")
-        let opt = try XCTUnwrap(LoadedModel.load(path: Fixtures.url("tiny/opt").path))
-        let r2 = try OmniQuant(options: options(), workDir: dir)
-        XCTAssertThrowsSwiftQuantError(try r2.run(model: opt.model, calibration: try windows(opt.model), resume: false),
-                                       contains: "Llama-family")
+        let opt = try tinyModel("tiny/opt")
+        let long = try CalibrationPipeline(recipe: QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 16,
+                                                               nsamples: 1, seqlen: 64), workDir: dir)
+        XCTAssertThrowsSwiftQuantError(try long.run(model: opt.model, windows: try windows(opt.model, count: 1, length: 64)),
+                                       contains: "positions")
         // An output directory that exists, holds files and is not ours.
         let out = tempDir()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try Data("x".utf8).write(to: URL(fileURLWithPath: out + "/notes.txt"))
         XCTAssertThrowsSwiftQuantError(try QuantizedExport.checkOutput(out), contains: "not written by SwiftQuant")
+    }
+
+    /// Presets live in the recipe; explicit budget fields override them; JSON round-trips.
+    func testRecipePresetsAndJSON() throws {
+        let cpu = try QuantRecipe.fromJSON(#"{"method": "omniquant", "wformat": "int3", "group_size": 128, "preset": "cpu"}"#)
+        XCTAssertEqual([cpu.epochs, cpu.nsamples, cpu.seqlen], [5, 16, 512])
+        XCTAssertEqual(cpu.lr, 5e-2)
+        let paper = try QuantRecipe.fromJSON(#"{"method": "omniquant", "wformat": "int3", "epochs": 3}"#)
+        XCTAssertEqual([paper.epochs, paper.nsamples, paper.seqlen], [3, 128, 2048])
+        XCTAssertNil(paper.groupSize, "absent group_size is per-channel")
+        XCTAssertEqual(try QuantRecipe.fromJSON(cpu.json), cpu)
+    }
+
+    /// The calibration text follows one rule whoever names the file: a WikiText line file has its rows rebuilt,
+    /// any other text is read as it is.
+    func testCalibrationTextRule() throws {
+        let dir = tempDir()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let wiki = dir + "/wiki.txt", plain = dir + "/plain.txt"
+        try " \n = Title = \n \n text line\n".write(toFile: wiki, atomically: true, encoding: .utf8)
+        try "Plain text.\nSecond line.\n".write(toFile: plain, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try Calibration.text(path: wiki), "\n\n = Title = \n\n\n\n\n text line\n")
+        XCTAssertEqual(try Calibration.text(path: plain), "Plain text.\nSecond line.\n")
     }
 
     func testCalibrationWindowsAreSeededAndRowsRebuilt() throws {
@@ -131,26 +183,20 @@ final class OmniQuantTests: XCTestCase {
         let loaded = try LoadedModel.load(path: path)
         let text = "The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest structure in Paris. "
         let ids = Array(try XCTUnwrap(loaded.tokenizer).encode(String(repeating: text, count: 8)).prefix(128))
-        let llama = try XCTUnwrap(loaded.model as? LlamaModel)
-        let c = llama.config
-        let block = try llama.loadBlock(0)
-        let x = try llama.embed(ids)
-        let target = try llama.forwardBlock(0, hidden: x)
-        let names = LlamaModel.linearNames
-        let w = names.map { block.linear($0).weight }
-        let grad = try LlamaBlockGrad(
-            config: LlamaBlockConfig(hidden: c.hiddenSize, heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
-                                     headDim: c.headDim, ffn: c.intermediateSize, rmsEps: Float(c.rmsNormEps),
-                                     ropeTheta: c.ropeTheta),
-            weights: LlamaBlockWeights(inputNorm: block.norms["input_layernorm"]!.weight!, q: w[0], k: w[1], v: w[2],
-                                       o: w[3], postNorm: block.norms["post_attention_layernorm"]!.weight!, gate: w[4],
-                                       up: w[5], down: w[6]),
-            bits: 3, groupSize: 128, maxRows: ids.count)
-        let adam = try AdamW(parameters: grad.u + grad.l, learningRate: 1e-2)
+        let model = loaded.model
+        let block = try model.loadBlock(0)
+        let x = try model.embed(ids)
+        let target = try model.forwardBlock(0, hidden: x)
+        let lwc = try model.blockSpec.linears.map {
+            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: 3, groupSize: 128, symmetric: false)
+        }
+        let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: ids.count)
+        let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: 1e-2)
         var losses: [Float] = []
         for _ in 0..<15 {
-            losses.append(try grad.trainStep(input: x, target: target))
-            try adam.step(gradients: grad.gradU + grad.gradL)
+            for t in lwc { t.zeroGradients() }
+            losses.append(try graph.trainStep(input: x, target: target))
+            try adam.step(gradients: lwc.map(\.gradU) + lwc.map(\.gradL))
         }
         print("SmolLM2 block 0 LWC loss: \(losses.first!) → \(losses.last!)")
         XCTAssertLessThan(losses.last!, losses.first!)

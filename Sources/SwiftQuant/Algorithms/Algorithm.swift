@@ -1,0 +1,48 @@
+/// One block to quantize, as the calibration pipeline hands it to an algorithm.
+public struct BlockJob {
+    public let model: TransformerModel
+    public let index: Int
+    /// The block's full-precision weights.
+    public let weights: TransformerBlock
+    /// The block's inputs on the quantized path (outputs of the already-quantized blocks before it); empty for
+    /// algorithms that need no data.
+    public let inputs: [Tensor]
+    /// What the block should output for each input (the FP block's outputs; with `aug_loss` averaged with the FP
+    /// block's outputs on the quantized inputs).
+    public let targets: [Tensor]
+    public let recipe: QuantRecipe
+    public let log: (String) -> Void
+}
+
+/// What an algorithm made of one block.
+public struct BlockOutcome {
+    /// Quantized weights by block-relative linear name (e.g. "self_attn.q_proj"); the pipeline fuses them
+    /// (dequantized codes become the block's weights).
+    public var quantized: [String: QuantizedTensor]
+    /// Learned parameters to keep with the block (e.g. "self_attn.q_proj.lwc_u").
+    public var learned: [String: Tensor] = [:]
+    public var lossFirstEpoch: Double?
+    public var lossLastEpoch: Double?
+    public var skippedSteps = 0
+    public var finalLearningRate: Float?
+
+    public init(quantized: [String: QuantizedTensor]) { self.quantized = quantized }
+}
+
+/// A calibration algorithm: quantizes one block at a time (`CalibrationPipeline` owns windows, capture, targets,
+/// fusion, propagation, resume and progress).
+public protocol BlockAlgorithm {
+    /// Whether the pipeline must capture block inputs and targets (RTN needs none).
+    var needsCalibrationData: Bool { get }
+    func quantize(_ job: BlockJob) throws -> BlockOutcome
+}
+
+extension QuantRecipe {
+    /// The algorithm that implements `method`.
+    public func algorithm() -> BlockAlgorithm {
+        switch method {
+        case .rtn: return RTN()
+        case .omniquant: return OmniQuantLWC()
+        }
+    }
+}

@@ -1,0 +1,280 @@
+import CSQSupport
+import Foundation
+
+/// What happened to one block.
+public struct BlockReport: Sendable, Codable {
+    public var block: Int
+    /// Mean training loss of the first and of the last epoch (algorithms that train).
+    public var lossFirstEpoch: Double?
+    public var lossLastEpoch: Double?
+    /// MSE against the FP targets of the fused block, and of plain RTN for comparison (calibrated runs).
+    public var fusedLoss: Double?
+    public var rtnLoss: Double?
+    public var seconds: Double
+    public var skippedSteps: Int
+    public var finalLearningRate: Float?
+    public var resumed: Bool
+}
+
+/// The result of a quantization run: the model it ran on now holds the fused blocks.
+public struct QuantizationResult {
+    /// Codes, scales and zero-points by Hugging Face weight name.
+    public var quantized: [String: QuantizedTensor]
+    public var reports: [BlockReport]
+    public var seconds: Double
+    /// The calibration text used (nil without calibration).
+    public var calibrationPath: String?
+}
+
+/// The one calibration pipeline (ALGORITHMS.md §3): calibration windows → block-0 inputs → per block: FP targets,
+/// the recipe's algorithm, fusion (dequantized codes become the block's weights), propagation of the quantized
+/// path → resume, progress with ETA and memory lines. Algorithms (`BlockAlgorithm`) only see one block.
+///
+/// Memory: blocks are read from the model file one at a time; with a work directory each fused block (weights,
+/// codes, scales, zero-points, learned parameters, report) is written there and dropped from memory once its
+/// outputs are propagated, so resident memory is about one block plus the activations
+/// (`3 · nsamples · seqlen · hidden` floats), whatever the number of blocks. At the end the fused blocks are
+/// installed as views of their files.
+///
+/// Resume: every finished block leaves `block_NNN.safetensors` in the work directory; a run with the same recipe
+/// continues after the last finished block and ends bit-identical to an uninterrupted run.
+public final class CalibrationPipeline {
+    public let recipe: QuantRecipe
+    public let workDir: String?
+    public let progress: Bool
+    public var log: (String) -> Void
+
+    public init(recipe: QuantRecipe, workDir: String? = nil, progress: Bool = true) throws {
+        try recipe.validate()
+        self.recipe = recipe
+        self.workDir = workDir
+        self.progress = progress
+        log = progress ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { _ in }
+    }
+
+    /// The one entry of the CLI, the C ABI and Python: reads the calibration text (when the method needs it),
+    /// draws the windows and runs the pipeline on `loaded`'s model.
+    public static func quantize(_ loaded: LoadedModel, recipe: QuantRecipe, calibrationPath: String?, workDir: String?,
+                                resume: Bool = false, progress: Bool = true) throws -> QuantizationResult {
+        try recipe.validate(model: loaded.model)
+        let pipeline = try CalibrationPipeline(recipe: recipe, workDir: workDir, progress: progress)
+        var windows: [[Int32]] = []
+        var used: String?
+        if recipe.needsCalibrationData {
+            guard let path = calibrationPath else {
+                throw SwiftQuantError.invalidArgument("\(recipe.method.rawValue) needs calibration text: pass a file")
+            }
+            guard let tok = loaded.tokenizer else {
+                throw SwiftQuantError.invalidArgument("\(loaded.path): no tokenizer to read the calibration text")
+            }
+            windows = try Calibration.windows(tokens: tok.encode(try Calibration.text(path: path)),
+                                              count: recipe.nsamples, length: recipe.seqlen, seed: recipe.seed)
+            used = path
+        }
+        let wasCaching = loaded.source.enabled
+        loaded.source.enabled = false  // one block in memory at a time
+        defer { loaded.source.enabled = wasCaching }
+        var r = try pipeline.run(model: loaded.model, windows: windows, resume: resume)
+        r.calibrationPath = used
+        return r
+    }
+
+    private func blockFile(_ i: Int) -> String? { workDir.map { $0 + String(format: "/block_%03d.safetensors", i) } }
+
+    /// Runs the recipe's algorithm over every block of `model` and installs the fused blocks in it.
+    /// `windows`: calibration windows of `seqlen` tokens (ignored by data-free methods).
+    public func run(model: TransformerModel, windows: [[Int32]], resume: Bool = false) throws -> QuantizationResult {
+        try recipe.validate(model: model)
+        let algorithm = recipe.algorithm()
+        let data = algorithm.needsCalibrationData
+        if data {
+            try require(windows.count == recipe.nsamples && windows.allSatisfy { $0.count == recipe.seqlen },
+                        "expected \(recipe.nsamples) windows of \(recipe.seqlen) tokens")
+        }
+        try prepareWorkDir(resume: resume)
+        let start = sqs_now()
+        let n = model.numBlocks
+        var fpIn = try data ? windows.map { try model.embed($0) } : []
+        let qIn = fpIn.map { $0.copy() }
+        let ws = Workspace()
+        var reports: [BlockReport] = []
+        var inMemory: [String: QuantizedTensor] = [:]
+        let bar = ProgressBar(total: n, label: "\(recipe.method.rawValue) \(try recipe.quantizerConfig)", unit: "block",
+                              enabled: progress && !data)
+        if data {
+            log("\(recipe.method.rawValue): \(n) blocks, \(try recipe.quantizerConfig), \(windows.count) × \(recipe.seqlen) tokens, "
+                + "\(recipe.epochs) epochs, lr \(recipe.lr)\(recipe.augLoss ? ", aug_loss" : "")")
+        }
+        for i in 0..<n {
+            let t0 = sqs_now()
+            let block = try model.loadBlock(i)
+            var fpOut: [Tensor] = [], targets: [Tensor] = []
+            if data {
+                fpOut = try fpIn.map { x in let y = x.copy(); try model.forward(block: block, hidden: y, workspace: ws); return y }
+                targets = fpOut
+                if recipe.augLoss {
+                    targets = try zip(qIn, fpOut).map { q, f -> Tensor in
+                        let y = q.copy()
+                        try model.forward(block: block, hidden: y, workspace: ws)
+                        for k in 0..<y.count { y.pointer[k] = (y.pointer[k] + f.pointer[k]) * 0.5 }
+                        return y
+                    }
+                }
+            }
+            var fused: TransformerBlock
+            var report: BlockReport
+            if resume, let saved = try loadFinished(i, block: block) {
+                (fused, report) = saved
+            } else {
+                let job = BlockJob(model: model, index: i, weights: block, inputs: qIn, targets: targets, recipe: recipe,
+                                   log: log)
+                let outcome = try algorithm.quantize(job)
+                fused = try fuse(block, outcome.quantized)
+                report = BlockReport(block: i, lossFirstEpoch: outcome.lossFirstEpoch, lossLastEpoch: outcome.lossLastEpoch,
+                                     fusedLoss: nil, rtnLoss: nil, seconds: 0, skippedSteps: outcome.skippedSteps,
+                                     finalLearningRate: outcome.finalLearningRate, resumed: false)
+                if data {
+                    report.fusedLoss = try blockLoss(model, fused, qIn, fpOut, ws)
+                    let rtn = try RTN().quantize(BlockJob(model: model, index: i, weights: block, inputs: [], targets: [],
+                                                          recipe: recipe, log: log))
+                    report.rtnLoss = try blockLoss(model, try fuse(block, rtn.quantized), qIn, fpOut, ws)
+                }
+                report.seconds = sqs_now() - t0
+                if workDir != nil {
+                    try save(i, fused: fused, outcome: outcome, report: report)
+                    fused = try mappedBlock(i, block: block) ?? fused
+                } else {
+                    for (name, q) in outcome.quantized { inMemory[model.blockPrefix(i) + name + ".weight"] = q }
+                }
+            }
+            for x in qIn { try model.forward(block: fused, hidden: x, workspace: ws) }
+            fpIn = fpOut
+            model.setBlock(i, workDir == nil ? fused : nil)
+            reports.append(report)
+            if data { logBlock(report, n: n, elapsed: sqs_now() - start) } else { bar.advance() }
+        }
+        var quantized = inMemory
+        if workDir != nil {
+            // Install the fused blocks as views of their files (pages are read when used).
+            for i in 0..<n {
+                guard let b = try mappedBlock(i, block: try model.loadBlock(i)) else {
+                    throw SwiftQuantError.io("\(blockFile(i)!): missing after calibration")
+                }
+                model.setBlock(i, b)
+                for (name, q) in try quantizedTensors(i, block: b) { quantized[model.blockPrefix(i) + name + ".weight"] = q }
+            }
+        }
+        return QuantizationResult(quantized: quantized, reports: reports, seconds: sqs_now() - start, calibrationPath: nil)
+    }
+
+    private func logBlock(_ r: BlockReport, n: Int, elapsed: Double) {
+        let i = r.block
+        let eta = elapsed / Double(i + 1) * Double(n - i - 1)
+        let mem = residentMemoryMiB().map {
+            String(format: "  rss %.0f MiB (anon %.0f, peak %.0f)", $0.current, $0.anonymous, $0.peak)
+        } ?? ""
+        let fused = r.fusedLoss ?? .nan, rtn = r.rtnLoss ?? .nan
+        let training = r.lossFirstEpoch.map { String(format: "loss %.3e → %.3e  ", $0, r.lossLastEpoch ?? .nan) } ?? ""
+        log(String(format: "block %2d/%d  %@fused %.3e (RTN %.3e, %+.1f%%)  %5.1f s  ETA %@%@%@%@",
+                   i + 1, n, training, fused, rtn, (fused / max(rtn, 1e-30) - 1) * 100, r.seconds,
+                   ProgressBar.format(seconds: eta), mem, r.resumed ? "  (resumed)" : "",
+                   r.skippedSteps > 0 ? "  \(r.skippedSteps) non-finite steps skipped, lr now \(r.finalLearningRate ?? 0)" : ""))
+    }
+
+    /// `block` with every quantized linear replaced by its dequantized codes.
+    private func fuse(_ block: TransformerBlock, _ q: [String: QuantizedTensor]) throws -> TransformerBlock {
+        var linears = block.linears
+        for (name, t) in q {
+            let lin = block.linear(name)
+            linears[name] = Linear(weight: t.dequantized(), bias: lin.bias)
+        }
+        return TransformerBlock(index: block.index, linearNames: block.linearNames, linears: linears, norms: block.norms)
+    }
+
+    private func blockLoss(_ model: TransformerModel, _ block: TransformerBlock, _ inputs: [Tensor], _ targets: [Tensor],
+                           _ ws: Workspace) throws -> Double {
+        var s = 0.0
+        for (x, t) in zip(inputs, targets) {
+            let y = x.copy()
+            try model.forward(block: block, hidden: y, workspace: ws)
+            var e = 0.0
+            for k in 0..<y.count { let d = Double(y.pointer[k] - t.pointer[k]); e += d * d }
+            s += e / Double(y.count)
+        }
+        return s / Double(max(inputs.count, 1))
+    }
+
+    // MARK: work directory
+
+    private func prepareWorkDir(resume: Bool) throws {
+        guard let dir = workDir else { return }
+        let fm = FileManager.default
+        if !resume { try? fm.removeItem(atPath: dir) }
+        do { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw SwiftQuantError.io("\(dir): cannot create the work directory: \(error.localizedDescription)")
+        }
+        let fp = dir + "/recipe.json"
+        if resume, let old = fm.contents(atPath: fp), String(decoding: old, as: UTF8.self) != recipe.json {
+            throw SwiftQuantError.invalidArgument(
+                "\(dir): was written with another recipe (\(String(decoding: old, as: UTF8.self))); resume needs the same one")
+        }
+        guard fm.createFile(atPath: fp, contents: Data(recipe.json.utf8)) else { throw SwiftQuantError.io("\(fp): cannot write") }
+    }
+
+    private func save(_ i: Int, fused: TransformerBlock, outcome: BlockOutcome, report: BlockReport) throws {
+        var entries: [SafetensorsEntry] = []
+        for name in outcome.quantized.keys.sorted() {
+            let q = outcome.quantized[name]!
+            entries.append(SafetensorsEntry(name: name + ".codes", dtype: .u8, shape: [q.rows, q.cols], bytes: Data(q.codes)))
+            entries.append(SafetensorsEntry(name: name + ".scales", dtype: .f32, shape: [q.rows, q.groupCount],
+                                            bytes: q.scales.withUnsafeBufferPointer { Data(buffer: $0) }))
+            entries.append(SafetensorsEntry(name: name + ".zeros", dtype: .i32, shape: [q.rows, q.groupCount],
+                                            bytes: q.zeros.withUnsafeBufferPointer { Data(buffer: $0) }))
+            entries.append(SafetensorsEntry(name: name + ".weight", tensor: fused.linear(name).weight))
+        }
+        for name in outcome.learned.keys.sorted() { entries.append(SafetensorsEntry(name: name, tensor: outcome.learned[name]!)) }
+        let reportJSON = String(decoding: try JSONEncoder().encode(report), as: UTF8.self)
+        try SafetensorsWriter.write(entries, metadata: ["report": reportJSON, "recipe": recipe.json], to: blockFile(i)!)
+    }
+
+    /// The fused block as views of its file in the work directory (nil if it is not there).
+    private func mappedBlock(_ i: Int, block: TransformerBlock) throws -> TransformerBlock? {
+        guard let path = blockFile(i), FileManager.default.fileExists(atPath: path) else { return nil }
+        let file = try SafetensorsFile(path: path)
+        var linears = block.linears
+        for name in block.linearNames where file.info(name + ".codes") != nil {
+            let lin = block.linear(name)
+            let w = try file.float32(name + ".weight")
+            try require(w.shape == lin.weight.shape, "\(path): \(name).weight has shape \(w.shape)")
+            linears[name] = Linear(weight: w, bias: lin.bias)
+        }
+        return TransformerBlock(index: i, linearNames: block.linearNames, linears: linears, norms: block.norms)
+    }
+
+    private func quantizedTensors(_ i: Int, block: TransformerBlock) throws -> [String: QuantizedTensor] {
+        let path = blockFile(i)!, file = try SafetensorsFile(path: path), cfg = try recipe.quantizerConfig
+        var out: [String: QuantizedTensor] = [:]
+        for name in block.linearNames {
+            guard let info = file.info(name + ".codes") else { throw SwiftQuantError.format("\(path): no \(name).codes") }
+            out[name] = try QuantizedTensor(rows: info.shape[0], cols: info.shape[1], config: cfg,
+                                            codes: Array(try file.rawBytes(name + ".codes").bindMemory(to: UInt8.self)),
+                                            scales: try file.float32(name + ".scales").array,
+                                            zeros: Array(try file.rawBytes(name + ".zeros").bindMemory(to: Int32.self)))
+        }
+        return out
+    }
+
+    /// A block finished by an earlier run with the same recipe: its fused weights (mapped) and its report.
+    private func loadFinished(_ i: Int, block: TransformerBlock) throws -> (TransformerBlock, BlockReport)? {
+        guard let path = blockFile(i), FileManager.default.fileExists(atPath: path) else { return nil }
+        let file: SafetensorsFile
+        do { file = try SafetensorsFile(path: path) } catch { return nil }  // a torn file: redo the block
+        guard file.metadata["recipe"] == recipe.json, let r = file.metadata["report"],
+              var report = try? JSONDecoder().decode(BlockReport.self, from: Data(r.utf8)),
+              block.linearNames.allSatisfy({ file.info($0 + ".codes") != nil }),
+              let fused = try mappedBlock(i, block: block)
+        else { return nil }
+        report.resumed = true
+        return (fused, report)
+    }
+}
