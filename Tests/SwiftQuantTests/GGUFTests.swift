@@ -127,7 +127,7 @@ final class GGUFTests: XCTestCase {
             ("rope_freqs.weight", "rope_freqs.weight"),
             ("blk.x.attn_q.weight", "blk.x.attn_q.weight"),
         ]
-        for (g, hf) in cases { XCTAssertEqual(GGUFTensorSource.hfName(g), hf) }
+        for (g, hf) in cases { XCTAssertEqual(LlamaModel.ggufNaming.hfName(g), hf) }
     }
 
     func testPermutationInverse() {

@@ -547,11 +547,49 @@ func separateAdd(_ a: Float, _ b: Float) -> Float { a + b }
 
 // MARK: - Hugging Face view
 
-/// A GGUF file seen as a Hugging Face checkpoint of a Llama-family model: tensor names mapped to HF names,
-/// shapes in HF order (`[out, in]`), and the rotary row permutation of q/k projections undone.
+/// How a family's tensors are named in GGUF files (llama.cpp) and in Hugging Face checkpoints, and which
+/// projections llama.cpp stores with their rows permuted for its rotary kernel. Each family adapter declares
+/// one (`LlamaModel.ggufNaming`); `ArchitectureRegistry` finds it by `general.architecture`.
+public struct GGUFNaming: Sendable {
+    /// Whole-model tensors: GGUF name → HF name (e.g. "token_embd.weight" → "model.embed_tokens.weight").
+    public var global: [String: String]
+    /// HF prefix of block `i`'s tensors, e.g. "model.layers.3.".
+    public var blockPrefix: @Sendable (Int) -> String
+    /// Block tensors: GGUF stem → HF block-relative name ("attn_q" → "self_attn.q_proj").
+    public var block: [String: String]
+    /// HF block-relative linears whose rows llama.cpp permuted, with the metadata key (after
+    /// "<architecture>.") of the head count that undoes it.
+    public var permutedRows: [String: String]
+
+    public init(global: [String: String], blockPrefix: @escaping @Sendable (Int) -> String, block: [String: String],
+                permutedRows: [String: String]) {
+        self.global = global; self.blockPrefix = blockPrefix; self.block = block; self.permutedRows = permutedRows
+    }
+
+    /// Maps a GGUF tensor name to its Hugging Face name; names without a mapping are returned unchanged.
+    public func hfName(_ g: String) -> String {
+        if let n = global[g] { return n }
+        let parts = g.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0,
+              parts[3] == "weight" || parts[3] == "bias", let sub = block[String(parts[2])] else { return g }
+        return blockPrefix(layer) + sub + "." + parts[3]
+    }
+
+    /// The head-count key that un-permutes HF tensor `name`, if its rows are permuted.
+    func permutationKey(_ name: String) -> String? {
+        guard name.hasSuffix(".weight") else { return nil }
+        let stem = String(name.dropLast(".weight".count))
+        for (linear, key) in permutedRows where stem.hasSuffix("." + linear) { return key }
+        return nil
+    }
+}
+
+/// A GGUF file seen as a Hugging Face checkpoint: tensor names mapped to HF names by the family's `GGUFNaming`,
+/// shapes in HF order (`[out, in]`), and llama.cpp's rotary row permutation of q/k projections undone.
 public final class GGUFTensorSource: TensorSource {
     public let file: GGUFFile
     public let architecture: String?
+    public let naming: GGUFNaming
     public let tensorInfos: [TensorInfo]
     /// Whether q_proj/k_proj rows are un-permuted on read (llama.cpp's converter permutes them for
     /// `llama`-architecture files).
@@ -560,8 +598,9 @@ public final class GGUFTensorSource: TensorSource {
     private let infoIndex: [String: Int]
 
     /// `undoRopePermutation`: nil = decide from `general.architecture` (true for "llama").
-    public init(file: GGUFFile, undoRopePermutation: Bool? = nil) throws {
+    public init(file: GGUFFile, naming: GGUFNaming, undoRopePermutation: Bool? = nil) throws {
         self.file = file
+        self.naming = naming
         architecture = file.metadata["general.architecture"]?.string
         undoesRopePermutation = undoRopePermutation ?? (architecture == "llama")
         var infos: [TensorInfo] = []
@@ -571,7 +610,7 @@ public final class GGUFTensorSource: TensorSource {
             guard let dt = t.type.dtype else {
                 throw SwiftQuantError.unsupported("\(file.path): tensor '\(t.name)' has ggml type \(t.type.name), which this library cannot decode")
             }
-            let hf = Self.hfName(t.name)
+            let hf = naming.hfName(t.name)
             guard map[hf] == nil else { throw SwiftQuantError.format("\(file.path): two tensors map to '\(hf)'") }
             map[hf] = t.name
             idx[hf] = infos.count
@@ -582,43 +621,10 @@ public final class GGUFTensorSource: TensorSource {
         infoIndex = idx
     }
 
-    public convenience init(path: String, undoRopePermutation: Bool? = nil) throws {
-        try self.init(file: GGUFFile(path: path), undoRopePermutation: undoRopePermutation)
-    }
-
     public func info(_ name: String) -> TensorInfo? { infoIndex[name].map { tensorInfos[$0] } }
 
     /// The GGUF name behind an HF name.
     public func ggufName(for hfName: String) -> String? { ggufName[hfName] }
-
-    /// Maps a GGUF tensor name to its Hugging Face name; names without a mapping are returned unchanged.
-    public static func hfName(_ g: String) -> String {
-        switch g {
-        case "token_embd.weight": return "model.embed_tokens.weight"
-        case "output_norm.weight": return "model.norm.weight"
-        case "output_norm.bias": return "model.norm.bias"
-        case "output.weight": return "lm_head.weight"
-        case "output.bias": return "lm_head.bias"
-        default: break
-        }
-        let parts = g.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0,
-              parts[3] == "weight" || parts[3] == "bias" else { return g }
-        let sub: String
-        switch parts[2] {
-        case "attn_q": sub = "self_attn.q_proj"
-        case "attn_k": sub = "self_attn.k_proj"
-        case "attn_v": sub = "self_attn.v_proj"
-        case "attn_output": sub = "self_attn.o_proj"
-        case "ffn_gate": sub = "mlp.gate_proj"
-        case "ffn_up": sub = "mlp.up_proj"
-        case "ffn_down": sub = "mlp.down_proj"
-        case "attn_norm": sub = "input_layernorm"
-        case "ffn_norm": sub = "post_attention_layernorm"
-        default: return g
-        }
-        return "model.layers.\(layer).\(sub).\(parts[3])"
-    }
 
     public func isZeroCopy(_ name: String) -> Bool {
         guard let g = ggufName[name], file.isZeroCopy(g) else { return false }
@@ -626,11 +632,8 @@ public final class GGUFTensorSource: TensorSource {
     }
 
     private func permutationHeads(_ name: String) -> String? {
-        guard undoesRopePermutation, name.hasPrefix("model.layers.") else { return nil }
-        let arch = architecture ?? "llama"
-        if name.hasSuffix(".self_attn.q_proj.weight") { return "\(arch).attention.head_count" }
-        if name.hasSuffix(".self_attn.k_proj.weight") { return "\(arch).attention.head_count_kv" }
-        return nil
+        guard undoesRopePermutation, let key = naming.permutationKey(name) else { return nil }
+        return "\(architecture ?? "llama").\(key)"
     }
 
     public func float32(_ name: String) throws -> Tensor {

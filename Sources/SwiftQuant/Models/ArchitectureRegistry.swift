@@ -13,6 +13,22 @@ public enum ArchitectureRegistry {
 
     public static var supportedModelTypes: [String] { families.keys.sorted() }
 
+    /// GGUF `general.architecture` → the family's tensor naming (llama.cpp writes Llama, Mistral and Qwen2
+    /// checkpoints it converts from Hugging Face with these names).
+    public static let ggufFamilies: [String: GGUFNaming] = [
+        "llama": LlamaModel.ggufNaming, "mistral": LlamaModel.ggufNaming, "qwen2": LlamaModel.ggufNaming,
+    ]
+
+    /// The naming of a GGUF file's architecture; unknown architectures are refused.
+    public static func ggufNaming(_ file: GGUFFile) throws -> GGUFNaming {
+        let arch = file.metadata["general.architecture"]?.string ?? "llama"
+        guard let n = ggufFamilies[arch] else {
+            throw SwiftQuantError.unsupported("\(file.path): GGUF architecture '\(arch)' is not supported (supported: "
+                                              + ggufFamilies.keys.sorted().joined(separator: ", ") + ")")
+        }
+        return n
+    }
+
     /// The adapter for a parsed config.json over `source`. Unknown `model_type` → `.unsupported`.
     public static func model(config: [String: Any], source: TensorSource) throws -> TransformerModel {
         guard let type = config["model_type"] as? String else {
@@ -44,5 +60,16 @@ public enum ArchitectureRegistry {
             throw SwiftQuantError.format("\(directory): no config.json")
         }
         return try model(config: config, source: source)
+    }
+}
+
+extension GGUFTensorSource {
+    /// A GGUF file with the tensor naming of its `general.architecture` (see `ArchitectureRegistry.ggufFamilies`).
+    public convenience init(file: GGUFFile, undoRopePermutation: Bool? = nil) throws {
+        try self.init(file: file, naming: try ArchitectureRegistry.ggufNaming(file), undoRopePermutation: undoRopePermutation)
+    }
+
+    public convenience init(path: String, undoRopePermutation: Bool? = nil) throws {
+        try self.init(file: GGUFFile(path: path), undoRopePermutation: undoRopePermutation)
     }
 }

@@ -23,6 +23,16 @@ public final class LlamaModel: TransformerModel {
     /// RMSNorm → q, k, v (biases for Qwen2 or `attention_bias`) → RoPE → GQA attention → o; RMSNorm → SiLU-gated MLP.
     public let blockSpec: BlockSpec
 
+    /// llama.cpp's tensor names for this family, and the q/k rows its converter permutes.
+    public static let ggufNaming = GGUFNaming(
+        global: ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                 "output_norm.bias": "model.norm.bias", "output.weight": "lm_head.weight", "output.bias": "lm_head.bias"],
+        blockPrefix: { "model.layers.\($0)." },
+        block: ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"],
+        permutedRows: ["self_attn.q_proj": "attention.head_count", "self_attn.k_proj": "attention.head_count_kv"])
+
     /// The block description of a Llama-family config (usable without a checkpoint, e.g. for tests).
     public static func blockSpec(for c: LlamaConfig) -> BlockSpec {
         let h = c.hiddenSize, qd = c.numAttentionHeads * c.headDim, kd = c.numKeyValueHeads * c.headDim
@@ -65,7 +75,7 @@ public final class LlamaModel: TransformerModel {
         try self.init(config: try LlamaConfig(dictionary: config), source: source)
     }
 
-    public func blockPrefix(_ i: Int) -> String { "model.layers.\(i)." }
+    public func blockPrefix(_ i: Int) -> String { Self.ggufNaming.blockPrefix(i) }
 
     public func loadBlock(_ i: Int) throws -> TransformerBlock {
         try require(i >= 0 && i < numBlocks, "block index \(i) outside 0..<\(numBlocks)")
