@@ -49,7 +49,8 @@ python: build venv
 
 # Files the Swift tests write for the Python interop tests (read back by the gguf and safetensors packages).
 INTEROP := SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$(CURDIR)/.build/interop-roundtrip.gguf \
-	SWIFTQUANT_SAFETENSORS_OUT=$(CURDIR)/.build/interop-roundtrip.safetensors
+	SWIFTQUANT_SAFETENSORS_OUT=$(CURDIR)/.build/interop-roundtrip.safetensors \
+	SWIFTQUANT_TINY_EXPORT_OUT=$(CURDIR)/.build/interop-tiny-omniquant
 
 swift-test: build venv
 	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test -c $(SWIFT_CONFIG)

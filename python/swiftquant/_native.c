@@ -727,6 +727,7 @@ static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"model_quantized", py_model_quantized, METH_VARARGS, "model_quantized(model) -> dict"},
     {"model_open", py_model_open, METH_VARARGS, "model_open(path) -> model"},
     {"model_config", py_model_config, METH_VARARGS, "model_config(model) -> JSON text"},
     {"model_tensor_names", py_model_tensor_names, METH_VARARGS, "model_tensor_names(model) -> [str]"},

@@ -160,14 +160,16 @@ def perplexity(model: Model | str, text_or_path, seqlen: int = 2048, limit: int 
     return ppl
 
 
-def recipe(method: str, wformat: str, group_size: int | None = 128, **settings) -> dict:
+def recipe(method: str, wformat: str | None, group_size: int | None = 128, **settings) -> dict:
     """A quantization recipe with every field filled in and checked by the Swift core (presets and validation
     live there only): ``sq.recipe("omniquant", "int3", preset="cpu")`` gives the CPU budget's epochs, nsamples,
-    seqlen and lr. ``group_size=None`` is one group per output row. Unknown or impossible settings raise
+    seqlen and lr. ``wbits=N`` may stand for ``wformat="intN"``. ``group_size=None`` is one group per output row. Unknown or impossible settings raise
     ``ValueError``."""
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))):
         raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
-    r = {"method": method, "wformat": wformat, "group_size": None if group_size is None else int(group_size)}
+    r = {"method": method, "group_size": None if group_size is None else int(group_size)}
+    if wformat is not None:
+        r["wformat"] = wformat
     r.update({k: v for k, v in settings.items() if v is not None})
     return json.loads(_native.recipe_resolve(json.dumps(r)))
 
@@ -246,7 +248,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
-    r = recipe("omniquant", f"int{wbits}", group_size, symmetric=bool(symmetric), preset=preset, epochs=epochs,
+    r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=bool(aug_loss),
                seed=int(seed))
     if not isinstance(model_or_path, Model):

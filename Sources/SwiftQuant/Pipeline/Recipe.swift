@@ -56,13 +56,23 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case method, wformat, groupSize = "group_size", symmetric, preset, epochs, nsamples, seqlen, lr
+        case method, wformat, wbits, groupSize = "group_size", symmetric, preset, epochs, nsamples, seqlen, lr
         case augLoss = "aug_loss", seed
     }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(method: try c.decode(Method.self, forKey: .method), wformat: try c.decode(String.self, forKey: .wformat),
+        // `wbits: N` is a spelling of `wformat: "intN"` (the CLI's --wbits, Python's wbits=).
+        let format: String
+        switch (try c.decodeIfPresent(String.self, forKey: .wformat), try c.decodeIfPresent(Int.self, forKey: .wbits)) {
+        case (let f?, nil): format = f
+        case (nil, let b?):
+            guard (2...8).contains(b) else { throw SwiftQuantError.invalidArgument("wbits must be in 2...8, got \(b)") }
+            format = "int\(b)"
+        case (_?, _?): throw SwiftQuantError.invalidArgument("recipe: give wformat or wbits, not both")
+        case (nil, nil): throw SwiftQuantError.invalidArgument("recipe: missing 'wformat' (or 'wbits')")
+        }
+        self.init(method: try c.decode(Method.self, forKey: .method), wformat: format,
                   groupSize: try c.decodeIfPresent(Int.self, forKey: .groupSize),
                   symmetric: try c.decodeIfPresent(Bool.self, forKey: .symmetric) ?? false,
                   preset: try c.decodeIfPresent(Preset.self, forKey: .preset) ?? .paper,
@@ -88,7 +98,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         do {
             return try JSONDecoder().decode(QuantRecipe.self, from: Data(json.utf8))
         } catch let DecodingError.dataCorrupted(ctx) {
-            throw SwiftQuantError.invalidArgument("recipe: \(ctx.debugDescription) at \(ctx.codingPath.map(\.stringValue))")
+            let field = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+            throw SwiftQuantError.invalidArgument(field.isEmpty ? "recipe: not valid JSON (\(ctx.debugDescription))"
+                                                  : "recipe: invalid value for '\(field)' (\(ctx.debugDescription))")
         } catch let DecodingError.keyNotFound(key, _) {
             throw SwiftQuantError.invalidArgument("recipe: missing '\(key.stringValue)'")
         } catch let DecodingError.typeMismatch(_, ctx) {
@@ -118,7 +130,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public func validate(model: TransformerModel? = nil) throws {
         let fmt = try weightFormat
         try fmt.validate()
-        if let g = groupSize { try require(g > 0, "group size must be positive, got \(g) (null = one group per row)") }
+        if let g = groupSize { try require(g > 0, "group_size must be positive, got \(g) (null = one group per row)") }
         if method == .omniquant {
             guard case .int(let bits) = fmt else {
                 throw SwiftQuantError.invalidArgument("omniquant quantizes to integer formats (int2…int8), not \(wformat)")

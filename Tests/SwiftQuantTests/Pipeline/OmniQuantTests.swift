@@ -28,8 +28,8 @@ final class OmniQuantTests: XCTestCase {
     }
 
     /// Runs on a fresh model and returns the fused weights of every block linear.
-    func run(_ r: QuantRecipe, family: String = "tiny/llama_gqa", workDir: String?, resume: Bool = false) throws
-        -> ([String: [Float]], QuantizationResult, TransformerModel)
+    func run(_ r: QuantRecipe, family: String = "tiny/llama_gqa", workDir: String?, resume: Bool = false,
+             export: Bool = false) throws -> ([String: [Float]], QuantizationResult, TransformerModel)
     {
         let loaded = try tinyModel(family)
         let pipeline = try CalibrationPipeline(recipe: r, workDir: workDir, progress: false)
@@ -39,6 +39,14 @@ final class OmniQuantTests: XCTestCase {
         for i in 0..<loaded.model.numBlocks {
             for (name, lin) in try loaded.model.block(i).linears { fused["\(i).\(name)"] = lin.weight.array }
         }
+        // For python/tests/test_families.py (transformers loads the output, when it is installed).
+        if export, let out = ProcessInfo.processInfo.environment["SWIFTQUANT_TINY_EXPORT_OUT"], !out.isEmpty {
+            let dir = out + "/" + (family as NSString).lastPathComponent
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try QuantizedExport.write(loaded, quantized: result.quantized, method: r.method.rawValue,
+                                      config: try r.quantizerConfig, to: dir, info: ["recipe": r.json])
+        }
         return (fused, result, loaded.model)
     }
 
@@ -46,7 +54,7 @@ final class OmniQuantTests: XCTestCase {
     /// biased linears, ReLU, learned positions) all calibrate; the loss falls and fused weights lie on the grid.
     func testTrainingLowersTheLossAndFusedWeightsLieOnTheGrid() throws {
         for family in Self.families {
-            let (fused, result, model) = try run(recipe(), family: family, workDir: tempDir())
+            let (fused, result, model) = try run(recipe(), family: family, workDir: tempDir(), export: true)
             XCTAssertEqual(result.reports.count, model.numBlocks)
             for r in result.reports {
                 XCTAssertLessThan(r.lossLastEpoch!, r.lossFirstEpoch!, "\(family) block \(r.block): loss did not fall")
@@ -113,7 +121,7 @@ final class OmniQuantTests: XCTestCase {
             (QuantRecipe(method: .omniquant, wformat: "int0", groupSize: 32), "int0"),
             (QuantRecipe(method: .omniquant, wformat: "int9", groupSize: 32), "int9"),
             (QuantRecipe(method: .omniquant, wformat: "e2m1", groupSize: 32), "integer"),
-            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 0), "group size"),
+            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 0), "group_size"),
             (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 32, epochs: 0), "epochs"),
             (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 32, nsamples: 0), "nsamples"),
         ] {
@@ -121,6 +129,10 @@ final class OmniQuantTests: XCTestCase {
         }
         XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "gptq", "wformat": "int4"}"#), contains: "recipe")
         XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn"}"#), contains: "wformat")
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 9}"#), contains: "wbits")
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 4, "preset": "gpu"}"#),
+                                       contains: "'preset'")
+        XCTAssertEqual(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 4}"#).wformat, "int4")
         let loaded = try tinyModel()
         let p = try CalibrationPipeline(recipe: QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 1024,
                                                             nsamples: 4, seqlen: 32), workDir: dir)
