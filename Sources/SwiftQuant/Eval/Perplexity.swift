@@ -92,3 +92,66 @@ public enum SharedData {
         return nil
     }
 }
+
+// MARK: - Window losses and perplexity of a model
+
+/// Summed next-token NLL over one window and the number of predicted tokens (T − 1).
+public struct WindowLoss: Equatable, Sendable {
+    public var nllSum: Double
+    public var count: Int
+    public var mean: Double { count > 0 ? nllSum / Double(count) : 0 }
+}
+
+/// Perplexity per ALGORITHMS §7: non-overlapping windows, mean NLL over every predicted token of every window.
+public struct PerplexityResult: Equatable, Sendable {
+    public var windows: Int
+    public var tokens: Int
+    public var meanNLL: Double
+    public var perplexity: Double { Foundation.exp(meanNLL) }
+}
+
+extension TransformerModel {
+    /// Summed NLL of next-token prediction over the window (T − 1 predictions, as transformers' loss with
+    /// `labels = input_ids`, times T − 1). Logits are produced in row chunks so no `[T, vocab]` buffer exists.
+    public func windowLoss(ids: [Int32]) throws -> WindowLoss {
+        try require(ids.count >= 2, "a window needs at least 2 tokens to predict one")
+        let h = try finalHidden(ids: ids)
+        let w = try lmHeadWeight()
+        let predicted = ids.count - 1
+        let chunk = 256
+        let buf = Tensor(zeros: [min(chunk, predicted), vocabSize])
+        let targets = Array(ids.dropFirst())
+        var total: Double = 0
+        try targets.withUnsafeBufferPointer { tp in
+            var r0 = 0
+            while r0 < predicted {
+                let rows = min(chunk, predicted - r0)
+                BLAS.sgemm(transB: true, m: rows, n: vocabSize, k: hiddenSize, a: h.pointer + r0 * hiddenSize,
+                           lda: hiddenSize, b: w.pointer, ldb: hiddenSize, c: buf.pointer, ldc: vocabSize)
+                let s = Kernels.nllRows(buf.pointer, rows: rows, vocab: vocabSize, targets: tp.baseAddress! + r0)
+                guard s.isFinite else { throw SwiftQuantError.nonFinite("NLL is not finite in rows \(r0)..<\(r0 + rows)") }
+                total += s
+                r0 += rows
+            }
+        }
+        return WindowLoss(nllSum: total, count: predicted)
+    }
+
+    /// Summed next-token NLL over the window.
+    public func nll(ids: [Int32]) throws -> Double { try windowLoss(ids: ids).nllSum }
+
+    /// Perplexity over non-overlapping windows of `windowLength` tokens (a shorter tail is dropped).
+    public func perplexity(tokens: [Int32], windowLength: Int, maxWindows: Int? = nil) throws -> PerplexityResult {
+        try require(windowLength >= 2, "window length must be at least 2")
+        var n = tokens.count / windowLength
+        if let m = maxWindows { n = min(n, m) }
+        try require(n > 0, "\(tokens.count) tokens do not fill one window of \(windowLength)")
+        var sum: Double = 0, count = 0
+        for w in 0..<n {
+            let l = try windowLoss(ids: Array(tokens[(w * windowLength)..<((w + 1) * windowLength)]))
+            sum += l.nllSum
+            count += l.count
+        }
+        return PerplexityResult(windows: n, tokens: count, meanNLL: sum / Double(count))
+    }
+}

@@ -305,8 +305,7 @@ private struct BlockForward {
                                     headDim: s.headDim, scale: 1 / Float(s.headDim).squareRoot(), workspace: ws!,
                                     slot: 40)
         }
-        if b.h1 != x { b.h1.update(from: x, count: T * H) }
-        linear(io, b.attn, site: b.sites[1], b.h1, T: T, w: w, accumulate: true)
+        residual(io, b.attn, site: b.sites[1], into: b.h1, from: x, T: T, w: w)
 
         // MLP half
         norm(s.mlpNorm, norm2, x: b.h1, y: b.n2, mean: b.mean2, rstd: b.rstd2, T: T, recording: recording)
@@ -320,8 +319,21 @@ private struct BlockForward {
             linear(iup, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false)
             Autodiff.ReLU.forward(x: b.a, y: b.m, count: T * F)
         }
-        if b.out != b.h1 { b.out.update(from: b.h1, count: T * H) }
-        linear(idown, b.m, site: b.sites[3], b.out, T: T, w: w, accumulate: true)
+        residual(idown, b.m, site: b.sites[3], into: b.out, from: b.h1, T: T, w: w)
+    }
+
+    /// `y = r + linear(x)`. In place (`y` is `r`, inference) the product accumulates into the residual stream;
+    /// otherwise (recording) the product is written first and the residual added after, so a recorded forward
+    /// rounds exactly as the plain sum of the two.
+    private func residual(_ i: Int, _ x: UnsafeMutablePointer<Float>, site: UnsafeMutablePointer<Float>,
+                          into y: UnsafeMutablePointer<Float>, from r: UnsafeMutablePointer<Float>, T: Int,
+                          w: [UnsafeMutablePointer<Float>]) {
+        if y == r {
+            linear(i, x, site: site, y, T: T, w: w, accumulate: true)
+        } else {
+            linear(i, x, site: site, y, T: T, w: w, accumulate: false)
+            Autodiff.Residual.forward(a: y, b: r, y: y, count: T * spec.hidden)
+        }
     }
 
     private func norm(_ n: BlockSpec.NormSpec, _ p: (weight: Tensor, bias: Tensor?), x: UnsafePointer<Float>,
