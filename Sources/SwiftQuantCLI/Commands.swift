@@ -40,7 +40,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            guard let path = data ?? Perplexity.defaultDataPath() else {
+            guard let path = data ?? SharedData.wikitextTest() else {
                 throw SwiftQuantError.invalidArgument(
                     "no --data given and ../shared/data/wikitext-2-raw/test.joined.txt was not found")
             }
@@ -81,8 +81,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "Weight format instead of int<wbits>: e.g. e2m1 (FP4), e3m2 (FP6), e4m3fn (FP8).")
     var format: String?
 
-    @Option(help: "Group size along the input dimension; 0 = one group per output row.")
-    var groupSize = 128
+    @Option(help: "Group size along the input dimension: a number of columns, or per-row for one group per output row.")
+    var groupSize: GroupSize = 128
 
     @Flag(help: "Symmetric integer grid.")
     var symmetric = false
@@ -123,8 +123,7 @@ struct Quantize: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let fmt = try NumberFormat.parse(format ?? "int\(wbits)")
-            try require(groupSize >= 0, "--group-size must be ≥ 0, got \(groupSize)")
-            let config = QuantizerConfig(format: fmt, groupSize: groupSize == 0 ? nil : groupSize, symmetric: symmetric)
+            let config = QuantizerConfig(format: fmt, groupSize: groupSize, symmetric: symmetric)
             try require(["rtn", "omniquant"].contains(method), "unknown --method '\(method)' (available: rtn, omniquant)")
             try require(["paper", "cpu"].contains(preset), "unknown --preset '\(preset)' (paper or cpu)")
             try QuantizedExport.checkOutput(out)
@@ -133,8 +132,8 @@ struct Quantize: ParsableCommand {
                 guard case .int(let bits) = fmt else {
                     throw SwiftQuantError.invalidArgument("omniquant quantizes to integer formats (--wbits), not \(fmt)")
                 }
-                var o = preset == "cpu" ? OmniQuantOptions.cpuPreset(wbits: bits, groupSize: config.groupSize)
-                    : OmniQuantOptions(wbits: bits, groupSize: config.groupSize)
+                var o = preset == "cpu" ? OmniQuantOptions.cpuPreset(wbits: bits, groupSize: config.groupSize.columns)
+                    : OmniQuantOptions(wbits: bits, groupSize: config.groupSize.columns)
                 o.symmetric = symmetric
                 if let e = epochs { o.epochs = e }
                 if let n = nsamples { o.nsamples = n }
@@ -151,7 +150,7 @@ struct Quantize: ParsableCommand {
             var info: [String: Any] = [:]
             if let o = omni {
                 loaded.source.enabled = false  // one block in memory at a time
-                let calibText = try Calibration.text(path: calib)
+                let calibText = try calib.map { try Calibration.text(path: $0) } ?? SharedData.calibrationText()
                 guard let tok = loaded.tokenizer else {
                     throw SwiftQuantError.invalidArgument("\(modelOptions.model): no tokenizer to read the calibration text")
                 }
@@ -171,7 +170,7 @@ struct Quantize: ParsableCommand {
             try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out, info: info)
             if omni != nil { try? FileManager.default.removeItem(atPath: out + ".omniquant-work") }
             print("wrote \(out): \(q.count) quantized linears, \(config), \(String(format: "%.1f", seconds)) s")
-            if evalWindows > 0, let data = Perplexity.defaultDataPath() {
+            if evalWindows > 0, let data = SharedData.wikitextTest() {
                 let r = try Perplexity.evaluate(loaded, text: try Perplexity.readText(data), limit: evalWindows)
                 printReport(r, model: out, data: data, json: false)
             }
@@ -202,5 +201,13 @@ struct Inspect: ParsableCommand {
                 for t in loaded.source.tensorInfos { print("  \(t.name) \(t.dtype.rawValue) \(t.shape)") }
             }
         }
+    }
+}
+
+extension GroupSize: ExpressibleByArgument {
+    /// `--group-size 128` or `--group-size per-row` (`GroupSize.parse`: 0 and negative sizes are refused).
+    public init?(argument: String) {
+        guard let g = try? GroupSize.parse(argument) else { return nil }
+        self = g
     }
 }

@@ -181,12 +181,12 @@ def _quantized_tensors(model: Model) -> dict:
     from . import QuantizedTensor
 
     out = {}
-    for name, (codes, scales, zeros, rows, cols, groups, bits, gs, sym) in _native.model_quantized(model._h).items():
+    for name, (codes, scales, zeros, rows, cols, groups, fmt, gs, sym) in _native.model_quantized(model._h).items():
         out[name] = QuantizedTensor(
             np.frombuffer(codes, np.uint8).reshape(rows, cols).copy(),
             np.frombuffer(scales, np.float32).reshape(rows, groups).copy(),
             np.frombuffer(zeros, np.int32).reshape(rows, groups).copy(),
-            f"int{bits}", gs or None, bool(sym))
+            fmt, gs or None, bool(sym))
     return out
 
 
@@ -232,6 +232,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     work directory: finished blocks are saved there as they complete, and a later call with the same directory
     and settings continues after the last finished one (bit-identical to an uninterrupted run).
     """
+    from . import _group_size
+
     import tempfile
     import time
 
@@ -244,15 +246,13 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     for k in ("epochs", "nsamples", "seqlen"):
         if isinstance(base[k], bool) or not isinstance(base[k], (int, np.integer)) or base[k] <= 0:
             raise ValueError(f"{k} must be a positive integer, got {base[k]!r}")
-    if group_size is not None and (isinstance(group_size, bool) or group_size <= 0):
-        raise ValueError(f"group_size must be positive or None (per-channel), got {group_size!r}")
     if not isinstance(model_or_path, Model):
         model_or_path = load_model(model_or_path)
     if calib is not None:
         calib = os.fspath(calib)
         if not os.path.isfile(calib):
             raise FileNotFoundError(f"calibration file not found: {calib}")
-    options = (int(wbits), int(group_size or 0), bool(symmetric), int(base["epochs"]), int(base["nsamples"]),
+    options = (int(wbits), _group_size(group_size), bool(symmetric), int(base["epochs"]), int(base["nsamples"]),
                int(base["seqlen"]), float(base["lr"]), bool(aug_loss), int(seed))
     tmp = None
     if resume is None:
