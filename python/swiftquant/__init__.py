@@ -168,7 +168,8 @@ class QuantizedTensor:
         scales: float32 ``[rows, n_groups]``: the step ``h`` (integer formats) or scale ``s`` (minifloats).
         zeros: int32 ``[rows, n_groups]``: the integer zero-point ``z`` (may be negative for a group that is
             all positive, see ALGORITHMS.md §1); 0 for minifloats.
-        format, group_size, symmetric, policy, scale_constraint: how it was made.
+        format, group_size, symmetric, policy, scale_constraint: how it was made (``group_size`` None: one
+            group per row).
 
     ``dequantize()`` returns ``(codes - zeros) * scales`` for integer formats and ``decode(codes) * scales``
     for minifloats, exactly as the quantizer computed it.
@@ -182,7 +183,7 @@ class QuantizedTensor:
         self.scales = _array(scales, "scales", np.float32, 2)
         self.zeros = _array(zeros, "zeros", np.int32, 2)
         self.format = format
-        self.group_size = group_size
+        self.group_size = None if group_size is None or _group_size(group_size) == _native.GROUP_PER_ROW else int(group_size)
         self.symmetric = bool(symmetric)
         self.policy = policy
         self.scale_constraint = scale_constraint

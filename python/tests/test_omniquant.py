@@ -43,3 +43,5 @@ def test_tiny_budget_runs_and_returns_packed_weights(smollm2, wikitext_test):
     assert q.codes.shape == (576, 576) and q.scales.shape == (576, 9) and q.codes.max() <= 15
     assert (q.dequantize() == r.model.weights[name]).all()
     assert len(r.weights) == 7 * 30
+    # the C ABI reports the format by name and the group size in its one spelling
+    assert q.format == "int4" and q.group_size == 64

@@ -202,7 +202,7 @@ public enum Kernels {
                 BLAS.sgemm(transB: true, m: rows, n: keys, k: headDim, alpha: scale,
                            a: q + r0 * qStride + h * headDim, lda: qStride,
                            b: k + kvh * headDim, ldb: kvStride, c: scores, ldc: keys)
-                for i in 0..<rows { softmaxRow(scores + i * keys, valid: r0 + i + 1, total: keys) }
+                for i in 0..<rows { softmaxRowSIMD(scores + i * keys, valid: r0 + i + 1, total: keys) }
                 BLAS.sgemm(m: rows, n: headDim, k: keys, a: scores, lda: keys, b: v + kvh * headDim, ldb: kvStride,
                            c: out + r0 * qStride + h * headDim, ldc: qStride)
                 item += workers
@@ -214,6 +214,12 @@ public enum Kernels {
     @inline(__always)
     public static func softmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
         if KernelDispatch.reference { return Reference.softmaxRow(row, valid: valid, total: total) }
+        softmaxRowSIMD(row, valid: valid, total: total)
+    }
+
+    /// `softmaxRow` without the dispatch check, for loops that checked once (`causalAttention`).
+    @inline(__always)
+    static func softmaxRowSIMD(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
         var m8 = SIMD8<Float>(repeating: -.infinity)
         var j = 0
         while j + 8 <= valid { m8 = pointwiseMax8(m8, loadSIMD8(row + j)); j += 8 }
