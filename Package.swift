@@ -4,7 +4,7 @@ import PackageDescription
 // No unsafe flags: the package builds for the baseline of its platform and works as a versioned dependency.
 // Hot C kernels carry per-function target attributes and are chosen at run time from the CPU's features
 // (Sources/CSQSupport; $SWIFTQUANT_KERNELS=reference forces their scalar twins). Builds for the machine they run on
-// (the Makefile, python/setup.py) add `-Xswiftc -target-cpu -Xswiftc <cpu>` themselves; see README "Performance".
+// (the Makefile, python/setup.py) add `-Xswiftc -target-cpu -Xswiftc <cpu>` themselves; see README "Kernels and CPU dispatch".
 
 let package = Package(
     name: "SwiftQuant",
