@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SWIFT_CONFIG := release
 # Package.swift has no CPU flags (a package consumer gets a portable build; the hot C kernels pick AVX2 at run
 # time). Building for the machine it runs on, we compile the Swift SIMD code for AVX2 + FMA when this CPU has them
-# (measured in README "Performance"); `make SWIFT_CPU=` builds the portable baseline instead.
+# (measured: README "Kernels and CPU dispatch"); `make SWIFT_CPU=` builds the portable baseline instead.
 SWIFT_CPU ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo haswell)
 SWIFT_FLAGS := -c $(SWIFT_CONFIG) $(if $(SWIFT_CPU),-Xswiftc -target-cpu -Xswiftc $(SWIFT_CPU))
 BIN = $(shell swift build $(SWIFT_FLAGS) --show-bin-path)

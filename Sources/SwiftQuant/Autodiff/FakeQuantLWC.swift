@@ -149,7 +149,7 @@ extension Autodiff {
         @inline(__always)
         func scale(xmaxp: Float, xminp: Float, symDen: Float, inclusive: Bool) -> (h: Float, z: Float, pass: Bool) {
             let (h, z, hRaw) = grid.params(xmin: xminp, xmax: xmaxp)
-            return (h, z, inclusive ? (hRaw >= 1e-5 && hRaw <= 1e4) : (hRaw > 1e-5 && hRaw < 1e4))
+            return (h, z, IntGrid.scalePasses(hRaw, inclusive: inclusive))
         }
 
         /// One group of `forwardReference`.

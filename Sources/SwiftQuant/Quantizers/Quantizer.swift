@@ -455,6 +455,16 @@ public struct IntGrid: Sendable, Hashable {
         self.bits = bits; self.symmetric = symmetric; self.policy = policy
     }
 
+    /// The clamp of the `.minmax` scale: `h ∈ [minScale, maxScale]`.
+    public static let minScale: Float = 1e-5, maxScale: Float = 1e4
+
+    /// Whether the scale clamp passes the gradient at `rawScale` (LWC): inside `[minScale, maxScale]`, bounds
+    /// included or not.
+    @inlinable @inline(__always)
+    public static func scalePasses(_ rawScale: Float, inclusive: Bool) -> Bool {
+        inclusive ? (rawScale >= minScale && rawScale <= maxScale) : (rawScale > minScale && rawScale < maxScale)
+    }
+
     /// The largest code, `2^N − 1`.
     @inlinable public var qmax: Float { Float((1 << bits) - 1) }
 
@@ -472,10 +482,10 @@ public struct IntGrid: Sendable, Hashable {
             if symmetric {
                 let den = Float((1 << (bits - 1)) - 1)
                 let raw = Swift.max(Swift.abs(xmax), Swift.abs(xmin)) / den
-                return (Swift.min(Swift.max(raw, 1e-5), 1e4), den, raw)
+                return (Swift.min(Swift.max(raw, Self.minScale), Self.maxScale), den, raw)
             }
             let raw = (xmax - xmin) / qmax
-            let h = Swift.min(Swift.max(raw, 1e-5), 1e4)
+            let h = Swift.min(Swift.max(raw, Self.minScale), Self.maxScale)
             let z = Swift.min(Swift.max(-xmin / h, -1e4), 1e4).rounded(.toNearestOrEven)
             return (h, z, raw)
         case .gptq:
