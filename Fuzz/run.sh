@@ -13,11 +13,13 @@ module CSQSupport {
     export *
 }
 MAP
-clang -O1 -g -fsanitize=fuzzer-no-link,address -c Sources/CSQSupport/support.c -I Sources/CSQSupport/include \
-    -o "$OUT/support.o"
+for c in support quant_int4; do
+    clang -O1 -g -fsanitize=fuzzer-no-link,address -c Sources/CSQSupport/$c.c -I Sources/CSQSupport/include \
+        -o "$OUT/$c.o"
+done
 swiftc -O -g -sanitize=fuzzer,address -parse-as-library -module-name SwiftQuant \
-    -I "$OUT/modules/CSQSupport" $(find Sources/SwiftQuant -name '*.swift') Fuzz/FuzzTarget.swift \
-    "$OUT/support.o" -ldl -o "$OUT/fuzz-parsers"
+    -I "$OUT/modules/CSQSupport" $(find Sources/SwiftQuant -name '*.swift') Fuzz/FormatFuzz.swift Fuzz/FuzzTarget.swift \
+    "$OUT/support.o" "$OUT/quant_int4.o" -ldl -o "$OUT/fuzz-parsers"
 # Seeds: every fixture file, prefixed with the selector byte (0 = safetensors, 1 = GGUF).
 for f in $(find Tests/SwiftQuantTests/Fixtures -name '*.safetensors' -size -200k); do
     { printf '\x00'; cat "$f"; } > "$OUT/corpus/seed-st-$(basename "$f")"

@@ -17,14 +17,28 @@ ROOT = HERE.parent
 LIB = "libSwiftQuantCABI.so"
 
 
+def cpu_flags() -> list:
+    """Swift SIMD code compiled for this machine: AVX2 + FMA when its CPU has them (as the Makefile does; the
+    package itself carries no CPU flags). SWIFTQUANT_SWIFT_CPU overrides the CPU name ("" for the baseline)."""
+    cpu = os.environ.get("SWIFTQUANT_SWIFT_CPU")
+    if cpu is None:
+        try:
+            words = set(Path("/proc/cpuinfo").read_text().split())
+        except OSError:
+            words = set()
+        cpu = "haswell" if {"avx2", "fma"} <= words else ""
+    return ["-Xswiftc", "-target-cpu", "-Xswiftc", cpu] if cpu else []
+
+
 def swift_bin_dir() -> Path:
     given = os.environ.get("SWIFTQUANT_SWIFT_BIN")
     if given:
         return Path(given)
     if not (ROOT / "Package.swift").exists():
         raise SystemExit(f"swiftquant: no Package.swift in {ROOT}; build from a checkout of the repository")
-    subprocess.check_call(["swift", "build", "-c", "release", "--product", "SwiftQuantCABI"], cwd=ROOT)
-    out = subprocess.check_output(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, text=True)
+    flags = ["-c", "release"] + cpu_flags()
+    subprocess.check_call(["swift", "build", *flags, "--product", "SwiftQuantCABI"], cwd=ROOT)
+    out = subprocess.check_output(["swift", "build", *flags, "--show-bin-path"], cwd=ROOT, text=True)
     return Path(out.strip())
 
 

@@ -17,7 +17,7 @@ let weights = (0..<(rows * cols)).map { _ in 0.02 * gaussian() }
 print("SwiftQuant \(SwiftQuantInfo.version): \(rows)×\(cols) matrix")
 print("format   grouping    rel. error")
 for name in ["int8", "int4", "int3", "int2", "e4m3fn", "e2m1"] {
-    for group in [nil, 128] as [Int?] {
+    for group in [.perRow, 128] as [GroupSize] {
         let config = QuantizerConfig(format: try NumberFormat.parse(name), groupSize: group,
                                      symmetric: name.hasPrefix("e"))
         let q = try weights.withUnsafeBufferPointer { try Quantizer.quantize($0, rows: rows, cols: cols, config: config) }
@@ -27,7 +27,7 @@ for name in ["int8", "int4", "int3", "int2", "e4m3fn", "e2m1"] {
             err += (weights[i] - back.pointer[i]) * (weights[i] - back.pointer[i])
             ref += weights[i] * weights[i]
         }
-        let grouping = group.map { "group \($0)" } ?? "per-row"
+        let grouping = group.columns.map { "group \($0)" } ?? "per-row"
         print(name.padding(8) + " " + grouping.padding(11) + " " + String((err / ref).squareRoot()))
     }
 }

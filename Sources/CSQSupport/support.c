@@ -63,6 +63,32 @@ void sqs_cpu_detect(sqs_cpu_features *out) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Kernel level, chosen once
+
+static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;
+static int kernels_level = SQS_KERNELS_REFERENCE;
+
+int sqs_kernels_available(int level) {
+    if (level <= SQS_KERNELS_REFERENCE) return 1;
+    sqs_cpu_features f;
+    sqs_cpu_detect(&f);
+    return level == SQS_KERNELS_AVX2 && f.avx2 && f.fma;
+}
+
+static void kernels_choose(void) {
+    const char *want = getenv("SWIFTQUANT_KERNELS");
+    if (want && strcmp(want, "reference") == 0) return;
+    if (sqs_kernels_available(SQS_KERNELS_AVX2)) kernels_level = SQS_KERNELS_AVX2;
+}
+
+int sqs_kernels_level(void) {
+    pthread_once(&kernels_once, kernels_choose);
+    return kernels_level;
+}
+
+const char *sqs_kernels_name(void) { return sqs_kernels_level() == SQS_KERNELS_AVX2 ? "avx2" : "reference"; }
+
+// ---------------------------------------------------------------------------------------------------------
 // BLAS loaded at run time
 
 typedef void (*sgemm_fn)(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,

@@ -5,7 +5,7 @@ public enum SwiftQuantInfo {
     /// Semantic version of the library, the C ABI and the Python module (kept equal).
     public static let version = "0.1.0"
     /// Incremented on every incompatible change of `swiftquant.h`.
-    public static let abiVersion: Int32 = 1
+    public static let abiVersion: Int32 = 2
 
     /// The processor this process runs on, with the SIMD features that decide kernels.
     public static var cpu: String {

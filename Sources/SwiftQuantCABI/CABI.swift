@@ -48,8 +48,9 @@ func config(_ format: UnsafePointer<CChar>?, _ options: UnsafePointer<sq_quant_o
     -> QuantizerConfig
 {
     let fmt = try NumberFormat.parse(try formatName(format))
-    let o = options?.pointee ?? sq_quant_options(group_size: 0, symmetric: 0, policy: 0, scale_constraint: 0, reserved: 0)
-    try require(o.group_size >= 0, "group size must be positive (or 0 for one group per row), got \(o.group_size)")
+    let o = options?.pointee
+        ?? sq_quant_options(group_size: Int64(SQ_GROUP_PER_ROW), symmetric: 0, policy: 0, scale_constraint: 0, reserved: 0)
+    let group = try GroupSize(abi: o.group_size)
     try require(o.reserved == 0, "sq_quant_options.reserved must be 0")
     let policy: QParamsPolicy
     switch o.policy {
@@ -64,8 +65,7 @@ func config(_ format: UnsafePointer<CChar>?, _ options: UnsafePointer<sq_quant_o
     case SQ_SCALE_M2: constraint = .m2
     default: throw SwiftQuantError.invalidArgument("unknown scale constraint \(o.scale_constraint)")
     }
-    return QuantizerConfig(format: fmt, groupSize: o.group_size == 0 ? nil : Int(o.group_size),
-                           symmetric: o.symmetric != 0, policy: policy, scaleConstraint: constraint)
+    return QuantizerConfig(format: fmt, groupSize: group, symmetric: o.symmetric != 0, policy: policy, scaleConstraint: constraint)
 }
 
 private func clips(_ up: UnsafePointer<Float>?, _ low: UnsafePointer<Float>?, rows: Int, groups: Int) throws
@@ -141,9 +141,8 @@ public func cabi_decode(_ codes: UnsafePointer<UInt8>?, _ n: Int, _ format: Unsa
 
 @_cdecl("sq_group_count")
 public func cabi_group_count(_ cols: Int64, _ groupSize: Int64) -> Int64 {
-    if cols <= 0 { return 0 }
-    if groupSize <= 0 { return 1 }
-    return (cols + groupSize - 1) / groupSize
+    guard cols > 0, let g = try? GroupSize(abi: groupSize) else { return 0 }
+    return Int64(g.count(cols: Int(cols)))
 }
 
 @_cdecl("sq_quantize")

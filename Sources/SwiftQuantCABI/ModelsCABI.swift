@@ -192,7 +192,7 @@ public func cabi_model_save(_ p: OpaquePointer?, _ dir: UnsafePointer<CChar>?) -
     status {
         let m = try model(p)
         let d = String(cString: try nonNull(dir, "dir"))
-        let cfg = m.qconfig ?? QuantizerConfig(format: .int(bits: 8), groupSize: nil)
+        let cfg = m.qconfig ?? QuantizerConfig(format: .int(bits: 8), groupSize: .perRow)
         try QuantizedExport.write(m.loaded, quantized: m.quantized, method: m.method ?? "none", config: cfg, to: d)
     }
 }
@@ -298,7 +298,7 @@ public func cabi_model_quantized(
     _ p: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ codes: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
     _ scales: UnsafeMutablePointer<UnsafePointer<Float>?>?, _ zeros: UnsafeMutablePointer<UnsafePointer<Int32>?>?,
     _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?, _ groups: UnsafeMutablePointer<Int64>?,
-    _ bits: UnsafeMutablePointer<Int32>?, _ groupSize: UnsafeMutablePointer<Int64>?, _ symmetric: UnsafeMutablePointer<Int32>?
+    _ format: UnsafeMutablePointer<UnsafePointer<CChar>?>?, _ groupSize: UnsafeMutablePointer<Int64>?, _ symmetric: UnsafeMutablePointer<Int32>?
 ) -> Int32 {
     status {
         let m = try model(p)
@@ -313,8 +313,8 @@ public func cabi_model_quantized(
         try nonNull(rows, "rows").pointee = Int64(q.rows)
         try nonNull(cols, "cols").pointee = Int64(q.cols)
         try nonNull(groups, "groups").pointee = Int64(q.groupCount)
-        try nonNull(bits, "bits").pointee = Int32(q.config.format.bitWidth)
-        try nonNull(groupSize, "group_size").pointee = Int64(q.config.groupSize ?? 0)
+        try nonNull(format, "format").pointee = UnsafePointer(box.formatName)
+        try nonNull(groupSize, "group_size").pointee = q.config.groupSize.abiValue
         try nonNull(symmetric, "symmetric").pointee = q.config.symmetric ? 1 : 0
     }
 }
@@ -323,13 +323,16 @@ public func cabi_model_quantized(
 final class QuantizedBox {
     let tensor: QuantizedTensor
     let codes: UnsafeMutablePointer<UInt8>, scales: UnsafeMutablePointer<Float>, zeros: UnsafeMutablePointer<Int32>
+    /// The format's name as a C string ("int3", "e2m1"), owned by the box.
+    let formatName: UnsafeMutablePointer<CChar>
     init(_ q: QuantizedTensor) {
         tensor = q
+        formatName = strdup(q.config.format.name)!
         codes = .allocate(capacity: max(1, q.codes.count)); codes.initialize(from: q.codes, count: q.codes.count)
         scales = .allocate(capacity: max(1, q.scales.count)); scales.initialize(from: q.scales, count: q.scales.count)
         zeros = .allocate(capacity: max(1, q.zeros.count)); zeros.initialize(from: q.zeros, count: q.zeros.count)
     }
-    deinit { codes.deallocate(); scales.deallocate(); zeros.deallocate() }
+    deinit { codes.deallocate(); scales.deallocate(); zeros.deallocate(); free(formatName) }
 }
 
 extension ModelHandle {

@@ -31,7 +31,7 @@ extension Bench {
             print("")
             print(pad("m×k×n", 22) + pad("SwiftQuant GFLOP/s", 20) + pad("NumPy GFLOP/s", 16) + "ratio")
             for (i, s) in shapes.enumerated() {
-                let ours = GEMMBenchmark.gflops(m: s.m, k: s.k, n: s.n, seconds: seconds)
+                let ours = BLAS.measureGFLOPS(m: s.m, k: s.k, n: s.n, seconds: seconds)
                 let ref = numpy?[i]
                 let line = pad("\(s.m)×\(s.k)×\(s.n)", 22) + pad(String(format: "%.1f", ours), 20)
                     + pad(ref.map { String(format: "%.1f", $0) } ?? "n/a", 16)
@@ -72,7 +72,8 @@ extension Bench {
         var tokens = 512
 
         @Option var wbits = 3
-        @Option var groupSize = 128
+        @Option(help: "Group size: a number of columns, or per-row.")
+        var groupSize: GroupSize = 128
         @Option var iterations = 10
 
         @Flag(help: "Print one JSON object.")
@@ -91,8 +92,8 @@ extension Bench {
                                             "gemm_peak_gflops": r.peakGFLOPS, "losses": r.losses.map(Double.init)]
                     print(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
                 } else {
-                    print(String(format: "block %d, %d tokens, W%d g%d: %.1f ms per step (best of %d), %.2f GFLOP, %.0f GFLOP/s = %.0f%% of the GEMM peak (%.0f GFLOP/s, 1024³ in this run)",
-                                 block, tokens, wbits, groupSize, r.stepSeconds * 1e3, iterations, r.flops / 1e9,
+                    print(String(format: "block %d, %d tokens, W%d g%@: %.1f ms per step (best of %d), %.2f GFLOP, %.0f GFLOP/s = %.0f%% of the GEMM peak (%.0f GFLOP/s, 1024³ in this run)",
+                                 block, tokens, wbits, groupSize.description, r.stepSeconds * 1e3, iterations, r.flops / 1e9,
                                  r.flops / r.stepSeconds / 1e9, r.flops / r.stepSeconds / 1e9 / r.peakGFLOPS * 100, r.peakGFLOPS))
                 }
             }

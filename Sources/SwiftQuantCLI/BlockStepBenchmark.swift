@@ -13,7 +13,7 @@ enum BlockStepBenchmark {
         var losses: [Float]
     }
 
-    static func run(model: TransformerModel, block index: Int, tokens: Int, wbits: Int, groupSize: Int,
+    static func run(model: TransformerModel, block index: Int, tokens: Int, wbits: Int, groupSize: GroupSize,
                            iterations: Int, seed: UInt64 = 7) throws -> Result {
         let block = try model.loadBlock(index)
         var state = seed
@@ -25,7 +25,7 @@ enum BlockStepBenchmark {
         let target = try model.forwardBlock(index, hidden: x)
         let spec = model.blockSpec
         let lwc = try spec.linears.map {
-            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: wbits, groupSize: groupSize,
+            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: wbits, group: groupSize,
                              symmetric: false)
         }
         let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: tokens)
@@ -48,7 +48,7 @@ enum BlockStepBenchmark {
         let T = Double(tokens)
         let attn = 2.0 * 2 * T * T / 2 * Double(spec.qDim)
         let flops = 2 * T * params + 2 * T * params + 2 * T * (params - qkv) + 3 * attn
-        let peak = GEMMBenchmark.gflops(m: 1024, k: 1024, n: 1024, seconds: 0.5)
+        let peak = BLAS.measureGFLOPS(m: 1024, k: 1024, n: 1024, seconds: 0.5)
         return Result(stepSeconds: best, flops: flops, peakGFLOPS: peak, losses: losses)
     }
 }

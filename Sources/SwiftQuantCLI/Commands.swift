@@ -40,7 +40,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            guard let path = data ?? Perplexity.defaultDataPath() else {
+            guard let path = data ?? SharedData.wikitextTest() else {
                 throw SwiftQuantError.invalidArgument(
                     "no --data given and ../shared/data/wikitext-2-raw/test.joined.txt was not found")
             }
@@ -81,8 +81,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "Weight format instead of int<wbits>: e.g. e2m1 (FP4), e3m2 (FP6), e4m3fn (FP8).")
     var format: String?
 
-    @Option(help: "Group size along the input dimension; 0 = one group per output row.")
-    var groupSize = 128
+    @Option(help: "Group size along the input dimension: a number of columns, or per-row for one group per output row.")
+    var groupSize: GroupSize = 128
 
     @Flag(help: "Symmetric integer grid.")
     var symmetric = false
@@ -122,20 +122,19 @@ struct Quantize: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try require(groupSize >= 0, "--group-size must be ≥ 0, got \(groupSize)")
             guard let m = QuantRecipe.Method(rawValue: method) else {
                 throw SwiftQuantError.invalidArgument("unknown --method '\(method)' (available: rtn, omniquant)")
             }
             guard let p = QuantRecipe.Preset(rawValue: preset) else {
                 throw SwiftQuantError.invalidArgument("unknown --preset '\(preset)' (paper or cpu)")
             }
-            let recipe = QuantRecipe(method: m, wformat: format ?? "int\(wbits)", groupSize: groupSize == 0 ? nil : groupSize,
+            let recipe = QuantRecipe(method: m, wformat: format ?? "int\(wbits)", groupSize: groupSize,
                                      symmetric: symmetric, preset: p, epochs: epochs, nsamples: nsamples, seqlen: seqlen,
                                      lr: lr, augLoss: augLoss, seed: seed)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)
-            let calibPath = recipe.needsCalibrationData ? try calib ?? defaultCalibrationPath() : nil
+            let calibPath = recipe.needsCalibrationData ? try calib ?? SharedData.calibrationPath() : nil
             let loaded = try LoadedModel.load(path: modelOptions.model)
             let start = Date()
             let work = recipe.needsCalibrationData ? out + ".\(method)-work" : nil
@@ -149,22 +148,12 @@ struct Quantize: ParsableCommand {
             try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out, info: info)
             if let work { try? FileManager.default.removeItem(atPath: work) }
             print("wrote \(out): \(q.count) quantized linears, \(config), \(String(format: "%.1f", seconds)) s")
-            if evalWindows > 0, let data = Perplexity.defaultDataPath() {
+            if evalWindows > 0, let data = SharedData.wikitextTest() {
                 let r = try Perplexity.evaluate(loaded, text: try Perplexity.readText(data), limit: evalWindows)
                 printReport(r, model: out, data: data, json: false)
             }
         }
     }
-}
-
-/// The default calibration text: ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt, found from the current
-/// directory or the executable's location upwards.
-func defaultCalibrationPath() throws -> String {
-    guard let p = SharedData.find("wikitext-2-raw/tokenized-v1/valid.txt") else {
-        throw SwiftQuantError.invalidArgument(
-            "no --calib given and ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt was not found; pass one")
-    }
-    return p
 }
 
 struct Inspect: ParsableCommand {
@@ -190,5 +179,13 @@ struct Inspect: ParsableCommand {
                 for t in loaded.source.tensorInfos { print("  \(t.name) \(t.dtype.rawValue) \(t.shape)") }
             }
         }
+    }
+}
+
+extension GroupSize: ExpressibleByArgument {
+    /// `--group-size 128` or `--group-size per-row` (`GroupSize.parse`: 0 and negative sizes are refused).
+    public init?(argument: String) {
+        guard let g = try? GroupSize.parse(argument) else { return nil }
+        self = g
     }
 }

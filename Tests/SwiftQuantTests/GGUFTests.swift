@@ -1,5 +1,6 @@
 import Foundation
 import SwiftQuant
+import SwiftQuantFuzz
 import XCTest
 
 /// Little-endian byte builder for hand-made (often deliberately broken) GGUF files.

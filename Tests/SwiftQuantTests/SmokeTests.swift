@@ -12,18 +12,4 @@ final class SmokeTests: XCTestCase {
                         beta: 0, c: &c2, ldc: n)
         XCTAssertEqual(c1, c2)  // small integers: exact in any summation order
     }
-
-    /// The default data files are found from the executable's location when the current directory is elsewhere.
-    func testSharedDataFoundFromAnyDirectory() throws {
-        let fm = FileManager.default, here = fm.currentDirectoryPath
-        guard SharedData.find("wikitext-2-raw/test.joined.txt") != nil else {
-            throw XCTSkip("../shared/data is not next to this checkout")
-        }
-        XCTAssertTrue(fm.changeCurrentDirectoryPath(NSTemporaryDirectory()))
-        defer { _ = fm.changeCurrentDirectoryPath(here) }
-        let found = SharedData.find("wikitext-2-raw/test.joined.txt")
-        XCTAssertNotNil(found)
-        XCTAssertNotNil(SharedData.find("wikitext-2-raw/tokenized-v1/valid.txt"))
-        XCTAssertNil(SharedData.find("wikitext-2-raw/no-such-file.txt"))
-    }
 }

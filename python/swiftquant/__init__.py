@@ -96,19 +96,26 @@ def _matrix(w, name: str = "w") -> np.ndarray:
     return w
 
 
+PER_ROW = "per-row"
+"""``group_size`` for one group per output row (``None`` means the same); the C ABI's ``SQ_GROUP_PER_ROW``."""
+
+
+def _group_size(group_size) -> int:
+    """``group_size`` (None, ``"per-row"`` or a positive int) in the C ABI's encoding (SQ_GROUP_PER_ROW = 0, or
+    the size). The size against the row is checked once, by the library (Swift ``GroupSize.validate``)."""
+    if group_size is None or group_size == PER_ROW:
+        return _native.GROUP_PER_ROW
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size must be a positive int, None or 'per-row', got {group_size!r}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be positive (None or 'per-row' for one group per row), got {group_size}")
+    return int(group_size)
+
+
 def _options(fmt, group_size, symmetric, policy, scale_constraint, cols: int):
     if not isinstance(fmt, str):
         raise TypeError(f"fmt must be a format name such as 'int4' or 'e2m1', got {type(fmt).__name__}")
-    if group_size is None:
-        group = 0
-    else:
-        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-            raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
-        group = int(group_size)
-        if group < 1:
-            raise ValueError(f"group_size must be >= 1 (or None for one group per row), got {group}")
-        if group > cols:
-            raise ValueError(f"group_size {group} is larger than the row ({cols} columns)")
+    group = _group_size(group_size)
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {sorted(_POLICIES)}, got {policy!r}")
     if scale_constraint not in _SCALE_CONSTRAINTS:
@@ -161,7 +168,8 @@ class QuantizedTensor:
         scales: float32 ``[rows, n_groups]``: the step ``h`` (integer formats) or scale ``s`` (minifloats).
         zeros: int32 ``[rows, n_groups]``: the integer zero-point ``z`` (may be negative for a group that is
             all positive, see ALGORITHMS.md §1); 0 for minifloats.
-        format, group_size, symmetric, policy, scale_constraint: how it was made.
+        format, group_size, symmetric, policy, scale_constraint: how it was made (``group_size`` None: one
+            group per row).
 
     ``dequantize()`` returns ``(codes - zeros) * scales`` for integer formats and ``decode(codes) * scales``
     for minifloats, exactly as the quantizer computed it.
@@ -175,12 +183,12 @@ class QuantizedTensor:
         self.scales = _array(scales, "scales", np.float32, 2)
         self.zeros = _array(zeros, "zeros", np.int32, 2)
         self.format = format
-        self.group_size = group_size
+        self.group_size = None if group_size is None or _group_size(group_size) == _native.GROUP_PER_ROW else int(group_size)
         self.symmetric = bool(symmetric)
         self.policy = policy
         self.scale_constraint = scale_constraint
         rows, cols = self.codes.shape
-        groups = _native.group_count(cols, group_size or 0)
+        groups = _native.group_count(cols, _group_size(group_size))
         for name, a in (("scales", self.scales), ("zeros", self.zeros)):
             if a.shape != (rows, groups):
                 raise ValueError(f"{name} must have shape {(rows, groups)}, got {a.shape}")

@@ -689,7 +689,8 @@ static PyObject *py_tokenizer_vocab_size(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(v);
 }
 
-/* model_quantized(model) -> {name: (codes bytes, scales bytes, zeros bytes, rows, cols, groups, bits, group, sym)} */
+/* model_quantized(model) -> {name: (codes bytes, scales bytes, zeros bytes, rows, cols, groups, format, group, sym)};
+ * group is SQ_GROUP_PER_ROW (0) or the size. */
 static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
     PyObject *cap;
     if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
@@ -705,17 +706,18 @@ static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
         const uint8_t *codes;
         const float *scales;
         const int32_t *zeros;
+        const char *format;
         int64_t rows, cols, groups, gs;
-        int bits, sym;
+        int sym;
         if ((st = sq_model_quantized_name(m, i, &name)) ||
-            (st = sq_model_quantized(m, name, &codes, &scales, &zeros, &rows, &cols, &groups, &bits, &gs, &sym))) {
+            (st = sq_model_quantized(m, name, &codes, &scales, &zeros, &rows, &cols, &groups, &format, &gs, &sym))) {
             Py_DECREF(d);
             return raise_status(st);
         }
-        PyObject *t = Py_BuildValue("(y#y#y#LLLiLi)", (const char *)codes, (Py_ssize_t)(rows * cols),
+        PyObject *t = Py_BuildValue("(y#y#y#LLLsLi)", (const char *)codes, (Py_ssize_t)(rows * cols),
                                     (const char *)scales, (Py_ssize_t)(rows * groups * 4), (const char *)zeros,
                                     (Py_ssize_t)(rows * groups * 4), (long long)rows, (long long)cols,
-                                    (long long)groups, bits, (long long)gs, sym);
+                                    (long long)groups, format, (long long)gs, sym);
         if (!t || PyDict_SetItemString(d, name, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(d);
@@ -788,5 +790,6 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     }
     PyModule_AddIntConstant(m, "ABI_VERSION", SQ_ABI_VERSION);
+    PyModule_AddIntConstant(m, "GROUP_PER_ROW", SQ_GROUP_PER_ROW);
     return m;
 }

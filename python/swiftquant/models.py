@@ -163,11 +163,14 @@ def perplexity(model: Model | str, text_or_path, seqlen: int = 2048, limit: int 
 def recipe(method: str, wformat: str | None, group_size: int | None = 128, **settings) -> dict:
     """A quantization recipe with every field filled in and checked by the Swift core (presets and validation
     live there only): ``sq.recipe("omniquant", "int3", preset="cpu")`` gives the CPU budget's epochs, nsamples,
-    seqlen and lr. ``wbits=N`` may stand for ``wformat="intN"``. ``group_size=None`` is one group per output row. Unknown or impossible settings raise
+    seqlen and lr. ``wbits=N`` may stand for ``wformat="intN"``. ``group_size=None`` (or ``"per-row"``) is one group
+    per output row. Unknown or impossible settings raise
     ``ValueError``."""
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))):
-        raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
-    r = {"method": method, "group_size": None if group_size is None else int(group_size)}
+    if group_size is not None and not isinstance(group_size, str) and (
+            isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))):
+        raise TypeError(f"group_size must be a positive int, None or 'per-row', got {group_size!r}")
+    r = {"method": method, "group_size": group_size if group_size is None or isinstance(group_size, str)
+         else int(group_size)}
     if wformat is not None:
         r["wformat"] = wformat
     r.update({k: v for k, v in settings.items() if v is not None})
@@ -196,12 +199,12 @@ def _quantized_tensors(model: Model) -> dict:
     from . import QuantizedTensor
 
     out = {}
-    for name, (codes, scales, zeros, rows, cols, groups, bits, gs, sym) in _native.model_quantized(model._h).items():
+    for name, (codes, scales, zeros, rows, cols, groups, fmt, gs, sym) in _native.model_quantized(model._h).items():
         out[name] = QuantizedTensor(
             np.frombuffer(codes, np.uint8).reshape(rows, cols).copy(),
             np.frombuffer(scales, np.float32).reshape(rows, groups).copy(),
             np.frombuffer(zeros, np.int32).reshape(rows, groups).copy(),
-            f"int{bits}", gs or None, bool(sym))
+            fmt, gs or None, bool(sym))
     return out
 
 

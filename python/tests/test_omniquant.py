@@ -15,8 +15,8 @@ def smollm2(smollm2_path):
 @pytest.mark.parametrize("kwargs, exc, fragment", [
     (dict(wbits=9), ValueError, "wbits"),
     (dict(wbits=0), ValueError, "wbits"),
-    (dict(wbits=3, group_size=4096), ValueError, "larger than the rows"),
-    (dict(wbits=3, group_size=0), ValueError, "group_size"),
+    (dict(wbits=3, group_size=4096), ValueError, "larger than the row"),
+    (dict(wbits=3, group_size=0), ValueError, "group.size"),
     (dict(wbits=3, epochs=0), ValueError, "epochs"),
     (dict(wbits=3, nsamples=-1), ValueError, "nsamples"),
     (dict(wbits=3, preset="gpu"), ValueError, "preset"),
@@ -43,3 +43,5 @@ def test_tiny_budget_runs_and_returns_packed_weights(smollm2, wikitext_test):
     assert q.codes.shape == (576, 576) and q.scales.shape == (576, 9) and q.codes.max() <= 15
     assert (q.dequantize() == r.model.weights[name]).all()
     assert len(r.weights) == 7 * 30
+    # the C ABI reports the format by name and the group size in its one spelling
+    assert q.format == "int4" and q.group_size == 64

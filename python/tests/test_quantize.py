@@ -124,3 +124,17 @@ def test_packed_quantize_equals_quantize_then_pack():
         q = sq.quantize(w, fmt, group_size=128)
         assert np.array_equal(packed, q.pack()), fmt
         assert np.array_equal(scales, q.scales) and np.array_equal(zeros, q.zeros)
+
+
+def test_group_size_spellings():
+    """One group per row is None or "per-row" (the C ABI's SQ_GROUP_PER_ROW); 0 and negatives are errors."""
+    w = np.random.default_rng(5).standard_normal((8, 96)).astype(np.float32)
+    a = sq.quantize(w, "int4", group_size=None)
+    b = sq.quantize(w, "int4", group_size="per-row")
+    assert np.array_equal(a.codes, b.codes) and a.scales.shape == (8, 1)
+    assert np.array_equal(sq.quantize(w, "int4", group_size=96).codes, a.codes)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="per-row"):
+            sq.quantize(w, "int4", group_size=bad)
+    with pytest.raises(TypeError, match="group_size"):
+        sq.quantize(w, "int4", group_size="128")

@@ -19,6 +19,21 @@ typedef struct {
 
 void sqs_cpu_detect(sqs_cpu_features *out);
 
+/// Kernel levels, in order: each fast kernel has a scalar reference twin (level 0) with the same signature.
+enum { SQS_KERNELS_REFERENCE = 0, SQS_KERNELS_AVX2 = 1 };
+
+/// The kernel level every dispatched kernel uses, chosen once (thread safe) from the CPU's features:
+/// AVX2 + FMA when the CPU and the OS support them, the reference otherwise. $SWIFTQUANT_KERNELS=reference forces
+/// the scalar twins everywhere (C and Swift); `avx2` asks for AVX2 (granted only when available); anything else is
+/// the automatic choice.
+int sqs_kernels_level(void);
+
+/// Whether this CPU can run kernels of `level` (independent of $SWIFTQUANT_KERNELS).
+int sqs_kernels_available(int level);
+
+/// Name of the level in use: "reference" or "avx2".
+const char *sqs_kernels_name(void);
+
 /// Loads a CBLAS library once (thread safe). Before loading OpenBLAS it chooses OPENBLAS_CORETYPE from the
 /// CPU's features unless the user has set it (Debian's OpenBLAS 0.3.21 falls back to a generic kernel on
 /// processors newer than it knows). Search order: $SWIFTQUANT_BLAS, libopenblas.so.0, libopenblas.so,
@@ -45,9 +60,16 @@ int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const fl
 /// row-major `w` ([rows, cols]) in groups of `width` consecutive columns (even; the last group may be
 /// shorter), fused with packing: row r's codes go to `packed + r * stride` as one little-endian nibble stream,
 /// scales and zero-points to `[r * groups + g]`. Returns -1 when done, the first row holding NaN/Inf (rows
-/// before it are done), or -2 when the kernel is not available (built without AVX2, or odd `width`).
+/// before it are done), or -2 for an odd `width`. Dispatched (`sqs_kernels_level`).
 int64_t sqs_quant_int4_packed(const float *w, int64_t r0, int64_t r1, int64_t cols, int64_t width, int symmetric,
                               uint8_t *packed, int64_t stride, float *scales, int32_t *zeros);
+/// The scalar twin of `sqs_quant_int4_packed` (always available).
+int64_t sqs_quant_int4_packed_reference(const float *w, int64_t r0, int64_t r1, int64_t cols, int64_t width,
+                                        int symmetric, uint8_t *packed, int64_t stride, float *scales,
+                                        int32_t *zeros);
+/// The AVX2 + FMA version, or -3 when this CPU cannot run it (for the parity tests).
+int64_t sqs_quant_int4_packed_avx2(const float *w, int64_t r0, int64_t r1, int64_t cols, int64_t width,
+                                   int symmetric, uint8_t *packed, int64_t stride, float *scales, int32_t *zeros);
 
 /// Thread-local last-error message of the C ABI (copied; "" when none).
 void sqs_set_last_error(const char *message);

@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /* Incremented on every incompatible change of this header. Compare with sq_abi_version() at run time. */
-#define SQ_ABI_VERSION 1
+#define SQ_ABI_VERSION 2
 
 /* Status codes. */
 #define SQ_OK 0
@@ -73,15 +73,21 @@ int sq_decode(const uint8_t *codes, size_t n, const char *format, float *out);
 #define SQ_SCALE_M1 1   /* power-of-two scale per group (ZeroQuant-FP) */
 #define SQ_SCALE_M2 2   /* per-row real scale times a power of two per group (ZeroQuant-FP) */
 
+/* Group sizes (Swift's GroupSize): a positive number of consecutive input columns per group, or SQ_GROUP_PER_ROW
+ * for one group per output row. Negative sizes are an error. Python spells per-row None or "per-row", the CLI
+ * --group-size per-row. */
+#define SQ_GROUP_PER_ROW 0
+
 typedef struct sq_quant_options {
-    int64_t group_size;     /* consecutive input columns per group; 0 = one group per row */
+    int64_t group_size;     /* consecutive input columns per group, or SQ_GROUP_PER_ROW */
     int32_t symmetric;      /* 0 asymmetric, 1 symmetric */
     int32_t policy;         /* SQ_POLICY_* (integer formats only) */
     int32_t scale_constraint; /* SQ_SCALE_* (minifloat formats only) */
     int32_t reserved;       /* must be 0 */
 } sq_quant_options;
 
-/* Number of groups per row for `cols` columns: ceil(cols / group_size), or 1 when group_size is 0. */
+/* Number of groups per row for `cols` columns: ceil(cols / group_size), or 1 for SQ_GROUP_PER_ROW or a size
+ * larger than the row; 0 for cols <= 0 or a negative group size. */
 int64_t sq_group_count(int64_t cols, int64_t group_size);
 
 /* Quantizes w [rows, cols]. codes [rows, cols]: integer codes or minifloat bit patterns; scales and zeros
@@ -207,10 +213,11 @@ int sq_tokenizer_decode(sq_tokenizer *tokenizer, const int32_t *ids, int64_t n, 
 int sq_model_quantized_count(sq_model *model, int64_t *count);
 int sq_model_quantized_name(sq_model *model, int64_t index, const char **name);
 
-/* One quantized weight: codes [rows, cols] (uint8), scales and zeros [rows, groups]; *group_size 0 = per row.
- * Pointers stay valid until sq_model_free. */
+/* One quantized weight: codes [rows, cols] (uint8), scales and zeros [rows, groups]; *format the format's name
+ * as sq_quantize takes it ("int3", "e2m1"; its width from sq_format_bits); *group_size columns per group or
+ * SQ_GROUP_PER_ROW. Pointers (the format name included) stay valid until sq_model_free. */
 int sq_model_quantized(sq_model *model, const char *name, const uint8_t **codes, const float **scales,
-                       const int32_t **zeros, int64_t *rows, int64_t *cols, int64_t *groups, int *bits,
+                       const int32_t **zeros, int64_t *rows, int64_t *cols, int64_t *groups, const char **format,
                        int64_t *group_size, int *symmetric);
 
 /* Frees memory returned by sq_tokenizer_encode / sq_tokenizer_decode. */

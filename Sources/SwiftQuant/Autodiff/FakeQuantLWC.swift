@@ -3,11 +3,12 @@ import Foundation
 extension Autodiff {
     /// Weight fake-quantizer with Learnable Weight Clipping (ALGORITHMS.md §1), forward and backward.
     ///
-    /// `W` is `[rows, columns]`; each row is split into groups of `groupSize` consecutive columns (`groupSize = 0`
-    /// or `≥ columns`: one group per row, "per channel"). A ragged last group is allowed: it holds the remaining
+    /// `W` is `[rows, columns]`; each row is split into groups of `group` consecutive columns (`GroupSize`; a size
+    /// `≥ columns` is one group per row, "per channel"). A ragged last group is allowed: it holds the remaining
     /// columns only and its min/max never see padding. `u`, `l` are `[rows, groupsPerRow]`.
     ///
-    /// Forward, per group (all float32, rounding half-to-even like `torch.round`):
+    /// The grid is `IntGrid` (the quantizer's one definition); forward, per group (all float32, rounding
+    /// half-to-even like `torch.round`):
     /// ```
     /// xmax = max(group), xmin = min(group), xmax' = σ(u)·xmax, xmin' = σ(l)·xmin
     /// asym: h = clamp((xmax' − xmin')/(2^N − 1), 1e-5, 1e4), z = round(clamp(−xmin'/h, −1e4, 1e4))
@@ -39,7 +40,12 @@ extension Autodiff {
             case exclusive
         }
 
+        /// `groupSize` is the group width in columns (`columns` for one group per row).
         public let rows: Int, columns: Int, bits: Int, groupSize: Int, groupsPerRow: Int
+        /// The group size as given.
+        public let group: GroupSize
+        /// The grid (`IntGrid`, policy `.minmax`).
+        public let grid: IntGrid
         public let symmetric: Bool
         public let clampGradient: ClampGradient
         /// OmniQuant's initial value of `u` and `l` (σ(4) ≈ 0.982).
@@ -47,16 +53,26 @@ extension Autodiff {
 
         public var qmax: Float { Float((1 << bits) - 1) }
 
-        public init(rows: Int, columns: Int, bits: Int, groupSize: Int = 0, symmetric: Bool = false,
+        /// `group` larger than the row is one group per row (weights of different widths share one setting).
+        public init(rows: Int, columns: Int, bits: Int, group: GroupSize, symmetric: Bool = false,
                     clampGradient: ClampGradient = .inclusive) throws {
             try require(rows > 0 && columns > 0, "fake-quant: shape [\(rows), \(columns)] must be positive")
             try require(bits >= (symmetric ? 2 : 1) && bits <= 16,
                         "fake-quant: \(bits) bits out of range (\(symmetric ? 2 : 1)...16)")
-            try require(groupSize >= 0, "fake-quant: negative group size \(groupSize)")
+            try group.validateSize()
             self.rows = rows; self.columns = columns; self.bits = bits; self.symmetric = symmetric
             self.clampGradient = clampGradient
-            self.groupSize = (groupSize == 0 || groupSize > columns) ? columns : groupSize
-            groupsPerRow = (columns + self.groupSize - 1) / self.groupSize
+            self.group = group
+            self.grid = IntGrid(bits: bits, symmetric: symmetric, policy: .minmax)
+            self.groupSize = group.width(cols: columns)
+            groupsPerRow = group.count(cols: columns)
+        }
+
+        /// `groupSize` in the C ABI's encoding of `GroupSize` (0 = one group per row; negative is an error).
+        public init(rows: Int, columns: Int, bits: Int, groupSize: Int = 0, symmetric: Bool = false,
+                    clampGradient: ClampGradient = .inclusive) throws {
+            try self.init(rows: rows, columns: columns, bits: bits, group: try GroupSize(abi: Int64(groupSize)),
+                          symmetric: symmetric, clampGradient: clampGradient)
         }
 
         /// Per-group values the forward pass saves for the backward pass; `scales` and `zeros` are the grid.
@@ -79,6 +95,7 @@ extension Autodiff {
         /// scalar definition is `forwardReference`, which it equals bit for bit.
         public func forward(weight: UnsafePointer<Float>, u: UnsafePointer<Float>, l: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, state: State) {
+            if KernelDispatch.reference { return forwardReference(weight: weight, u: u, l: l, out: out, state: state) }
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
             let symDen = Float((1 << (bits - 1)) - 1)
             let inclusive = clampGradient == .inclusive
@@ -106,13 +123,11 @@ extension Autodiff {
                             continue
                         }
                         let hv = SIMD8<Float>(repeating: h), zv = SIMD8<Float>(repeating: z)
-                        let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>(), mv = SIMD8<Float>(repeating: QuantKernels.magic)
+                        let top = SIMD8<Float>(repeating: qmax)
                         var i = 0
                         while i + 8 <= n {
-                            var p = ((loadSIMD8(w + i) / hv + mv) - mv) + zv
-                            p.replace(with: zero, where: p .< zero)
-                            p.replace(with: top, where: p .> top)
-                            storeSIMD8((p - zv) * hv, o + i)
+                            let q = QuantKernels.codes8(loadSIMD8(w + i), h: hv, z: zv, qmax: top)
+                            storeSIMD8((q - zv) * hv, o + i)
                             i += 8
                         }
                         while i < n { o[i] = Self.fakeQuant(w[i], h: h, z: z, qmax: qmax); i += 1 }
@@ -121,22 +136,20 @@ extension Autodiff {
             }
         }
 
-        /// Magnitude of `W/h` below which adding and subtracting 1.5·2^23 rounds exactly (half to even).
-        static let roundLimit: Float = 4_194_304
+        /// Magnitude of `W/h` below which the SIMD rounding is exact (`QuantKernels.exactRoundLimit`).
+        static var roundLimit: Float { QuantKernels.exactRoundLimit }
 
-        /// `(clamp(round(w/h) + z, 0, qmax) − z)·h`, the definition.
+        /// `(clamp(round(w/h) + z, 0, qmax) − z)·h`, the definition (`IntGrid.fakeQuant`).
         @inline(__always) static func fakeQuant(_ w: Float, h: Float, z: Float, qmax: Float) -> Float {
-            let p = (w / h).rounded(.toNearestOrEven) + z
-            return (Swift.min(Swift.max(p, 0), qmax) - z) * h
+            IntGrid.fakeQuant(w, h: h, z: z, qmax: qmax)
         }
 
-        /// Scale `h`, zero-point `z` and whether the scale clamp passes the gradient, from the clipped range.
+        /// Scale `h`, zero-point `z` (`IntGrid.params`) and whether the scale clamp passes the gradient, from
+        /// the clipped range.
         @inline(__always)
         func scale(xmaxp: Float, xminp: Float, symDen: Float, inclusive: Bool) -> (h: Float, z: Float, pass: Bool) {
-            let hRaw = symmetric ? Swift.max(Swift.abs(xmaxp), Swift.abs(xminp)) / symDen : (xmaxp - xminp) / qmax
-            let h = Swift.min(Swift.max(hRaw, 1e-5), 1e4)
-            let z = symmetric ? symDen : Swift.min(Swift.max(-xminp / h, -1e4), 1e4).rounded(.toNearestOrEven)
-            return (h, z, inclusive ? (hRaw >= 1e-5 && hRaw <= 1e4) : (hRaw > 1e-5 && hRaw < 1e4))
+            let (h, z, hRaw) = grid.params(xmin: xminp, xmax: xmaxp)
+            return (h, z, IntGrid.scalePasses(hRaw, inclusive: inclusive))
         }
 
         /// One group of `forwardReference`.
@@ -175,6 +188,9 @@ extension Autodiff {
         public func backward(dOut: UnsafePointer<Float>, weight: UnsafePointer<Float>, state: State,
                              dU: UnsafeMutablePointer<Float>, dL: UnsafeMutablePointer<Float>,
                              dWeight: UnsafeMutablePointer<Float>? = nil) {
+            if KernelDispatch.reference {
+                return backwardReference(dOut: dOut, weight: weight, state: state, dU: dU, dL: dL, dWeight: dWeight)
+            }
             let G = groupSize, nG = groupsPerRow, cols = columns, qmax = self.qmax
             let inclusive = clampGradient == .inclusive
             let hs = state.scales.pointer, zs = state.zeros.pointer

@@ -17,16 +17,6 @@ public struct PerplexityReport: Sendable, Codable {
 }
 
 public enum Perplexity {
-    /// The default evaluation text: `../shared/data/wikitext-2-raw/test.joined.txt` found from the current
-    /// directory or from the executable's location upwards (`$SWIFTQUANT_WIKITEXT` first), or nil.
-    public static func defaultDataPath() -> String? {
-        if let env = ProcessInfo.processInfo.environment["SWIFTQUANT_WIKITEXT"],
-           FileManager.default.fileExists(atPath: env) {
-            return env
-        }
-        return SharedData.find("wikitext-2-raw/test.joined.txt")
-    }
-
     public static func readText(_ path: String) throws -> String {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw SwiftQuantError.io("\(path): cannot read the text file")
@@ -69,27 +59,6 @@ public enum Perplexity {
         }
         return try evaluate(model: loaded.model, tokens: tok.encode(text), seqLen: seqLen, limit: limit,
                             progress: progress, label: label)
-    }
-}
-
-/// The shared data directory next to the checkout (`../shared/data`), looked for from the current directory and
-/// from the running executable's directory (the CLI in `.build/…`, or Python in `.venv/bin`), each upwards.
-public enum SharedData {
-    public static func find(_ relative: String) -> String? {
-        var starts = [URL(fileURLWithPath: FileManager.default.currentDirectoryPath)]
-        if let exe = Bundle.main.executableURL?.resolvingSymlinksInPath() { starts.append(exe.deletingLastPathComponent()) }
-        for start in starts {
-            var dir = start
-            for _ in 0..<8 {
-                for base in ["shared/data", "../shared/data"] {
-                    let p = dir.appendingPathComponent(base).appendingPathComponent(relative).standardizedFileURL.path
-                    if FileManager.default.fileExists(atPath: p) { return p }
-                }
-                if dir.path == "/" { break }
-                dir.deleteLastPathComponent()
-            }
-        }
-        return nil
     }
 }
 

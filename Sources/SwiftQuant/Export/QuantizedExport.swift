@@ -100,7 +100,7 @@ public enum QuantizedExport {
         }
         let meta = [
             "format": config.format.name, "bits": String(config.format.bitWidth),
-            "group_size": config.groupSize.map(String.init) ?? "per-row", "symmetric": String(config.symmetric),
+            "group_size": config.groupSize.description, "symmetric": String(config.symmetric),
             "layout": "qweight: U8 [out, ceil(in*bits/8)], each row an LSB-first bit stream of codes; "
                 + "scales: F32 [out, groups]; zeros: I32 [out, groups]; W = (code - zero) * scale",
         ]
@@ -110,7 +110,7 @@ public enum QuantizedExport {
         var cfg = loaded.config
         var q: [String: Any] = ["method": method, "format": config.format.name, "bits": config.format.bitWidth,
                                 "symmetric": config.symmetric, "packed_file": "quantized.safetensors"]
-        q["group_size"] = config.groupSize ?? -1
+        q["group_size"] = config.groupSize.columns.map { $0 as Any } ?? config.groupSize.description  // 128 or "per-row"
         cfg["swiftquant"] = q
         cfg["torch_dtype"] = "float32"
         try writeJSON(cfg, to: dir + "/config.json")

@@ -4,7 +4,8 @@ import Foundation
 /// JSON) and Python all pass it, and presets and validation live here only.
 ///
 /// JSON keys are snake_case (`group_size`, `aug_loss`). Missing budget fields (`epochs`, `nsamples`, `seqlen`,
-/// `lr`) are taken from `preset`; `group_size` null (or absent) is one group per output row.
+/// `lr`) are taken from `preset`; `group_size` is a number of columns or `"per-row"` (null or absent: per row),
+/// the `GroupSize` spelling of every layer.
 public struct QuantRecipe: Codable, Sendable, Equatable {
     public enum Method: String, Codable, Sendable, CaseIterable {
         /// Round-to-nearest, no calibration data.
@@ -30,8 +31,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var method: Method
     /// Weight format name: "int2" … "int8" or a minifloat ("e2m1", …).
     public var wformat: String
-    /// Consecutive input columns per scale; nil = one group per output row.
-    public var groupSize: Int?
+    /// Consecutive input columns per scale, or one group per output row.
+    public var groupSize: GroupSize
     public var symmetric: Bool
     public var preset: Preset
     public var epochs: Int
@@ -41,7 +42,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var augLoss: Bool
     public var seed: UInt64
 
-    public init(method: Method, wformat: String, groupSize: Int? = 128, symmetric: Bool = false,
+    public init(method: Method, wformat: String, groupSize: GroupSize = 128, symmetric: Bool = false,
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
                 lr: Float? = nil, augLoss: Bool = false, seed: UInt64 = 2) {
         let b = preset.budget
@@ -51,7 +52,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     }
 
     /// Integer weights of `bits` bits.
-    public init(method: Method, wbits: Int, groupSize: Int? = 128, preset: Preset = .paper) {
+    public init(method: Method, wbits: Int, groupSize: GroupSize = 128, preset: Preset = .paper) {
         self.init(method: method, wformat: "int\(wbits)", groupSize: groupSize, preset: preset)
     }
 
@@ -73,7 +74,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case (nil, nil): throw SwiftQuantError.invalidArgument("recipe: missing 'wformat' (or 'wbits')")
         }
         self.init(method: try c.decode(Method.self, forKey: .method), wformat: format,
-                  groupSize: try c.decodeIfPresent(Int.self, forKey: .groupSize),
+                  groupSize: try Self.decodeGroupSize(c),
                   symmetric: try c.decodeIfPresent(Bool.self, forKey: .symmetric) ?? false,
                   preset: try c.decodeIfPresent(Preset.self, forKey: .preset) ?? .paper,
                   epochs: try c.decodeIfPresent(Int.self, forKey: .epochs),
@@ -84,10 +85,20 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 2)
     }
 
+    private static func decodeGroupSize(_ c: KeyedDecodingContainer<CodingKeys>) throws -> GroupSize {
+        if try !c.contains(.groupSize) || c.decodeNil(forKey: .groupSize) { return .perRow }
+        if let n = try? c.decode(Int.self, forKey: .groupSize) { return .columns(n) }
+        guard let text = try? c.decode(String.self, forKey: .groupSize) else {
+            throw SwiftQuantError.invalidArgument("recipe: group_size must be a number of columns or \"per-row\"")
+        }
+        return try GroupSize.parse(text)
+    }
+
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(method, forKey: .method); try c.encode(wformat, forKey: .wformat)
-        try c.encode(groupSize, forKey: .groupSize); try c.encode(symmetric, forKey: .symmetric)
+        if let n = groupSize.columns { try c.encode(n, forKey: .groupSize) } else { try c.encode("per-row", forKey: .groupSize) }
+        try c.encode(symmetric, forKey: .symmetric)
         try c.encode(preset, forKey: .preset); try c.encode(epochs, forKey: .epochs)
         try c.encode(nsamples, forKey: .nsamples); try c.encode(seqlen, forKey: .seqlen); try c.encode(lr, forKey: .lr)
         try c.encode(augLoss, forKey: .augLoss); try c.encode(seed, forKey: .seed)
@@ -130,7 +141,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public func validate(model: TransformerModel? = nil) throws {
         let fmt = try weightFormat
         try fmt.validate()
-        if let g = groupSize { try require(g > 0, "group_size must be positive, got \(g) (null = one group per row)") }
+        try groupSize.validateSize()
         if method == .omniquant {
             guard case .int(let bits) = fmt else {
                 throw SwiftQuantError.invalidArgument("omniquant quantizes to integer formats (int2…int8), not \(wformat)")
@@ -142,10 +153,6 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
             try require(lr > 0 && lr.isFinite, "lr must be a positive number, got \(lr)")
         }
         if let m = model {
-            let narrowest = m.blockSpec.linears.map(\.inFeatures).min() ?? 0
-            if let g = groupSize {
-                try require(g <= narrowest, "group size \(g) is larger than the rows (\(narrowest) columns)")
-            }
             if needsCalibrationData {
                 try require(seqlen <= m.maxSequenceLength,
                             "seqlen \(seqlen) is longer than this model's \(m.maxSequenceLength) positions")

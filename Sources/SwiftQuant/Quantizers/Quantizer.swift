@@ -270,15 +270,21 @@ public enum Quantizer {
                          zeros: UnsafeMutablePointer<Int32>) -> Bool {
             switch config.format {
             case .int(let bits):
+                let grid = IntGrid(bits: bits, symmetric: config.symmetric, policy: config.policy)
+                let reference = KernelDispatch.reference
                 for gi in 0..<groups {
                     let lo = gi * width, n = min(cols, lo + width) - lo
-                    guard var (xmin, xmax) = QuantKernels.minMax(w + lo, n) else { return false }
+                    guard var (xmin, xmax) = reference ? QuantKernels.Reference.minMax(w + lo, n)
+                        : QuantKernels.minMax(w + lo, n) else { return false }
                     if let up, let low { xmax = up[gi] * xmax; xmin = low[gi] * xmin }
-                    let (h, z) = Quantizer.intParams(xmin: xmin, xmax: xmax, bits: bits, symmetric: config.symmetric,
-                                                     policy: config.policy)
+                    let (h, z, _) = grid.params(xmin: xmin, xmax: xmax)
                     scales[gi] = h
                     zeros[gi] = Int32(z)
-                    QuantKernels.intCodes(w + lo, n, h: h, z: z, qmax: Float((1 << bits) - 1), into: codes + lo)
+                    if reference {
+                        for i in 0..<n { codes[lo + i] = UInt8(IntGrid.code(w[lo + i], h: h, z: z, qmax: grid.qmax)) }
+                    } else {
+                        QuantKernels.intCodes(w + lo, n, h: h, z: z, qmax: grid.qmax, into: codes + lo)
+                    }
                 }
             case .minifloat(let f):
                 let fmax = f.maxFinite
@@ -304,33 +310,13 @@ public enum Quantizer {
         }
     }
 
-    /// Scale and zero-point of one INT group from its (possibly clipped) range (ALGORITHMS.md §1).
+    /// Scale and zero-point of one INT group from its (possibly clipped) range: `IntGrid.params`.
     @inline(__always)
     public static func intParams(xmin: Float, xmax: Float, bits: Int, symmetric: Bool, policy: QParamsPolicy)
         -> (scale: Float, zero: Float)
     {
-        let qmax = Float((1 << bits) - 1)
-        switch policy {
-        case .minmax:
-            if symmetric {
-                let absmax = max(abs(xmax), abs(xmin))
-                let h = min(max(absmax / Float((1 << (bits - 1)) - 1), 1e-5), 1e4)
-                return (h, Float((1 << (bits - 1)) - 1))
-            }
-            let h = min(max((xmax - xmin) / qmax, 1e-5), 1e4)
-            let z = min(max(-xmin / h, -1e4), 1e4).rounded(.toNearestOrEven)
-            return (h, z)
-        case .gptq:
-            var lo = min(xmin, 0), hi = max(xmax, 0)
-            if symmetric {
-                hi = max(abs(lo), hi)
-                lo = -hi
-            }
-            if lo == 0 && hi == 0 { lo = -1; hi = 1 }
-            let h = (hi - lo) / qmax
-            let z = symmetric ? Float(1 << (bits - 1)) : (-lo / h).rounded(.toNearestOrEven)
-            return (h, z)
-        }
+        let p = IntGrid(bits: bits, symmetric: symmetric, policy: policy).params(xmin: xmin, xmax: xmax)
+        return (p.scale, p.zero)
     }
 
     /// Applies a power-of-two constraint to one row's minifloat scales (ALGORITHMS.md §4).
@@ -403,18 +389,29 @@ public enum QuantKernels {
         return b == 0 ? (l, h) : nil
     }
 
+    /// Magnitude of `w / h` below which adding and subtracting `magic` rounds exactly (half to even).
+    public static let exactRoundLimit: Float = 4_194_304
+
+    /// `IntGrid.code` of 8 values at once: `clamp(round(w / h) + z, 0, qmax)` as floats, by magic-number rounding
+    /// (exact while `|w / h| < exactRoundLimit`; larger values land on the clamp anyway for any sane grid).
+    @inlinable @inline(__always)
+    public static func codes8(_ w: SIMD8<Float>, h: SIMD8<Float>, z: SIMD8<Float>, qmax: SIMD8<Float>) -> SIMD8<Float> {
+        let mv = SIMD8<Float>(repeating: magic), zero = SIMD8<Float>(repeating: 0)
+        var x = ((w / h + mv) - mv) + z
+        x.replace(with: zero, where: x .< zero)
+        x.replace(with: qmax, where: x .> qmax)
+        return x
+    }
+
     /// Codes `clamp(round(w / h) + z, 0, qmax)` of `n` values.
     @inlinable @inline(__always)
     public static func intCodes(_ p: UnsafePointer<Float>, _ n: Int, h: Float, z: Float, qmax: Float,
                                 into codes: UnsafeMutablePointer<UInt8>) {
         var i = 0
         let hv = SIMD8<Float>(repeating: h), zv = SIMD8<Float>(repeating: z), mv = SIMD8<Float>(repeating: magic)
-        let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>(repeating: 0)
+        let top = SIMD8<Float>(repeating: qmax)
         while i + 8 <= n {
-            var x = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self) / hv
-            x = (x + mv) - mv + zv
-            x.replace(with: zero, where: x .< zero)
-            x.replace(with: top, where: x .> top)
+            let x = codes8(UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self), h: hv, z: zv, qmax: top)
             let bits = unsafeBitCast(x + mv, to: SIMD8<UInt32>.self) & 0xFF
             for j in 0..<8 { codes[i + j] = UInt8(truncatingIfNeeded: bits[j]) }
             i += 8
@@ -425,12 +422,98 @@ public enum QuantKernels {
         }
     }
 
+    /// The scalar twins of `minMax` and `intCodes`.
     public enum Reference {
-        /// One INT code by the definition.
+        /// One INT code by the definition (`IntGrid.code`).
         @inlinable
         public static func intCode(_ w: Float, h: Float, z: Float, qmax: Float) -> UInt8 {
-            let q = min(max((w / h).rounded(.toNearestOrEven) + z, 0), qmax)
-            return UInt8(q)
+            UInt8(IntGrid.code(w, h: h, z: z, qmax: qmax))
         }
+
+        /// (min, max) of `n` values one at a time, or nil when one of them is NaN or ±Inf.
+        public static func minMax(_ p: UnsafePointer<Float>, _ n: Int) -> (Float, Float)? {
+            var l = Float.infinity, h = -Float.infinity
+            for i in 0..<n {
+                guard p[i].isFinite else { return nil }
+                l = Swift.min(l, p[i]); h = Swift.max(h, p[i])
+            }
+            return (l, h)
+        }
+    }
+}
+
+/// The integer grid of ALGORITHMS.md §1 — the one definition of INT quantization parameters, codes and values,
+/// used by `Quantizer` (RTN, export), `Autodiff.FakeQuantLWC` (training) and, as declared fast twins, the SIMD
+/// kernels (`QuantKernels.codes8`) and the C kernel `sqs_quant_int4_packed` (4 bits, `.minmax`), which the tests
+/// hold bit-exact to it. All float32, `w / h` as a true division, round half to even.
+public struct IntGrid: Sendable, Hashable {
+    public let bits: Int
+    public let symmetric: Bool
+    public let policy: QParamsPolicy
+
+    public init(bits: Int, symmetric: Bool = false, policy: QParamsPolicy = .minmax) {
+        self.bits = bits; self.symmetric = symmetric; self.policy = policy
+    }
+
+    /// The clamp of the `.minmax` scale: `h ∈ [minScale, maxScale]`.
+    public static let minScale: Float = 1e-5, maxScale: Float = 1e4
+
+    /// Whether the scale clamp passes the gradient at `rawScale` (LWC): inside `[minScale, maxScale]`, bounds
+    /// included or not.
+    @inlinable @inline(__always)
+    public static func scalePasses(_ rawScale: Float, inclusive: Bool) -> Bool {
+        inclusive ? (rawScale >= minScale && rawScale <= maxScale) : (rawScale > minScale && rawScale < maxScale)
+    }
+
+    /// The largest code, `2^N − 1`.
+    @inlinable public var qmax: Float { Float((1 << bits) - 1) }
+
+    /// Scale `h` and zero-point `z` of one group from its (possibly clipped) range, and the scale before its
+    /// clamp to [1e-5, 1e4] (`.minmax`; LWC's gradient passes the clamp by it):
+    /// ```
+    /// minmax asym: h = clamp((xmax − xmin)/(2^N − 1), 1e-5, 1e4), z = round(clamp(−xmin/h, −1e4, 1e4))
+    /// minmax sym:  h = clamp(max(|xmax|, |xmin|)/(2^(N−1) − 1), 1e-5, 1e4), z = 2^(N−1) − 1
+    /// gptq: 0 forced into the range; sym h = 2·absmax/(2^N − 1), z = 2^(N−1); an all-zero group uses [−1, 1]
+    /// ```
+    @inlinable @inline(__always)
+    public func params(xmin: Float, xmax: Float) -> (scale: Float, zero: Float, rawScale: Float) {
+        switch policy {
+        case .minmax:
+            if symmetric {
+                let den = Float((1 << (bits - 1)) - 1)
+                let raw = Swift.max(Swift.abs(xmax), Swift.abs(xmin)) / den
+                return (Swift.min(Swift.max(raw, Self.minScale), Self.maxScale), den, raw)
+            }
+            let raw = (xmax - xmin) / qmax
+            let h = Swift.min(Swift.max(raw, Self.minScale), Self.maxScale)
+            let z = Swift.min(Swift.max(-xmin / h, -1e4), 1e4).rounded(.toNearestOrEven)
+            return (h, z, raw)
+        case .gptq:
+            var lo = Swift.min(xmin, 0), hi = Swift.max(xmax, 0)
+            if symmetric {
+                hi = Swift.max(Swift.abs(lo), hi)
+                lo = -hi
+            }
+            if lo == 0 && hi == 0 { lo = -1; hi = 1 }
+            let h = (hi - lo) / qmax
+            let z = symmetric ? Float(1 << (bits - 1)) : (-lo / h).rounded(.toNearestOrEven)
+            return (h, z, h)
+        }
+    }
+
+    /// The code of `w`: `clamp(round(w / h) + z, 0, qmax)` (a float holding an integer).
+    @inlinable @inline(__always)
+    public static func code(_ w: Float, h: Float, z: Float, qmax: Float) -> Float {
+        Swift.min(Swift.max((w / h).rounded(.toNearestOrEven) + z, 0), qmax)
+    }
+
+    /// The value of a code: `(q − z)·h`.
+    @inlinable @inline(__always)
+    public static func value(_ q: Float, h: Float, z: Float) -> Float { (q - z) * h }
+
+    /// `value(code(w))`, the fake-quantized weight.
+    @inlinable @inline(__always)
+    public static func fakeQuant(_ w: Float, h: Float, z: Float, qmax: Float) -> Float {
+        value(code(w, h: h, z: z, qmax: qmax), h: h, z: z)
     }
 }

@@ -46,7 +46,7 @@ final class BlockParityTests: XCTestCase {
                         "\(c.name) fp_out (inference)")
             // LWC on every linear.
             let lwc = try model.blockSpec.linears.map { l in
-                try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: c.bits, groupSize: c.group == 0 ? nil : c.group,
+                try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: c.bits, group: c.group == 0 ? .perRow : .columns(c.group),
                                  symmetric: c.symmetric, u: try t(p + l.name + ".u"), l: try t(p + l.name + ".l"))
             }
             let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: T)

@@ -25,7 +25,7 @@ struct SyntheticLlamaBlock {
         weights = TransformerBlock(index: 0, linearNames: spec.linearNames, linears: linears,
                                    norms: ["input_layernorm": NormWeights(weight: g1), "post_attention_layernorm": NormWeights(weight: g2)])
         lwc = try spec.linears.enumerated().map { k, l in
-            try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: bits, groupSize: group, symmetric: false,
+            try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: bits, group: GroupSize(group), symmetric: false,
                              clampGradient: clamp, u: lwcParameters?[k].0, l: lwcParameters?[k].1)
         }
         rope = tables ?? Autodiff.Rope.tables(rows: maxRows, inverseFrequencies: Autodiff.Rope.inverseFrequencies(headDim: headDim, theta: theta))

@@ -18,7 +18,7 @@ final class OmniQuantTests: XCTestCase {
     }
 
     func recipe(group: Int? = 16) -> QuantRecipe {
-        QuantRecipe(method: .omniquant, wformat: "int3", groupSize: group, epochs: 4, nsamples: 4, seqlen: 32, lr: 5e-2)
+        QuantRecipe(method: .omniquant, wformat: "int3", groupSize: GroupSize(group), epochs: 4, nsamples: 4, seqlen: 32, lr: 5e-2)
     }
 
     func tempDir() -> String {
@@ -121,7 +121,7 @@ final class OmniQuantTests: XCTestCase {
             (QuantRecipe(method: .omniquant, wformat: "int0", groupSize: 32), "int0"),
             (QuantRecipe(method: .omniquant, wformat: "int9", groupSize: 32), "int9"),
             (QuantRecipe(method: .omniquant, wformat: "e2m1", groupSize: 32), "integer"),
-            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 0), "group_size"),
+            (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 0), "group size"),
             (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 32, epochs: 0), "epochs"),
             (QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 32, nsamples: 0), "nsamples"),
         ] {
@@ -137,7 +137,7 @@ final class OmniQuantTests: XCTestCase {
         let p = try CalibrationPipeline(recipe: QuantRecipe(method: .omniquant, wformat: "int3", groupSize: 1024,
                                                             nsamples: 4, seqlen: 32), workDir: dir)
         XCTAssertThrowsSwiftQuantError(try p.run(model: loaded.model, windows: try windows(loaded.model)),
-                                       contains: "larger than the rows")
+                                       contains: "larger than the row")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "no work started")
         XCTAssertThrowsSwiftQuantError(try Calibration.windows(tokens: [1, 2, 3], count: 4, length: 32, seed: 2),
                                        contains: "fewer than one window")
@@ -160,7 +160,10 @@ final class OmniQuantTests: XCTestCase {
         XCTAssertEqual(cpu.lr, 5e-2)
         let paper = try QuantRecipe.fromJSON(#"{"method": "omniquant", "wformat": "int3", "epochs": 3}"#)
         XCTAssertEqual([paper.epochs, paper.nsamples, paper.seqlen], [3, 128, 2048])
-        XCTAssertNil(paper.groupSize, "absent group_size is per-channel")
+        XCTAssertEqual(paper.groupSize, .perRow, "absent group_size is per-channel")
+        XCTAssertEqual(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 4, "group_size": "per-row"}"#).groupSize, .perRow)
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 4, "group_size": "abc"}"#),
+                                       contains: "per-row")
         XCTAssertEqual(try QuantRecipe.fromJSON(cpu.json), cpu)
     }
 
@@ -200,7 +203,7 @@ final class OmniQuantTests: XCTestCase {
         let x = try model.embed(ids)
         let target = try model.forwardBlock(0, hidden: x)
         let lwc = try model.blockSpec.linears.map {
-            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: 3, groupSize: 128, symmetric: false)
+            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: 3, group: 128, symmetric: false)
         }
         let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: ids.count)
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: 1e-2)

@@ -315,4 +315,30 @@ final class QuantizerTests: XCTestCase {
         XCTAssertThrowsSwiftQuantError(try QuantizedTensor(rows: 1, cols: 2, config: int4, codes: [1, 16], scales: [1], zeros: [0]),
                                        contains: "does not fit int4")
     }
+
+    /// The one group-size type: its spellings, its C encoding and its single validation.
+    func testGroupSizeSpellingsAndValidation() throws {
+        XCTAssertEqual(try GroupSize.parse("per-row"), .perRow)
+        XCTAssertEqual(try GroupSize.parse("128"), .columns(128))
+        XCTAssertThrowsError(try GroupSize.parse("0"))
+        XCTAssertThrowsError(try GroupSize.parse("-1"))
+        XCTAssertThrowsError(try GroupSize.parse("row"))
+        XCTAssertEqual(try GroupSize(abi: 0), .perRow)
+        XCTAssertEqual(try GroupSize(abi: 64), 64)
+        XCTAssertThrowsError(try GroupSize(abi: -1))
+        XCTAssertEqual(GroupSize.perRow.abiValue, 0)
+        XCTAssertEqual(GroupSize.perRow.description, "per-row")
+        XCTAssertEqual(GroupSize(nil), nil as GroupSize)
+        XCTAssertEqual(GroupSize(128).count(cols: 300), 3)
+        XCTAssertEqual(GroupSize.perRow.count(cols: 300), 1)
+        XCTAssertEqual(GroupSize.perRow.width(cols: 300), 300)
+        XCTAssertNoThrow(try GroupSize(300).validate(cols: 300))
+        XCTAssertThrowsError(try GroupSize(301).validate(cols: 300))
+        XCTAssertThrowsError(try GroupSize(0).validate(cols: 300))
+        // LWC takes the same type; a size larger than the row is one group per row there.
+        let lwc = try Autodiff.FakeQuantLWC(rows: 2, columns: 100, bits: 3, group: 128)
+        XCTAssertEqual(lwc.groupsPerRow, 1)
+        XCTAssertEqual(try Autodiff.FakeQuantLWC(rows: 2, columns: 100, bits: 3, groupSize: 0).groupsPerRow, 1)
+        XCTAssertThrowsError(try Autodiff.FakeQuantLWC(rows: 2, columns: 100, bits: 3, groupSize: -1))
+    }
 }

@@ -9,9 +9,9 @@ public final class LWCTransform: WeightTransform {
     private let state: Autodiff.FakeQuantLWC.State
 
     /// `u`, `l`: `[rows, groupsPerRow]` (nil: OmniQuant's initial value 4, σ(4) ≈ 0.982).
-    public init(rows: Int, columns: Int, bits: Int, groupSize: Int?, symmetric: Bool,
+    public init(rows: Int, columns: Int, bits: Int, group: GroupSize, symmetric: Bool,
                 clampGradient: Autodiff.FakeQuantLWC.ClampGradient = .inclusive, u: Tensor? = nil, l: Tensor? = nil) throws {
-        quantizer = try Autodiff.FakeQuantLWC(rows: rows, columns: columns, bits: bits, groupSize: groupSize ?? 0,
+        quantizer = try Autodiff.FakeQuantLWC(rows: rows, columns: columns, bits: bits, group: group,
                                               symmetric: symmetric, clampGradient: clampGradient)
         let shape = [quantizer.rows, quantizer.groupsPerRow]
         func initial(_ t: Tensor?, _ name: String) throws -> Tensor {
@@ -64,7 +64,7 @@ public struct OmniQuantLWC: BlockAlgorithm {
             throw SwiftQuantError.invalidArgument("omniquant needs an integer format, got \(r.wformat)")
         }
         let lwc = try spec.linears.map {
-            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: bits, groupSize: r.groupSize,
+            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: bits, group: r.groupSize,
                              symmetric: r.symmetric)
         }
         let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen)

@@ -1,11 +1,11 @@
-import CSQSupport
 import Foundation
+import SwiftQuant
 
 /// `swiftquant bench quantize`: int4 group-128 quantize + pack of a weight matrix, next to a plain memory copy
 /// of the same matrix and to the scalar reference kernel, all measured in this run.
 /// (`python/benchmarks/bench_quantize.py` adds the NumPy implementation as a second reference.)
-public enum QuantizeBenchmark {
-    public static func run(rows: Int, cols: Int, iterations: Int) -> String {
+enum QuantizeBenchmark {
+    static func run(rows: Int, cols: Int, iterations: Int) -> String {
         let n = rows * cols
         let w = Tensor(zeros: [rows, cols])
         var state: UInt64 = 0x2545_F491_4F6C_DD1D
@@ -25,9 +25,9 @@ public enum QuantizeBenchmark {
             body()
             var t = Double.infinity
             for _ in 0..<max(1, iterations) {
-                let s = sqs_now()
+                let s = Date.timeIntervalSinceReferenceDate
                 body()
-                t = min(t, sqs_now() - s)
+                t = min(t, Date.timeIntervalSinceReferenceDate - s)
             }
             return t
         }
@@ -49,12 +49,12 @@ public enum QuantizeBenchmark {
             codes.withUnsafeMutableBufferPointer { c in
                 for r in 0..<refRows {
                     let row = w.pointer + r * cols
+                    let grid = IntGrid(bits: 4)
                     for gi in 0..<g {
-                        let lo = gi * 128, hi = min(cols, lo + 128)
-                        var mn = Float.infinity, mx = -Float.infinity
-                        for i in lo..<hi { mn = min(mn, row[i]); mx = max(mx, row[i]) }
-                        let (h, z) = Quantizer.intParams(xmin: mn, xmax: mx, bits: 4, symmetric: false, policy: .minmax)
-                        for i in lo..<hi { c[i] = QuantKernels.Reference.intCode(row[i], h: h, z: z, qmax: 15) }
+                        let lo = gi * 128, n = min(cols, lo + 128) - lo
+                        let (mn, mx) = QuantKernels.Reference.minMax(row + lo, n)!
+                        let (h, z, _) = grid.params(xmin: mn, xmax: mx)
+                        for i in lo..<(lo + n) { c[i] = QuantKernels.Reference.intCode(row[i], h: h, z: z, qmax: grid.qmax) }
                     }
                     BitPacking.Reference.pack(c.baseAddress!, count: cols, bits: 4, into: &packed[r * stride])
                 }
@@ -64,6 +64,7 @@ public enum QuantizeBenchmark {
         return """
             int4 group-128 quantize + pack of a \(rows)×\(cols) float32 matrix (\(String(format: "%.0f", mb)) MB), best of \(iterations)
             CPU: \(SwiftQuantInfo.cpu)
+            \(KernelDispatch.description)
             memcpy (same matrix)           \(String(format: "%8.2f ms", tCopy * 1e3))  \(String(format: "%6.1f GB/s", 2 * mb / 1e3 / tCopy))
             SwiftQuant quantize + pack     \(String(format: "%8.2f ms", tOurs * 1e3))  \(String(format: "%6.2f×", tOurs / tCopy)) the copy's time
             scalar reference (extrapolated)\(String(format: "%8.2f ms", tRef * 1e3))  \(String(format: "%6.1f×", tRef / tOurs)) slower than SwiftQuant

@@ -2,13 +2,16 @@ import CSQSupport
 import Foundation
 
 // Forward-pass kernels shared by the architecture adapters: tight loops over raw row-major float32 rows,
-// parallel over rows (or rows × heads); matrix products go to BLAS with all rows at once.
+// parallel over rows (or rows × heads); matrix products go to BLAS with all rows at once. Every SIMD kernel has
+// a scalar twin in `Kernels.Reference` (same signature) that `SWIFTQUANT_KERNELS=reference` selects and that
+// Tests/SwiftQuantTests/Kernels/KernelParityTests.swift compares it with.
 
-/// Vectorised exp for float32 (Cephes range reduction and polynomial; relative error ≈ 2 ulp on the range
-/// used here). Arguments are clamped to [-87.3, 88]: below, the result is ~1e-38 instead of 0.
-@inline(__always)
-@usableFromInline
-func simdExp(_ x0: SIMD8<Float>) -> SIMD8<Float> {
+/// Vectorised exp for float32 (Cephes range reduction and polynomial). Arguments are clamped to [-87.3, 88]:
+/// below, the result is ~1.2e-38 instead of 0. Accuracy, tested against float64 `exp` on that range
+/// (`KernelParityTests.testExpTwinsAgreeAndMeetTheirAccuracyClaim`): at most 2 ulp. Each lane equals
+/// `scalarExp` of it bit for bit.
+@inlinable @inline(__always)
+public func simdExp(_ x0: SIMD8<Float>) -> SIMD8<Float> {
     var x = x0
     x.replace(with: SIMD8(repeating: 88.0), where: x .> 88.0)
     x.replace(with: SIMD8(repeating: -87.3), where: x .< -87.3)
@@ -29,9 +32,28 @@ func simdExp(_ x0: SIMD8<Float>) -> SIMD8<Float> {
     return y * scale
 }
 
-@inline(__always)
-func scalarExp(_ x: Float) -> Float {
-    simdExp(SIMD8(repeating: x))[0]
+/// The scalar twin of `simdExp`: the same operations in the same order on one float32, so the two agree bit for
+/// bit (no fused multiply-add is formed in either).
+@inlinable @inline(__always)
+public func scalarExp(_ x0: Float) -> Float {
+    var x = x0
+    if x > 88.0 { x = 88.0 }
+    if x < -87.3 { x = -87.3 }
+    let magic: Float = 12582912.0
+    let t = x * 1.44269504088896341 + magic
+    let n = t - magic
+    var r = x - n * 0.693359375
+    r = r - n * -2.12194440e-4
+    var p: Float = 1.9875691500e-4
+    p = p * r + 1.3981999507e-3
+    p = p * r + 8.3334519073e-3
+    p = p * r + 4.1665795894e-2
+    p = p * r + 1.6666665459e-1
+    p = p * r + 5.0000001201e-1
+    let y = p * (r * r) + r + 1
+    let ni = Int32(bitPattern: t.bitPattern) &- Int32(bitPattern: magic.bitPattern)
+    let scale = Float(bitPattern: UInt32(bitPattern: (ni &+ 127) &<< 23))
+    return y * scale
 }
 
 @inline(__always)
@@ -57,7 +79,7 @@ public final class Workspace {
     }
 }
 
-enum Kernels {
+public enum Kernels {
     /// `y[rows, out] = x[rows, in] · Wᵀ (+ b)`, or `y += …` when `accumulate`.
     static func linear(_ x: UnsafePointer<Float>, rows: Int, _ lin: Linear, _ y: UnsafeMutablePointer<Float>,
                        accumulate: Bool = false) {
@@ -77,8 +99,9 @@ enum Kernels {
     }
 
     /// `out = x · rsqrt(mean(x²) + eps) · weight`, row by row, in float32 (as transformers does).
-    static func rmsNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, eps: Float,
+    public static func rmsNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, eps: Float,
                         _ out: UnsafeMutablePointer<Float>) {
+        if KernelDispatch.reference { return Reference.rmsNorm(x, rows: rows, dim: dim, weight: weight, eps: eps, out) }
         parallelFor(rows, minChunk: 16) { range in
             for r in range {
                 let xr = x + r * dim, yr = out + r * dim
@@ -94,8 +117,11 @@ enum Kernels {
     }
 
     /// LayerNorm over the last dimension with biased variance; `weight`/`bias` nil means no affine part.
-    static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>?,
+    public static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>?,
                           bias: UnsafePointer<Float>?, eps: Float, _ out: UnsafeMutablePointer<Float>) {
+        if KernelDispatch.reference {
+            return Reference.layerNorm(x, rows: rows, dim: dim, weight: weight, bias: bias, eps: eps, out)
+        }
         parallelFor(rows, minChunk: 16) { range in
             for r in range {
                 let xr = x + r * dim, yr = out + r * dim
@@ -148,9 +174,13 @@ enum Kernels {
     /// spread over the cores, each running single-threaded BLAS: these products are small (inner or outer
     /// dimension = head_dim), so one core per product beats splitting every product across cores.
     /// Uses workspace slots `slot ..< slot + cores`. BLAS runs single-threaded while this runs (a process-wide OpenBLAS setting, restored afterwards).
-    static func causalAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+    public static func causalAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                      out: UnsafeMutablePointer<Float>, T: Int, heads: Int, kvHeads: Int,
                                      headDim: Int, scale: Float, workspace: Workspace, slot: Int) {
+        if KernelDispatch.reference {
+            return Reference.causalAttention(q: q, k: k, v: v, out: out, T: T, heads: heads, kvHeads: kvHeads,
+                                             headDim: headDim, scale: scale)
+        }
         let tile = min(T, 128)
         let tiles = (T + tile - 1) / tile
         let items = tiles * heads
@@ -172,7 +202,7 @@ enum Kernels {
                 BLAS.sgemm(transB: true, m: rows, n: keys, k: headDim, alpha: scale,
                            a: q + r0 * qStride + h * headDim, lda: qStride,
                            b: k + kvh * headDim, ldb: kvStride, c: scores, ldc: keys)
-                for i in 0..<rows { softmaxRow(scores + i * keys, valid: r0 + i + 1, total: keys) }
+                for i in 0..<rows { softmaxRowSIMD(scores + i * keys, valid: r0 + i + 1, total: keys) }
                 BLAS.sgemm(m: rows, n: headDim, k: keys, a: scores, lda: keys, b: v + kvh * headDim, ldb: kvStride,
                            c: out + r0 * qStride + h * headDim, ldc: qStride)
                 item += workers
@@ -182,7 +212,14 @@ enum Kernels {
 
     /// Softmax over the first `valid` entries of a row; entries `valid..<total` are set to 0.
     @inline(__always)
-    static func softmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
+    public static func softmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
+        if KernelDispatch.reference { return Reference.softmaxRow(row, valid: valid, total: total) }
+        softmaxRowSIMD(row, valid: valid, total: total)
+    }
+
+    /// `softmaxRow` without the dispatch check, for loops that checked once (`causalAttention`).
+    @inline(__always)
+    static func softmaxRowSIMD(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
         var m8 = SIMD8<Float>(repeating: -.infinity)
         var j = 0
         while j + 8 <= valid { m8 = pointwiseMax8(m8, loadSIMD8(row + j)); j += 8 }
@@ -215,7 +252,8 @@ enum Kernels {
     }
 
     /// `gate[i] = silu(gate[i]) · up[i]` over `count` elements.
-    static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+    public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        if KernelDispatch.reference { return Reference.siluMul(gate, up, count: count) }
         parallelFor(count, minChunk: 16384) { range in
             var i = range.lowerBound
             let one = SIMD8<Float>(repeating: 1)
@@ -247,8 +285,9 @@ enum Kernels {
 
     /// Summed negative log-likelihood `Σ_i [logsumexp(logits_i) − logits_i[target_i]]` over rows, each row
     /// reduced with a float64 running sum of float32 exponentials shifted by the row maximum.
-    static func nllRows(_ logits: UnsafePointer<Float>, rows: Int, vocab: Int, targets: UnsafePointer<Int32>)
+    public static func nllRows(_ logits: UnsafePointer<Float>, rows: Int, vocab: Int, targets: UnsafePointer<Int32>)
         -> Double {
+        if KernelDispatch.reference { return Reference.nllRows(logits, rows: rows, vocab: vocab, targets: targets) }
         var partial = [Double](repeating: 0, count: rows)
         partial.withUnsafeMutableBufferPointer { out in
             let outp = out.baseAddress!
@@ -278,5 +317,97 @@ enum Kernels {
             }
         }
         return partial.reduce(0, +)
+    }
+
+    /// The scalar twins of the SIMD kernels above: the definitions, one element at a time, single-threaded, with
+    /// the same signatures. `SWIFTQUANT_KERNELS=reference` makes the kernels above call these.
+    public enum Reference {
+        public static func rmsNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>,
+                                   eps: Float, _ out: UnsafeMutablePointer<Float>) {
+            for r in 0..<rows {
+                let xr = x + r * dim, yr = out + r * dim
+                var ss: Float = 0
+                for j in 0..<dim { ss += xr[j] * xr[j] }
+                let inv = 1 / (ss / Float(dim) + eps).squareRoot()
+                for j in 0..<dim { yr[j] = weight[j] * (xr[j] * inv) }
+            }
+        }
+
+        public static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>?,
+                                     bias: UnsafePointer<Float>?, eps: Float, _ out: UnsafeMutablePointer<Float>) {
+            for r in 0..<rows {
+                let xr = x + r * dim, yr = out + r * dim
+                var s: Float = 0
+                for j in 0..<dim { s += xr[j] }
+                let mean = s / Float(dim)
+                var v: Float = 0
+                for j in 0..<dim { v += (xr[j] - mean) * (xr[j] - mean) }
+                let inv = 1 / (v / Float(dim) + eps).squareRoot()
+                for j in 0..<dim {
+                    var y = (xr[j] - mean) * inv
+                    if let w = weight { y *= w[j] }
+                    if let b = bias { y += b[j] }
+                    yr[j] = y
+                }
+            }
+        }
+
+        public static func softmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, total: Int) {
+            var mx = -Float.infinity
+            for j in 0..<valid { mx = Swift.max(mx, row[j]) }
+            var sum: Float = 0
+            for j in 0..<valid { row[j] = scalarExp(row[j] - mx); sum += row[j] }
+            let inv = 1 / sum
+            for j in 0..<valid { row[j] *= inv }
+            for j in valid..<Swift.max(valid, total) { row[j] = 0 }
+        }
+
+        public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+            for i in 0..<count { gate[i] = gate[i] / (1 + scalarExp(-gate[i])) * up[i] }
+        }
+
+        /// Causal grouped-query attention by the definition: per head and query, scores against keys `0...t`,
+        /// softmax, weighted sum of values (no tiles, no BLAS, one thread).
+        public static func causalAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                           out: UnsafeMutablePointer<Float>, T: Int, heads: Int, kvHeads: Int,
+                                           headDim: Int, scale: Float) {
+            let group = heads / kvHeads, qStride = heads * headDim, kvStride = kvHeads * headDim
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(T, 1))
+            defer { scores.deallocate() }
+            for h in 0..<heads {
+                let kvh = h / group
+                for t in 0..<T {
+                    let qt = q + t * qStride + h * headDim
+                    for j in 0...t {
+                        let kj = k + j * kvStride + kvh * headDim
+                        var dot: Float = 0
+                        for d in 0..<headDim { dot += qt[d] * kj[d] }
+                        scores[j] = scale * dot
+                    }
+                    softmaxRow(scores, valid: t + 1, total: t + 1)
+                    let o = out + t * qStride + h * headDim
+                    for d in 0..<headDim {
+                        var acc: Float = 0
+                        for j in 0...t { acc += scores[j] * v[j * kvStride + kvh * headDim + d] }
+                        o[d] = acc
+                    }
+                }
+            }
+        }
+
+        /// `Σ_i [logsumexp(logits_i) − logits_i[target_i]]`, each row's exponentials summed in float64.
+        public static func nllRows(_ logits: UnsafePointer<Float>, rows: Int, vocab: Int,
+                                   targets: UnsafePointer<Int32>) -> Double {
+            var total: Double = 0
+            for r in 0..<rows {
+                let row = logits + r * vocab
+                var mx = -Float.infinity
+                for j in 0..<vocab { mx = Swift.max(mx, row[j]) }
+                var s: Double = 0
+                for j in 0..<vocab { s += Double(scalarExp(row[j] - mx)) }
+                total += Double(mx) + Foundation.log(s) - Double(row[Int(targets[r])])
+            }
+            return total
+        }
     }
 }

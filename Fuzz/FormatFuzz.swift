@@ -1,3 +1,5 @@
+import SwiftQuant
+
 /// Entry points for a libFuzzer-style harness: parse untrusted bytes with each file reader entirely in memory,
 /// decode every tensor, and swallow the thrown errors. Any crash, trap or hang here is a bug. Memory use is
 /// bounded by a small multiple of the input size (decoded float32 is at most ~7× the stored bytes).

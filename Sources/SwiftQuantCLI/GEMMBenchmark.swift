@@ -1,16 +1,16 @@
-import CSQSupport
 import Foundation
+import SwiftQuant
 
 /// Measures the BLAS façade on the matrix products of a transformer block (`swiftquant bench gemm`).
-public enum GEMMBenchmark {
-    public struct Shape: Sendable {
-        public let m: Int, k: Int, n: Int
-        public let label: String
+enum GEMMBenchmark {
+    struct Shape: Sendable {
+        let m: Int, k: Int, n: Int
+        let label: String
     }
 
     /// Square 2048³ plus the products of a SmolLM2-135M block over `tokens` tokens (hidden 576, kv 192,
     /// intermediate 1536), as `x[m, k] · Wᵀ` with `W` stored `[n, k]`.
-    public static func transformerShapes(tokens: Int) -> [Shape] {
+    static func transformerShapes(tokens: Int) -> [Shape] {
         [
             Shape(m: 2048, k: 2048, n: 2048, label: "square"),
             Shape(m: tokens, k: 576, n: 576, label: "q_proj / o_proj"),
@@ -20,32 +20,8 @@ public enum GEMMBenchmark {
         ]
     }
 
-    /// GFLOP/s of `C = A · Bᵀ` (B stored [n, k], as Linear weights are) over about `seconds`.
-    public static func gflops(m: Int, k: Int, n: Int, seconds: Double) -> Double {
-        let a = Tensor(zeros: [m, k]), b = Tensor(zeros: [n, k]), c = Tensor(zeros: [m, n])
-        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        for t in [a, b] {
-            for i in 0..<t.count {
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                t.pointer[i] = Float(Int(state >> 40) % 2001 - 1000) / 1000
-            }
-        }
-        func once() {
-            BLAS.sgemm(transB: true, m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: k, c: c.pointer, ldc: n)
-        }
-        once()
-        var iterations = 0
-        let start = sqs_now()
-        repeat {
-            once()
-            iterations += 1
-        } while sqs_now() - start < seconds
-        let perCall = (sqs_now() - start) / Double(iterations)
-        return 2 * Double(m) * Double(n) * Double(k) / perCall / 1e9
-    }
-
     /// The same products timed by NumPy in a child process; nil when no Python with NumPy runs.
-    public static func numpyGFLOPS(python: String, shapes: [Shape], seconds: Double) -> [Double]? {
+    static func numpyGFLOPS(python: String, shapes: [Shape], seconds: Double) -> [Double]? {
         let list = shapes.map { "(\($0.m),\($0.k),\($0.n))" }.joined(separator: ",")
         let script = """
             import numpy as np, time
