@@ -1,0 +1,187 @@
+/// Dynamic, simulated ("fake") quantization of float32 activations in place (ALGORITHMS.md §2b): the input of a
+/// linear `[rows, features]` (per token), or Q/K/V per head per token (a group of `headDim` features). The
+/// parameters come from the values themselves, one set per group of `width` consecutive features of a row.
+///
+/// - INT2…8 (OmniQuant's `Q_a`, §1's asymmetric MinMax without LWC, 0 not forced into the range), per group:
+///   `h = clamp((xmax − xmin)/(2^N − 1), 1e-5, 1e4)`, `z = round(clamp(−xmin/h, −1e4, 1e4))`,
+///   `x̂ = (clamp(round(x/h) + z, 0, 2^N − 1) − z)·h` — `IntGrid.params` and `IntGrid.fakeQuant`.
+/// - Minifloat (ZeroQuant-FP, §4), symmetric absmax per group: `s = absmax/Fmax` (1 when absmax = 0),
+///   `y = clamp(x/s, ±Fmax)`, `x̂ = decode(cast(y))·s` with `MinifloatFormat`'s bit-exact cast.
+///
+/// Everything is float32 in the order written (true divisions, round half to even), bit-exact with the NumPy /
+/// ml_dtypes reference (`Tests/SwiftQuantTests/Fixtures/make_activation_fixtures.py`).
+///
+/// Groups: `width = nil` is per token (the whole row is one group). A row whose length is not a multiple of
+/// `width` ends with a shorter group (its own min/max, nothing padded); `width ≥ features` is per token.
+///
+/// Non-finite inputs: `quantize` cannot throw (`ActivationQuantizer`). A group holding a NaN or ±Inf comes out
+/// as NaN in every one of its elements (other groups and rows are unaffected), so a loss computed from it is
+/// NaN and visible. Call `ActivationQuantization.check` first to get a thrown `.nonFinite` error instead.
+public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, CustomStringConvertible {
+    /// `.int(bits:)` with 2…8 bits, or a minifloat.
+    public let format: NumberFormat
+    /// Features per group; nil = the whole row (per token).
+    public let width: Int?
+
+    /// Throws `.invalidArgument` for an INT width outside 2…8 or a non-positive `width`.
+    public init(format: NumberFormat, width: Int? = nil) throws {
+        try format.validate()
+        if let width {
+            try require(width > 0, "activation quantizer group width must be positive, got \(width)")
+        }
+        self.format = format
+        self.width = width
+    }
+
+    /// E.g. `int8 per token`, `e4m3fn per 64 features`.
+    public var description: String {
+        "\(format.name) " + (width.map { "per \($0) features" } ?? "per token")
+    }
+
+    /// Fake-quantizes `x` `[rows, features]` in place (SIMD; the scalar twin is `quantizeReference`, which runs
+    /// instead when `$SWIFTQUANT_KERNELS=reference`). Rows run in parallel.
+    public func quantize(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int) {
+        run(x, rows: rows, features: features, reference: KernelDispatch.reference)
+    }
+
+    /// The scalar definition of `quantize`, element by element (`IntGrid.fakeQuant`; `decode(encode(y))·s`).
+    /// Same results bit for bit.
+    public func quantizeReference(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int) {
+        run(x, rows: rows, features: features, reference: true)
+    }
+
+    private func run(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int, reference: Bool) {
+        precondition(rows >= 0 && features >= 0, "negative shape [\(rows), \(features)]")
+        guard rows > 0, features > 0 else { return }
+        let w = min(width ?? features, features)
+        let format = self.format
+        parallelFor(rows, minChunk: max(1, 32768 / features)) { range in
+            for r in range {
+                let row = x + r * features
+                var lo = 0
+                while lo < features {
+                    let n = min(w, features - lo)
+                    Self.group(row + lo, n, format: format, reference: reference)
+                    lo += n
+                }
+            }
+        }
+    }
+
+    /// One group of `n` values, in place.
+    @inline(__always)
+    private static func group(_ p: UnsafeMutablePointer<Float>, _ n: Int, format: NumberFormat, reference: Bool) {
+        guard let (xmin, xmax) = reference ? QuantKernels.Reference.minMax(p, n) : QuantKernels.minMax(p, n) else {
+            p.update(repeating: .nan, count: n)
+            return
+        }
+        switch format {
+        case .int(let bits):
+            let grid = IntGrid(bits: bits)
+            let (h, z, _) = grid.params(xmin: xmin, xmax: xmax)
+            if reference {
+                for i in 0..<n { p[i] = IntGrid.fakeQuant(p[i], h: h, z: z, qmax: grid.qmax) }
+            } else {
+                ActivationKernels.intFakeQuant(p, n, h: h, z: z, qmax: grid.qmax)
+            }
+        case .minifloat(let f):
+            let fmax = f.maxFinite
+            let absmax = max(abs(xmin), abs(xmax))
+            let raw = absmax / fmax
+            let s = raw == 0 ? 1 : raw
+            if reference {
+                for i in 0..<n {
+                    let y = min(max(p[i] / s, -fmax), fmax)
+                    p[i] = f.decode(f.encode(y)) * s
+                }
+            } else {
+                ActivationKernels.minifloatFakeQuant(p, n, s: s, format: f)
+            }
+        }
+    }
+}
+
+/// Builds activation quantizers from format names and checks activations for NaN/Inf.
+public enum ActivationQuantization {
+    /// A dynamic fake quantizer for a format name: `"int2"` … `"int8"` (asymmetric MinMax) or a minifloat name
+    /// (`"e4m3fn"`, `"e5m2"`, `"e3m2"`, `"e2m3"`, `"e2m1"` and their aliases such as `"fp8"`; symmetric absmax),
+    /// the names `NumberFormat.parse` takes for weights. `width`: features per group (nil: per token; the head
+    /// dimension: per head per token). Throws `.invalidArgument` for an unknown name, INT bits outside 2…8 or a
+    /// non-positive width.
+    public static func make(format: String, width: Int? = nil) throws -> ActivationQuantizer {
+        try DynamicActivationQuantizer(format: NumberFormat.parse(format), width: width)
+    }
+
+    /// Throws `.nonFinite` naming the first NaN or ±Inf of `x` `[rows, features]` (row and feature), so a caller
+    /// can refuse such activations before `quantize` turns their groups into NaN.
+    public static func check(_ x: UnsafePointer<Float>, rows: Int, features: Int) throws {
+        try require(rows >= 0 && features >= 0, "negative activation shape [\(rows), \(features)]")
+        for i in 0..<(rows * features) where !x[i].isFinite {
+            throw SwiftQuantError.nonFinite(
+                "the activations contain \(x[i]) at [\(i / features), \(i % features)] (row \(i / features), feature "
+                    + "\(i % features)); NaN and Inf cannot be quantized")
+        }
+    }
+}
+
+/// SIMD kernels of the activation quantizers; their scalar definitions are the `reference` branches of
+/// `DynamicActivationQuantizer` (`IntGrid.fakeQuant`, `MinifloatFormat.decode(encode(_:))`).
+enum ActivationKernels {
+    typealias V = SIMD8<Float>
+    typealias U = SIMD8<UInt32>
+
+    /// `IntGrid.fakeQuant` of `n` values in place: the codes by `QuantKernels.codes8` (IntGrid's declared fast
+    /// twin), then `IntGrid.value`, `(q − z)·h`, lane by lane.
+    @inline(__always)
+    static func intFakeQuant(_ p: UnsafeMutablePointer<Float>, _ n: Int, h: Float, z: Float, qmax: Float) {
+        let hv = V(repeating: h), zv = V(repeating: z), top = V(repeating: qmax)
+        var i = 0
+        while i + 8 <= n {
+            let raw = UnsafeMutableRawPointer(p + i)
+            let q = QuantKernels.codes8(raw.loadUnaligned(as: V.self), h: hv, z: zv, qmax: top)
+            raw.storeBytes(of: (q - zv) * hv, as: V.self)
+            i += 8
+        }
+        while i < n {
+            p[i] = IntGrid.fakeQuant(p[i], h: h, z: z, qmax: qmax)
+            i += 1
+        }
+    }
+
+    /// `decode(cast(clamp(x/s, ±Fmax)))·s` of `n` finite values in place. Since `|y| ≤ Fmax`, the cast never
+    /// overflows, and its value is `y` rounded (half to even) to a multiple of the format's spacing at `y`'s
+    /// binade, `ulp = 2^(max(e, 1 − bias) − M)` (`e` the float32 exponent of `y`; the subnormals share the
+    /// smallest normal binade's spacing). Both scalings by `ulp` are exact (powers of two), the rounding is the
+    /// magic-number one (exact: `|y/ulp| ≤ 2^(M+1)`), and the sign of `y` is put back so ±0 come out signed as
+    /// the cast keeps them.
+    @inline(__always)
+    static func minifloatFakeQuant(_ p: UnsafeMutablePointer<Float>, _ n: Int, s: Float, format f: MinifloatFormat) {
+        let fmax = f.maxFinite
+        let sv = V(repeating: s), hi = V(repeating: fmax), lo = V(repeating: -fmax)
+        let m = UInt32(f.mantissaBits)
+        let minField = U(repeating: UInt32(127 + 1 - f.bias))  // float32 exponent field of the smallest normal
+        let mv = U(repeating: m), two54 = U(repeating: 254)
+        let magic = V(repeating: QuantKernels.magic)
+        var i = 0
+        while i + 8 <= n {
+            let raw = UnsafeMutableRawPointer(p + i)
+            var y = raw.loadUnaligned(as: V.self) / sv
+            y.replace(with: lo, where: y .< lo)
+            y.replace(with: hi, where: y .> hi)
+            let bits = unsafeBitCast(y, to: U.self)
+            var e = (bits &>> 23) & 0xFF
+            e.replace(with: minField, where: e .< minField)
+            let ulp = unsafeBitCast((e &- mv) &<< 23, to: V.self)
+            let inv = unsafeBitCast((two54 &- (e &- mv)) &<< 23, to: V.self)
+            let r = ((y * inv + magic) - magic) * ulp
+            let signed = unsafeBitCast(unsafeBitCast(r, to: U.self) | (bits & 0x8000_0000), to: V.self)
+            raw.storeBytes(of: signed * sv, as: V.self)
+            i += 8
+        }
+        while i < n {
+            let y = min(max(p[i] / s, -fmax), fmax)
+            p[i] = f.decode(f.encode(y)) * s
+            i += 1
+        }
+    }
+}
