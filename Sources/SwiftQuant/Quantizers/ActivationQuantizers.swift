@@ -22,6 +22,8 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
     public let format: NumberFormat
     /// Features per group; nil = the whole row (per token).
     public let width: Int?
+    /// The minifloat's largest finite value (0 for INT).
+    private let fmax: Float
 
     /// Throws `.invalidArgument` for an INT width outside 2…8 or a non-positive `width`.
     public init(format: NumberFormat, width: Int? = nil) throws {
@@ -31,6 +33,7 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
         }
         self.format = format
         self.width = width
+        if case .minifloat(let f) = format { fmax = f.maxFinite } else { fmax = 0 }
     }
 
     /// E.g. `int8 per token`, `e4m3fn per 64 features`.
@@ -54,14 +57,14 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
         precondition(rows >= 0 && features >= 0, "negative shape [\(rows), \(features)]")
         guard rows > 0, features > 0 else { return }
         let w = min(width ?? features, features)
-        let format = self.format
+        let format = self.format, fmax = self.fmax
         parallelFor(rows, minChunk: max(1, 32768 / features)) { range in
             for r in range {
                 let row = x + r * features
                 var lo = 0
                 while lo < features {
                     let n = min(w, features - lo)
-                    Self.group(row + lo, n, format: format, reference: reference)
+                    Self.group(row + lo, n, format: format, fmax: fmax, reference: reference)
                     lo += n
                 }
             }
@@ -70,7 +73,8 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
 
     /// One group of `n` values, in place.
     @inline(__always)
-    private static func group(_ p: UnsafeMutablePointer<Float>, _ n: Int, format: NumberFormat, reference: Bool) {
+    private static func group(_ p: UnsafeMutablePointer<Float>, _ n: Int, format: NumberFormat, fmax: Float,
+                              reference: Bool) {
         guard let (xmin, xmax) = reference ? QuantKernels.Reference.minMax(p, n) : QuantKernels.minMax(p, n) else {
             p.update(repeating: .nan, count: n)
             return
@@ -85,7 +89,6 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
                 ActivationKernels.intFakeQuant(p, n, h: h, z: z, qmax: grid.qmax)
             }
         case .minifloat(let f):
-            let fmax = f.maxFinite
             let absmax = max(abs(xmin), abs(xmax))
             let raw = absmax / fmax
             let s = raw == 0 ? 1 : raw
@@ -95,7 +98,7 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
                     p[i] = f.decode(f.encode(y)) * s
                 }
             } else {
-                ActivationKernels.minifloatFakeQuant(p, n, s: s, format: f)
+                ActivationKernels.minifloatFakeQuant(p, n, s: s, fmax: fmax, format: f)
             }
         }
     }
@@ -155,8 +158,8 @@ enum ActivationKernels {
     /// magic-number one (exact: `|y/ulp| ≤ 2^(M+1)`), and the sign of `y` is put back so ±0 come out signed as
     /// the cast keeps them.
     @inline(__always)
-    static func minifloatFakeQuant(_ p: UnsafeMutablePointer<Float>, _ n: Int, s: Float, format f: MinifloatFormat) {
-        let fmax = f.maxFinite
+    static func minifloatFakeQuant(_ p: UnsafeMutablePointer<Float>, _ n: Int, s: Float, fmax: Float,
+                                   format f: MinifloatFormat) {
         let sv = V(repeating: s), hi = V(repeating: fmax), lo = V(repeating: -fmax)
         let m = UInt32(f.mantissaBits)
         let minField = U(repeating: UInt32(127 + 1 - f.bias))  // float32 exponent field of the smallest normal

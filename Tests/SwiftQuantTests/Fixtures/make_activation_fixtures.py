@@ -38,10 +38,9 @@ def int_fake_quant(x, bits):
     """§1 asymmetric MinMax, no LWC: 0 not forced into the range; true division; np.rint = half to even."""
     qmax = F32(2**bits - 1)
     xmin, xmax = x.min(), x.max()
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # huge rows: xmax − xmin, −xmin/h and x/h may overflow to ±inf, then clamp
         h = np.clip((xmax - xmin) / qmax, F32(1e-5), F32(1e4)).astype(F32)
-    z = np.rint(np.clip(-xmin / h, F32(-1e4), F32(1e4))).astype(F32)
-    with np.errstate(over="ignore"):
+        z = np.rint(np.clip(-xmin / h, F32(-1e4), F32(1e4))).astype(F32)
         q = np.clip(np.rint(x / h) + z, F32(0), qmax).astype(F32)
     return ((q - z) * h).astype(F32)
 
@@ -103,6 +102,8 @@ def rows_and_kinds():
     add("all equal 3.7", np.full(FEATURES, 3.7, F32))
     add("all equal -0.02", np.full(FEATURES, -0.02, F32))
     add("all equal 1e-6", np.full(FEATURES, 1e-6, F32))
+    add("all equal 3e38 (x/h overflows to inf)", np.full(FEATURES, 3e38, F32))
+    add("all equal -1e38 (x/h overflows to -inf)", np.full(FEATURES, -1e38, F32))
     signed = np.zeros(FEATURES, F32)
     signed[1::2] = -0.0
     signed[::7] = rng.standard_normal(len(signed[::7])).astype(F32) * F32(1e-3)

@@ -248,6 +248,15 @@ final class ActivationQuantizerTests: XCTestCase {
         var c = [Float](repeating: 3.7, count: 8)
         try ActivationQuantization.make(format: "int8").quantize(&c, rows: 1, features: 8)
         XCTAssertEqual(c, [Float](repeating: (255 - -1e4) * Float(1e-5), count: 8))
+        // x/h overflows to ±inf: the code still clamps (SIMD path and twin alike).
+        for (value, expected) in [(Float(3e38), (255 - -1e4) * Float(1e-5)), (-1e38, (0 - 1e4) * Float(1e-5))] {
+            let q = try DynamicActivationQuantizer(format: .int(bits: 8))
+            var fast = [Float](repeating: value, count: 19), ref = fast
+            q.quantize(&fast, rows: 1, features: 19)
+            q.quantizeReference(&ref, rows: 1, features: 19)
+            XCTAssertEqual(fast, [Float](repeating: expected, count: 19), "\(value)")
+            XCTAssertEqual(ref, fast, "\(value)")
+        }
     }
 
     // MARK: non-finite inputs
