@@ -14,6 +14,13 @@
 /// Groups: `width = nil` is per token (the whole row is one group). A row whose length is not a multiple of
 /// `width` ends with a shorter group (its own min/max, nothing padded); `width ≥ features` is per token.
 ///
+/// Zeros: an INT output of zero is +0; a minifloat output keeps the sign of its input (the cast keeps −0). A
+/// constant row follows §1's clamps literally (h = 1e-5, z clamped to ±1e4), as OmniQuant's `Q_a` does: a
+/// constant 3.7 comes out as (2^N − 1 + 1e4)·1e-5, not 3.7.
+///
+/// The quantizer is immutable: one instance can serve several linears and threads. Its backward pass is the
+/// caller's (straight-through, `ActivationQuantizer`).
+///
 /// Non-finite inputs: `quantize` cannot throw (`ActivationQuantizer`). A group holding a NaN or ±Inf comes out
 /// as NaN in every one of its elements (other groups and rows are unaffected), so a loss computed from it is
 /// NaN and visible. Call `ActivationQuantization.check` first to get a thrown `.nonFinite` error instead.
