@@ -276,6 +276,8 @@ final class GPTQTests: XCTestCase {
         XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: int4, dampening: 0), contains: "dampening")
         var fpPolicy = try Self.config("e2m1", group: 8); fpPolicy.policy = .gptq
         XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: fpPolicy), contains: "integer formats only")
+        let asym = h.copy(); asym.pointer[2 * 40 + 1] = 0.5
+        XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: asym, config: int4), contains: "not symmetric")
         let neg = h.copy(); neg.pointer[0] = -1
         XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: neg, config: int4), contains: "negative diagonal")
     }

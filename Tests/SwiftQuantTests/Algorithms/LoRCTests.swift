@@ -77,6 +77,18 @@ final class LoRCTests: XCTestCase {
         XCTAssertLessThanOrEqual(Self.residual(e, f), optimal * 1.001)
     }
 
+    /// Rank 8 of a [1536, 576] residual (SmolLM2's gate/up shape): the time (printed; the machine may be shared).
+    func testSmolLM2SizedResidual() throws {
+        let e = Self.decaying(1536, 576, seed: 12)
+        let t0 = Date()
+        let f = try LoRC.compensate(residual: e, rank: 8)
+        let seconds = Date().timeIntervalSince(t0)
+        print(String(format: "LoRC [1536, 576] rank 8: %.3f s; ‖E‖ %.3f → %.3f", seconds, f.residualNormBefore,
+                     f.residualNormAfter))
+        XCTAssertLessThan(f.residualNormAfter, f.residualNormBefore)
+        XCTAssertEqual(f.droppedComponents, 0)
+    }
+
     func testBadRanks() throws {
         let e = GPTQTests.randomMatrix(8, 12, seed: 1)
         XCTAssertThrowsSwiftQuantError(try LoRC.compensate(residual: e, rank: 0), contains: "rank 0")

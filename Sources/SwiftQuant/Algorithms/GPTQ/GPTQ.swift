@@ -54,10 +54,10 @@ public struct GPTQResult: Sendable {
 public enum GPTQ {
     public static let maxDampingRetries = 4
 
-    /// Quantizes `weight` [out, in] float32 with the Hessian `hessian` [in, in] (`2/n·ΣXXᵀ`, symmetric; the upper
-    /// triangle is read) under `config`. Throws `.invalidArgument` for impossible settings (shapes, group larger
+    /// Quantizes `weight` [out, in] float32 with the Hessian `hessian` [in, in] (`2/n·ΣXXᵀ`, symmetric up to float32
+    /// accumulation noise: `(H + Hᵀ)/2` is used) under `config`. Throws `.invalidArgument` for impossible settings (shapes, group larger
     /// than the row, M1/M2 on an INT grid, block size < 1, dampening not positive) and `.nonFinite` for NaN/Inf
-    /// inputs, before any work.
+    /// inputs, before any work (also for a Hessian with a negative diagonal entry or that is not symmetric).
     public static func quantize(weight: Tensor, hessian: Tensor, config: QuantizerConfig, actOrder: Bool = false,
                                 blockSize: Int = 128, dampening: Float = 0.01) throws -> GPTQResult {
         try _run(weight: weight, hessian: hessian, config: config, actOrder: actOrder, blockSize: blockSize,
@@ -101,6 +101,15 @@ public enum GPTQ {
         if let bad = diag.firstIndex(where: { $0 < 0 }) {
             throw SwiftQuantError.invalidArgument("GPTQ: the Hessian has a negative diagonal entry \(diag[bad]) at \(bad)")
         }
+        // Symmetry, within float32 accumulation noise (a Hessian summed by a GEMM need not be bit-symmetric); the
+        // sweep uses (H_ij + H_ji)/2, which is H itself when H is exactly symmetric.
+        let top = diag.max() ?? 0
+        for i in 0..<n {
+            for j in 0..<i where abs(h0[i * n + j] - h0[j * n + i]) > 1e-3 * top {
+                throw SwiftQuantError.invalidArgument(
+                    "GPTQ: the Hessian is not symmetric: H[\(i), \(j)] = \(h0[i * n + j]) but H[\(j), \(i)] = \(h0[j * n + i])")
+            }
+        }
         let dead = (0..<n).filter { diag[$0] == 0 }
         for i in dead { diag[i] = 1 }
         let perm: [Int] = actOrder ? (0..<n).sorted { diag[$0] > diag[$1] || (diag[$0] == diag[$1] && $0 < $1) }
@@ -111,7 +120,7 @@ public enum GPTQ {
         var hp = [Float](repeating: 0, count: n * n)
         for p in 0..<n {
             let src = perm[p]
-            for q in 0..<n { hp[p * n + q] = h0[src * n + perm[q]] }
+            for q in 0..<n { hp[p * n + q] = (h0[src * n + perm[q]] + h0[perm[q] * n + src]) / 2 }
             hp[p * n + p] = diag[src]
         }
         // W transposed into sweep order: wt[p·m + r] = W[r, perm[p]] (each column contiguous).
