@@ -87,6 +87,9 @@ public enum QuantizedExport {
         var packed: [SafetensorsEntry] = []
         for name in quantized.keys.sorted() {
             let q = quantized[name]!
+            guard q.groupIndex == nil else {
+                throw SwiftQuantError.unsupported("\(name): a per-column group index (GPTQ act-order g_idx) cannot be exported yet")
+            }
             let base = name.hasSuffix(".weight") ? String(name.dropLast(7)) : name
             let stride = BitPacking.packedByteCount(count: q.cols, bits: q.config.format.bitWidth)
             packed.append(SafetensorsEntry(name: base + ".qweight", dtype: .u8, shape: [q.rows, stride],

@@ -225,6 +225,9 @@ public final class CalibrationPipeline {
         var entries: [SafetensorsEntry] = []
         for name in outcome.quantized.keys.sorted() {
             let q = outcome.quantized[name]!
+            guard q.groupIndex == nil else {
+                throw SwiftQuantError.unsupported("\(name): a per-column group index (GPTQ act-order g_idx) cannot be saved for resume yet")
+            }
             entries.append(SafetensorsEntry(name: name + ".codes", dtype: .u8, shape: [q.rows, q.cols], bytes: Data(q.codes)))
             entries.append(SafetensorsEntry(name: name + ".scales", dtype: .f32, shape: [q.rows, q.groupCount],
                                             bytes: q.scales.withUnsafeBufferPointer { Data(buffer: $0) }))

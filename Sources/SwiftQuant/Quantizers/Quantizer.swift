@@ -292,18 +292,14 @@ public enum Quantizer {
                     let lo = gi * width, n = min(cols, lo + width) - lo
                     guard var (xmin, xmax) = QuantKernels.minMax(w + lo, n) else { return false }
                     if let up, let low { xmax = up[gi] * xmax; xmin = low[gi] * xmin }
-                    let s = max(abs(xmax), abs(xmin)) / fmax
-                    scales[gi] = s == 0 ? 1 : s
+                    scales[gi] = Quantizer.minifloatScale(xmin: xmin, xmax: xmax, fmax: fmax)
                     zeros[gi] = 0
                 }
                 Quantizer.constrain(scales, count: groups, config.scaleConstraint)
                 for gi in 0..<groups {
                     let lo = gi * width, n = min(cols, lo + width) - lo
                     let s = scales[gi]
-                    for i in 0..<n {
-                        let y = min(max(w[lo + i] / s, -fmax), fmax)
-                        codes[lo + i] = f.encode(y)
-                    }
+                    for i in 0..<n { codes[lo + i] = Quantizer.minifloatCode(w[lo + i], scale: s, format: f, fmax: fmax) }
                 }
             }
             return true
@@ -324,16 +320,44 @@ public enum Quantizer {
         switch constraint {
         case .none: return
         case .m1:
-            for i in 0..<count { s[i] = ceilPowerOfTwo(s[i]).value }
+            for i in 0..<count { s[i] = m1Scale(s[i]) }
         case .m2:
             var c: Float = 0
             for i in 0..<count { c = max(c, s[i]) }
-            for i in 0..<count {
-                let k = max(ceilPowerOfTwo(s[i] / c).exponent, -8)
-                s[i] = c * Float(sign: .plus, exponent: k, significand: 1)
-            }
+            for i in 0..<count { s[i] = m2Scale(s[i], rowScale: c) }
         }
     }
+
+    // MARK: one group at a time (GPTQ's sweep; the row kernel above uses the same functions)
+
+    /// The unconstrained minifloat scale of one group from its range: `absmax / Fmax`, 0 → 1 (ALGORITHMS.md §4).
+    @inline(__always)
+    public static func minifloatScale(xmin: Float, xmax: Float, fmax: Float) -> Float {
+        let s = max(abs(xmax), abs(xmin)) / fmax
+        return s == 0 ? 1 : s
+    }
+
+    /// The minifloat code of `w` under scale `s`: `encode(clamp(w / s, ±Fmax))` (a true division).
+    @inline(__always)
+    public static func minifloatCode(_ w: Float, scale s: Float, format f: MinifloatFormat, fmax: Float) -> UInt8 {
+        f.encode(min(max(w / s, -fmax), fmax))
+    }
+
+    /// M1 for one scale: `2^⌈log2 s⌉`.
+    @inline(__always)
+    public static func m1Scale(_ s: Float) -> Float { ceilPowerOfTwo(s).value }
+
+    /// M2 for one scale against the row scale `c`: `c · 2^k`, `k = ⌈log2(s / c)⌉` clamped to [−8, 6] (the range in
+    /// which every E2M1 value × 2^k is exact in E4M3). With `c = max_g s` (RTN) `k ≤ 0`, so only −8 binds; GPTQ's
+    /// sweep fixes `c` before the sweep and a group's weights may grow past it (k > 0).
+    @inline(__always)
+    public static func m2Scale(_ s: Float, rowScale c: Float) -> Float {
+        let k = min(max(ceilPowerOfTwo(s / c).exponent, m2MinExponent), m2MaxExponent)
+        return c * Float(sign: .plus, exponent: k, significand: 1)
+    }
+
+    /// The exponent range of M2's power-of-two factors.
+    public static let m2MinExponent = -8, m2MaxExponent = 6
 
     /// `2^⌈log2 x⌉` for positive finite `x`, exactly (from the significand and exponent, no `log2`).
     @inline(__always)
