@@ -72,7 +72,7 @@ struct Quantize: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "Method: rtn or omniquant.")
+    @Option(help: "Method: rtn, omniquant or gptq.")
     var method = "rtn"
 
     @Option(help: "Weight bits (2–8) for integer formats.")
@@ -117,20 +117,29 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant budget preset: paper (128 × 2048, 20 epochs, lr 1e-2) or cpu (16 × 512, 5 epochs, lr 5e-2).")
     var preset = "paper"
 
-    @Flag(help: "OmniQuant: continue an interrupted run from its last finished block (same options).")
+    @Flag(help: "OmniQuant, GPTQ: continue an interrupted run from its last finished block (same options).")
     var resume = false
+
+    @Option(help: "Minifloat weights: power-of-two scale constraint m1 or m2 (ZeroQuant-FP), applied inside GPTQ's sweep.")
+    var scaleConstraint: String?
 
     func run() throws {
         try runReportingErrors {
             guard let m = QuantRecipe.Method(rawValue: method) else {
-                throw SwiftQuantError.invalidArgument("unknown --method '\(method)' (available: rtn, omniquant)")
+                throw SwiftQuantError.invalidArgument("unknown --method '\(method)' (available: rtn, omniquant, gptq)")
             }
             guard let p = QuantRecipe.Preset(rawValue: preset) else {
                 throw SwiftQuantError.invalidArgument("unknown --preset '\(preset)' (paper or cpu)")
             }
             let recipe = QuantRecipe(method: m, wformat: format ?? "int\(wbits)", groupSize: groupSize,
                                      symmetric: symmetric, preset: p, epochs: epochs, nsamples: nsamples, seqlen: seqlen,
-                                     lr: lr, augLoss: augLoss, seed: seed)
+                                     lr: lr, augLoss: augLoss, seed: seed,
+                                     scaleConstraint: try scaleConstraint.map { name in
+                                         guard let c = ScaleConstraint(rawValue: name), c != .none else {
+                                             throw SwiftQuantError.invalidArgument("--scale-constraint must be m1 or m2, got '\(name)'")
+                                         }
+                                         return c
+                                     } ?? .none)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -43,6 +43,7 @@ extension QuantRecipe {
         switch method {
         case .rtn: return RTN()
         case .omniquant: return OmniQuantLWC()
+        case .gptq: return GPTQAlgorithm()
         }
     }
 }

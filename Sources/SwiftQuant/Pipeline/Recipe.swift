@@ -12,6 +12,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case rtn
         /// OmniQuant weight-only: Learnable Weight Clipping trained block by block (ALGORITHMS.md §1, §3).
         case omniquant
+        /// GPTQ (ALGORITHMS.md §5) with INT (GPTQ's min/max policy) or minifloat grids, block by block.
+        case gptq
     }
 
     /// Calibration budgets. `paper`: 128 windows × 2048 tokens, 20 epochs, lr 1e-2 (the paper's scripts).
@@ -20,10 +22,12 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// recovered 46%).
     public enum Preset: String, Codable, Sendable, CaseIterable {
         case paper, cpu
-        var budget: (epochs: Int, nsamples: Int, seqlen: Int, lr: Float) {
-            switch self {
-            case .paper: return (20, 128, 2048, 1e-2)
-            case .cpu: return (5, 16, 512, 5e-2)
+        /// GPTQ trains nothing: its CPU budget is 32 × 512 tokens (about a minute on SmolLM2 on 2 cores).
+        func budget(_ method: Method) -> (epochs: Int, nsamples: Int, seqlen: Int, lr: Float) {
+            switch (self, method) {
+            case (.paper, _): return (20, 128, 2048, 1e-2)
+            case (.cpu, .gptq): return (1, 32, 512, 1e-2)
+            case (.cpu, _): return (5, 16, 512, 5e-2)
             }
         }
     }
@@ -41,14 +45,18 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var lr: Float
     public var augLoss: Bool
     public var seed: UInt64
+    /// Power-of-two scale constraint of minifloat weights (ZeroQuant-FP's M1/M2; ALGORITHMS.md §4), applied inside
+    /// GPTQ's sweep and by RTN.
+    public var scaleConstraint: ScaleConstraint
 
     public init(method: Method, wformat: String, groupSize: GroupSize = 128, symmetric: Bool = false,
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
-                lr: Float? = nil, augLoss: Bool = false, seed: UInt64 = 2) {
-        let b = preset.budget
+                lr: Float? = nil, augLoss: Bool = false, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none) {
+        let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
         self.seqlen = seqlen ?? b.seqlen; self.lr = lr ?? b.lr; self.augLoss = augLoss; self.seed = seed
+        self.scaleConstraint = scaleConstraint
     }
 
     /// Integer weights of `bits` bits.
@@ -58,7 +66,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case method, wformat, wbits, groupSize = "group_size", symmetric, preset, epochs, nsamples, seqlen, lr
-        case augLoss = "aug_loss", seed
+        case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
     }
 
     public init(from decoder: Decoder) throws {
@@ -82,7 +90,17 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   seqlen: try c.decodeIfPresent(Int.self, forKey: .seqlen),
                   lr: try c.decodeIfPresent(Float.self, forKey: .lr),
                   augLoss: try c.decodeIfPresent(Bool.self, forKey: .augLoss) ?? false,
-                  seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 2)
+                  seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 2,
+                  scaleConstraint: try Self.decodeConstraint(c))
+    }
+
+    private static func decodeConstraint(_ c: KeyedDecodingContainer<CodingKeys>) throws -> ScaleConstraint {
+        guard try c.contains(.scaleConstraint) && !c.decodeNil(forKey: .scaleConstraint) else { return .none }
+        let name = try c.decode(String.self, forKey: .scaleConstraint)
+        guard let v = ScaleConstraint(rawValue: name.lowercased()) else {
+            throw SwiftQuantError.invalidArgument("recipe: scale_constraint must be m1, m2 or none, got '\(name)'")
+        }
+        return v
     }
 
     private static func decodeGroupSize(_ c: KeyedDecodingContainer<CodingKeys>) throws -> GroupSize {
@@ -102,6 +120,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try c.encode(preset, forKey: .preset); try c.encode(epochs, forKey: .epochs)
         try c.encode(nsamples, forKey: .nsamples); try c.encode(seqlen, forKey: .seqlen); try c.encode(lr, forKey: .lr)
         try c.encode(augLoss, forKey: .augLoss); try c.encode(seed, forKey: .seed)
+        try c.encode(scaleConstraint.rawValue, forKey: .scaleConstraint)
     }
 
     /// Parses a recipe from JSON, naming the bad field on failure.
@@ -131,7 +150,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var weightFormat: NumberFormat { get throws { try NumberFormat.parse(wformat) } }
 
     public var quantizerConfig: QuantizerConfig {
-        get throws { QuantizerConfig(format: try weightFormat, groupSize: groupSize, symmetric: symmetric) }
+        get throws {
+            let f = try weightFormat
+            var isInt = false
+            if case .int = f { isInt = true }
+            // GPTQ's INT grid forces 0 into the range (§1); OmniQuant and RTN use the min/max policy.
+            return QuantizerConfig(format: f, groupSize: groupSize, symmetric: symmetric,
+                                   policy: method == .gptq && isInt ? .gptq : .minmax, scaleConstraint: scaleConstraint)
+        }
     }
 
     /// Does the method read calibration text?
@@ -142,6 +168,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         let fmt = try weightFormat
         try fmt.validate()
         try groupSize.validateSize()
+        if case .int = fmt {
+            try require(scaleConstraint == .none,
+                        "scale_constraint \(scaleConstraint.rawValue) applies to minifloat weights (e2m1, …), not \(wformat)")
+        }
+        if needsCalibrationData {
+            try require(nsamples > 0, "nsamples must be positive, got \(nsamples)")
+            try require(seqlen >= 2, "seqlen must be at least 2, got \(seqlen)")
+        }
         if method == .omniquant {
             guard case .int(let bits) = fmt else {
                 throw SwiftQuantError.invalidArgument("omniquant quantizes to integer formats (int2…int8), not \(wformat)")

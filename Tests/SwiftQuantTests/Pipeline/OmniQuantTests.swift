@@ -75,6 +75,33 @@ final class OmniQuantTests: XCTestCase {
         }
     }
 
+    /// GPTQ through the same pipeline on every family: each block's output error is at most RTN's (same grid),
+    /// INT and FP4 with M2, and the fused weights are the dequantized codes.
+    func testGPTQThroughThePipeline() throws {
+        for family in Self.families {
+            for r in [QuantRecipe(method: .gptq, wformat: "int3", groupSize: 16, nsamples: 4, seqlen: 32),
+                      QuantRecipe(method: .gptq, wformat: "e2m1", groupSize: 16, nsamples: 4, seqlen: 32,
+                                  scaleConstraint: .m2)] {
+                let (fused, result, model) = try run(r, family: family, workDir: tempDir())
+                XCTAssertEqual(try r.quantizerConfig.policy, r.wformat.hasPrefix("int") ? .gptq : .minmax)
+                for rep in result.reports {
+                    XCTAssertLessThanOrEqual(rep.fusedLoss!, rep.rtnLoss!, "\(family) \(r.wformat) block \(rep.block)")
+                }
+                for i in 0..<model.numBlocks {
+                    for name in model.blockLinearNames {
+                        let q = try XCTUnwrap(result.quantized[model.blockPrefix(i) + name + ".weight"])
+                        XCTAssertEqual(q.dequantized().array.map(\.bitPattern), fused["\(i).\(name)"]!.map(\.bitPattern))
+                    }
+                }
+            }
+        }
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe(method: .gptq, wformat: "int4", scaleConstraint: .m1).validate(),
+                                       contains: "minifloat")
+        let cpu = try QuantRecipe.fromJSON(#"{"method": "gptq", "wformat": "e2m1", "preset": "cpu", "scale_constraint": "m2"}"#)
+        XCTAssertEqual([cpu.nsamples, cpu.seqlen], [32, 512])
+        XCTAssertEqual(cpu.scaleConstraint, .m2)
+    }
+
     /// RTN through the same pipeline equals quantizing each weight on its own.
     func testRTNThroughThePipeline() throws {
         let r = QuantRecipe(method: .rtn, wformat: "int4", groupSize: 32)
@@ -127,7 +154,7 @@ final class OmniQuantTests: XCTestCase {
         ] {
             XCTAssertThrowsSwiftQuantError(try CalibrationPipeline(recipe: r, workDir: dir), contains: fragment)
         }
-        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "gptq", "wformat": "int4"}"#), contains: "recipe")
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "awq", "wformat": "int4"}"#), contains: "method")
         XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn"}"#), contains: "wformat")
         XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 9}"#), contains: "wbits")
         XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 4, "preset": "gpu"}"#),

@@ -1,0 +1,56 @@
+import Foundation
+
+/// GPTQ as a calibration algorithm (ALGORITHMS.md §5): within a block, linears are quantized in execution
+/// order by the groups that share an input — q/k/v, then o, then gate/up (fc1), then down (fc2). Before each group
+/// the block runs on the quantized-path inputs with the groups before it already quantized, and the input
+/// observer hook accumulates `H = 2/n·Σ XᵀX` (a running mean in float32 through BLAS) of what the group's linears
+/// consume; each linear of the group is then quantized by `GPTQ.quantize` on that Hessian.
+///
+/// Cost: the block forward runs once per group (4 times per window); only the products up to the group are
+/// needed, the rest is spent for simplicity.
+public struct GPTQAlgorithm: BlockAlgorithm {
+    public init() {}
+    public var needsCalibrationData: Bool { true }
+
+    /// Linear indices grouped by shared input, in execution order.
+    static func inputGroups(_ spec: BlockSpec) -> [[Int]] {
+        let order: [[LinearRole]] = [[.q, .k, .v], [.o], [.gate, .up], [.down]]
+        return order.map { roles in roles.compactMap { spec.index(of: $0) } }.filter { !$0.isEmpty }
+    }
+
+    public func quantize(_ job: BlockJob) throws -> BlockOutcome {
+        let spec = job.model.blockSpec, cfg = try job.recipe.quantizerConfig
+        var linears = job.weights.linears
+        var out = BlockOutcome(quantized: [:])
+        let ws = Workspace()
+        for group in Self.inputGroups(spec) {
+            let f = spec.linears[group[0]].inFeatures
+            let h = Tensor(zeros: [f, f])
+            var tokens = 0
+            var hooks = Array(repeating: LinearHooks(), count: spec.linears.count)
+            hooks[group[0]].observer = { x, rows, features in
+                // H ← H·n/(n+m) + (2/(n+m))·XᵀX
+                let n = Float(tokens), m = Float(rows)
+                BLAS.sgemm(transA: true, m: features, n: features, k: rows, alpha: 2 / (n + m), a: x, lda: features,
+                           b: x, ldb: features, beta: n / (n + m), c: h.pointer, ldc: features)
+                tokens += rows
+            }
+            let current = TransformerBlock(index: job.index, linearNames: job.weights.linearNames, linears: linears,
+                                           norms: job.weights.norms)
+            for x in job.inputs {
+                let y = x.copy()
+                try job.model.forward(block: current, hidden: y, workspace: ws, hooks: hooks)
+            }
+            for i in group {
+                let name = spec.linears[i].name
+                let r = try GPTQ.quantize(weight: job.weights.linear(name).weight, hessian: h, config: cfg)
+                if r.dampingRetries > 0 {
+                    job.log("block \(job.index + 1) \(name): Cholesky needed \(r.dampingRetries) damping retries")
+                }
+                out.quantized[name] = r.quantized
+                linears[name] = Linear(weight: r.dequantized, bias: job.weights.linear(name).bias)
+            }
+        }
+        return out
+    }
+}
