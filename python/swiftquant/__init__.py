@@ -355,5 +355,5 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_b: bool = False, out: np.ndarr
 
 
 from .models import (  # noqa: E402
-    Model, OmniQuantResult, Tokenizer, default_calibration_path, load_model, omniquant, perplexity, recipe, rtn,
+    Model, OmniQuantResult, Tokenizer, default_calibration_path, gptq, load_model, omniquant, perplexity, recipe, rtn,
     smollm2_path)

@@ -209,7 +209,7 @@ def _quantized_tensors(model: Model) -> dict:
 
 
 class OmniQuantResult:
-    """The outcome of ``sq.omniquant``: ``.model`` (a ``Model`` with fused, fake-quantized block weights that
+    """The outcome of ``sq.omniquant`` and ``sq.gptq``: ``.model`` (a ``Model`` with fused, fake-quantized block weights that
     ``sq.perplexity`` evaluates), ``.weights`` (Hugging Face weight name -> ``QuantizedTensor``), ``.seconds``
     (calibration wall time) and ``.save(dir)``."""
 
@@ -244,16 +244,35 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     work directory: finished blocks are saved there as they complete, and a later call with the same directory
     and settings continues after the last finished one (bit-identical to an uninterrupted run).
     """
-    import shutil
-    import tempfile
-    import time
-
     for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=bool(aug_loss),
                seed=int(seed))
+    return _calibrate(model_or_path, r, calib, resume, progress)
+
+
+def gptq(model_or_path, wformat: str | None = None, wbits: int | None = None, group_size: int | None = 128,
+         scale_constraint: str | None = None, nsamples: int | None = None, seqlen: int | None = None, calib=None,
+         seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
+         symmetric: bool = False) -> OmniQuantResult:
+    """GPTQ (ALGORITHMS.md §5) block by block on the quantized path, with an INT grid (``wbits=3`` or
+    ``wformat="int3"``; GPTQ's min/max policy that keeps 0 in range) or a minifloat grid (``wformat="e2m1"``,
+    optionally ``scale_constraint="m1"``/``"m2"``, applied inside the sweep). ``preset="paper"``: 128 × 2048
+    calibration tokens; ``preset="cpu"``: 32 × 512. Returns what ``sq.omniquant`` returns."""
+    if (wformat is None) == (wbits is None):
+        raise ValueError("give wformat (e.g. 'e2m1', 'int3') or wbits, not both")
+    r = recipe("gptq", wformat, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset,
+               nsamples=nsamples, seqlen=seqlen, seed=int(seed), scale_constraint=scale_constraint)
+    return _calibrate(model_or_path, r, calib, resume, progress)
+
+
+def _calibrate(model_or_path, r: dict, calib, resume, progress: bool) -> OmniQuantResult:
+    import shutil
+    import tempfile
+    import time
+
     if not isinstance(model_or_path, Model):
         model_or_path = load_model(model_or_path)
     calib = os.fspath(calib) if calib is not None else default_calibration_path()
@@ -261,7 +280,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
         raise FileNotFoundError(f"calibration file not found: {calib}")
     tmp = None
     if resume is None:
-        tmp = tempfile.mkdtemp(prefix="swiftquant-omniquant-")
+        tmp = tempfile.mkdtemp(prefix=f"swiftquant-{r['method']}-")
         work, again = tmp, False
     else:
         work = os.fspath(resume)

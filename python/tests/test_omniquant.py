@@ -45,3 +45,15 @@ def test_tiny_budget_runs_and_returns_packed_weights(smollm2, wikitext_test):
     assert len(r.weights) == 7 * 30
     # the C ABI reports the format by name and the group size in its one spelling
     assert q.format == "int4" and q.group_size == 64
+
+
+def test_gptq_settings_fail_fast_and_tiny_budget_runs(smollm2):
+    with pytest.raises(ValueError, match="minifloat"):
+        sq.gptq(smollm2, wformat="int4", scale_constraint="m1", progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        sq.gptq(smollm2, wformat="int4", wbits=4, progress=False)
+    assert sq.recipe("gptq", "e2m1", preset="cpu")["nsamples"] == 32
+    r = sq.gptq(smollm2, wformat="e2m1", group_size=64, scale_constraint="m2", nsamples=1, seqlen=32, progress=False)
+    q = r.weights["model.layers.0.mlp.up_proj.weight"]
+    assert q.format == "e2m1" and q.group_size == 64
+    assert (q.dequantize() == r.model.weights["model.layers.0.mlp.up_proj.weight"]).all()
