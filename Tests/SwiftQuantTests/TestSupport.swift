@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import SwiftQuant
 
 /// Shared helpers of the test target.
 enum Fixtures {
@@ -22,18 +23,8 @@ enum Fixtures {
     }
 }
 
-/// A small deterministic generator (SplitMix64) so tests are reproducible without Foundation's randomness.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+/// Tests draw from the library's SplitMix64 so they are reproducible without Foundation's randomness.
+extension SplitMix64 {
     mutating func gaussian() -> Float {
         let u1 = Float.random(in: Float.ulpOfOne..<1, using: &self), u2 = Float.random(in: 0..<1, using: &self)
         return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)

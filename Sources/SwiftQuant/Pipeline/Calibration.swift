@@ -38,17 +38,10 @@ public enum Calibration {
         try require(length >= 2, "seqlen must be at least 2, got \(length)")
         try require(tokens.count > length,
                     "the calibration text has \(tokens.count) tokens, fewer than one window of \(length) + 1")
-        var state = seed
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var rng = SplitMix64(seed: seed)
         let span = UInt64(tokens.count - length)
         return (0..<count).map { _ in
-            let start = Int(next() % span)
+            let start = Int(rng.next() % span)
             return Array(tokens[start..<(start + length)])
         }
     }

@@ -147,14 +147,8 @@ public enum LoRC {
             return out
         }
         // Randomized subspace iteration on G.
-        var state = seed
-        func next() -> Double {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return Double((z ^ (z >> 31)) >> 11) / Double(1 << 53)
-        }
+        var rng = SplitMix64(seed: seed)
+        func next() -> Double { rng.nextUnit() }
         var y = [Double](repeating: 0, count: n * k)  // [n, k]
         for i in 0..<(n * k) { y[i] = (-2 * log(max(next(), 1e-300))).squareRoot() * cos(2 * .pi * next()) }
         orthonormalize(&y, n: n, k: k)
