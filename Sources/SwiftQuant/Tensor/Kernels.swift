@@ -80,15 +80,6 @@ public final class Workspace {
 }
 
 public enum Kernels {
-    /// `y[rows, out] = x[rows, in] · Wᵀ (+ b)`, or `y += …` when `accumulate`.
-    static func linear(_ x: UnsafePointer<Float>, rows: Int, _ lin: Linear, _ y: UnsafeMutablePointer<Float>,
-                       accumulate: Bool = false) {
-        let n = lin.outFeatures, k = lin.inFeatures
-        BLAS.sgemm(transB: true, m: rows, n: n, k: k, a: x, lda: k, b: lin.weight.pointer, ldb: k,
-                   beta: accumulate ? 1 : 0, c: y, ldc: n)
-        if let bias = lin.bias { addBias(y, rows: rows, bias.pointer, n) }
-    }
-
     static func addBias(_ y: UnsafeMutablePointer<Float>, rows: Int, _ b: UnsafePointer<Float>, _ n: Int) {
         parallelFor(rows, minChunk: max(1, 16384 / max(n, 1))) { range in
             for r in range {
@@ -143,26 +134,6 @@ public enum Kernels {
                     if let w = weight { y *= w[j] }
                     if let b = bias { y += b[j] }
                     yr[j] = y
-                }
-            }
-        }
-    }
-
-    /// Rotary embedding in the "rotate_half" convention: within each head the pairs are (j, j + d/2).
-    /// `cos`/`sin` are `[rows, d/2]`; `x` is `[rows, heads·d]` with row stride `stride`.
-    static func applyRoPE(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, stride: Int,
-                          cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
-        let half = headDim / 2
-        parallelFor(rows, minChunk: 16) { range in
-            for r in range {
-                let c = cos + r * half, s = sin + r * half
-                for h in 0..<heads {
-                    let p = x + r * stride + h * headDim
-                    for j in 0..<half {
-                        let a = p[j], b = p[j + half]
-                        p[j] = a * c[j] - b * s[j]
-                        p[j + half] = b * c[j] + a * s[j]
-                    }
                 }
             }
         }
@@ -268,18 +239,6 @@ public enum Kernels {
                 gate[i] = g / (1 + scalarExp(-g)) * up[i]
                 i += 1
             }
-        }
-    }
-
-    static func relu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        parallelFor(count, minChunk: 16384) { range in
-            for i in range where !(x[i] > 0) { x[i] = 0 }
-        }
-    }
-
-    static func add(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
-        parallelFor(count, minChunk: 16384) { range in
-            for i in range { y[i] += x[i] }
         }
     }
 
