@@ -32,7 +32,8 @@ let package = Package(
         ),
         .executableTarget(name: "SwiftQuantExample", dependencies: ["SwiftQuant"], path: "Examples/swift"),
         // The parsers' fuzz entry points (Fuzz/run.sh builds them with libFuzzer; the tests run them too).
-        .target(name: "SwiftQuantFuzz", dependencies: ["SwiftQuant"], path: "Fuzz", sources: ["FormatFuzz.swift"]),
+        .target(name: "SwiftQuantFuzz", dependencies: ["SwiftQuant"], path: "Fuzz", exclude: ["run.sh", "FuzzTarget.swift"],
+                sources: ["FormatFuzz.swift"]),
         .testTarget(
             name: "SwiftQuantTests",
             dependencies: ["SwiftQuant", "SwiftQuantFuzz", "CSQSupport"],
