@@ -138,7 +138,7 @@ public final class BlockGraph {
     /// Runs the block in place on `hidden` (`[T, hidden]`) with scratch from `ws`, recording nothing. Weight
     /// transforms are applied on each call.
     static func infer(spec: BlockSpec, weights block: TransformerBlock, hooks: [LinearHooks]?, rope: RopeTables?,
-                      hidden: Tensor, ws: Workspace) throws {
+                      hidden: Tensor, ws: Workspace, stopAt: Int? = nil) throws {
         let T = hidden.shape[0], H = spec.hidden
         try require(hidden.rank == 2 && hidden.shape[1] == H, "block: hidden state \(hidden.shape), expected [T, \(H)]")
         try require(!spec.rope || (rope != nil && rope!.rows >= T), "block: RoPE tables for \(T) positions are needed")
@@ -164,7 +164,7 @@ public final class BlockGraph {
         if hooks?.contains(where: { $0.input != nil }) == true {
             for s in 0..<4 { b.sites[s] = ws.buffer(12 + s, T * max(spec.qDim, ffnWidth, H)) }
         }
-        BlockForward(spec: spec, linears: lin, hooks: hooks, norm1: n1, norm2: n2, rope: rope)
+        BlockForward(spec: spec, linears: lin, hooks: hooks, norm1: n1, norm2: n2, rope: rope, stopAt: stopAt)
             .run(T: T, x: x, buffers: b, weights: w, ws: ws)
     }
 
@@ -277,6 +277,8 @@ private struct BlockForward {
     let hooks: [LinearHooks]?
     let norm1: (weight: Tensor, bias: Tensor?), norm2: (weight: Tensor, bias: Tensor?)
     let rope: RopeTables?
+    /// Capture only: stop as soon as this linear's input hooks have run (the rest of the block is not computed).
+    var stopAt: Int? = nil
 
     /// `attention` given: record (norm statistics, probabilities) with the autodiff ops; nil: the plain kernels.
     func run(T: Int, x: UnsafeMutablePointer<Float>, buffers b: BlockGraph.Buffers, weights w: [UnsafeMutablePointer<Float>],
@@ -288,9 +290,11 @@ private struct BlockForward {
 
         // attention half
         norm(s.attentionNorm, norm1, x: x, y: b.n1, mean: b.mean1, rstd: b.rstd1, T: T, recording: recording)
-        linear(iq, b.n1, site: b.sites[0], b.q, T: T, w: w, accumulate: false)
-        linear(ik, b.n1, site: b.sites[0], b.k, T: T, w: w, accumulate: false, quantized: hooks?[iq].input != nil && hooks?[iq].input === hooks?[ik].input)
-        linear(iv, b.n1, site: b.sites[0], b.v, T: T, w: w, accumulate: false, quantized: hooks?[iq].input != nil && hooks?[iq].input === hooks?[iv].input)
+        if linear(iq, b.n1, site: b.sites[0], b.q, T: T, w: w, accumulate: false) { return }
+        if linear(ik, b.n1, site: b.sites[0], b.k, T: T, w: w, accumulate: false,
+                  quantized: hooks?[iq].input != nil && hooks?[iq].input === hooks?[ik].input) { return }
+        if linear(iv, b.n1, site: b.sites[0], b.v, T: T, w: w, accumulate: false,
+                  quantized: hooks?[iq].input != nil && hooks?[iq].input === hooks?[iv].input) { return }
         if s.rope, let r = rope {
             Autodiff.Rope.forward(x: b.q, y: b.q, cos: r.cos.pointer, sin: r.sin.pointer, rows: T, heads: s.heads,
                                   headDim: s.headDim)
@@ -304,21 +308,21 @@ private struct BlockForward {
                                     headDim: s.headDim, scale: 1 / Float(s.headDim).squareRoot(), workspace: ws!,
                                     slot: 40)
         }
-        residual(io, b.attn, site: b.sites[1], into: b.h1, from: x, T: T, w: w)
+        if residual(io, b.attn, site: b.sites[1], into: b.h1, from: x, T: T, w: w) { return }
 
         // MLP half
         norm(s.mlpNorm, norm2, x: b.h1, y: b.n2, mean: b.mean2, rstd: b.rstd2, T: T, recording: recording)
         let F = s.ffn
         if let ig = igate {
-            linear(ig, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false)
-            linear(iup, b.n2, site: b.sites[2], b.b, T: T, w: w, accumulate: false,
-                   quantized: hooks?[ig].input != nil && hooks?[ig].input === hooks?[iup].input)
+            if linear(ig, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false) { return }
+            if linear(iup, b.n2, site: b.sites[2], b.b, T: T, w: w, accumulate: false,
+                      quantized: hooks?[ig].input != nil && hooks?[ig].input === hooks?[iup].input) { return }
             Autodiff.SiLUMul.forward(gate: b.a, up: b.b, y: b.m, count: T * F)
         } else {
-            linear(iup, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false)
+            if linear(iup, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false) { return }
             Autodiff.ReLU.forward(x: b.a, y: b.m, count: T * F)
         }
-        residual(idown, b.m, site: b.sites[3], into: b.out, from: b.h1, T: T, w: w)
+        _ = residual(idown, b.m, site: b.sites[3], into: b.out, from: b.h1, T: T, w: w)
     }
 
     /// `y = r + linear(x)`. In place (`y` is `r`, inference) the product accumulates into the residual stream;
@@ -326,13 +330,11 @@ private struct BlockForward {
     /// rounds exactly as the plain sum of the two.
     private func residual(_ i: Int, _ x: UnsafeMutablePointer<Float>, site: UnsafeMutablePointer<Float>,
                           into y: UnsafeMutablePointer<Float>, from r: UnsafeMutablePointer<Float>, T: Int,
-                          w: [UnsafeMutablePointer<Float>]) {
-        if y == r {
-            linear(i, x, site: site, y, T: T, w: w, accumulate: true)
-        } else {
-            linear(i, x, site: site, y, T: T, w: w, accumulate: false)
-            Autodiff.Residual.forward(a: y, b: r, y: y, count: T * spec.hidden)
-        }
+                          w: [UnsafeMutablePointer<Float>]) -> Bool {
+        if y == r { return linear(i, x, site: site, y, T: T, w: w, accumulate: true) }
+        if linear(i, x, site: site, y, T: T, w: w, accumulate: false) { return true }
+        Autodiff.Residual.forward(a: y, b: r, y: y, count: T * spec.hidden)
+        return false
     }
 
     private func norm(_ n: BlockSpec.NormSpec, _ p: (weight: Tensor, bias: Tensor?), x: UnsafePointer<Float>,
@@ -354,10 +356,11 @@ private struct BlockForward {
     }
 
     /// The one linear operation: input quantizer (into `site`, unless `quantized` says the site already holds
-    /// this input quantized by the same quantizer), observer, `y = x·Ŵᵀ (+ y when accumulate) + b`.
+    /// this input quantized by the same quantizer), observer, `y = x·Ŵᵀ (+ y when accumulate) + b`. Returns true
+    /// (and computes no product) when this is the `stopAt` linear.
     private func linear(_ i: Int, _ x: UnsafeMutablePointer<Float>, site: UnsafeMutablePointer<Float>,
                         _ y: UnsafeMutablePointer<Float>, T: Int, w: [UnsafeMutablePointer<Float>], accumulate: Bool,
-                        quantized: Bool = false) {
+                        quantized: Bool = false) -> Bool {
         let l = spec.linears[i]
         var input = UnsafePointer(x)
         if let h = hooks?[i] {
@@ -370,9 +373,11 @@ private struct BlockForward {
             }
             h.observer?(input, T, l.inFeatures)
         }
+        if i == stopAt { return true }
         BLAS.sgemm(transB: true, m: T, n: l.outFeatures, k: l.inFeatures, a: input, lda: l.inFeatures, b: w[i],
                    ldb: l.inFeatures, beta: accumulate ? 1 : 0, c: y, ldc: l.outFeatures)
         if let bias = linears[i].bias { Kernels.addBias(y, rows: T, bias.pointer, l.outFeatures) }
+        return false
     }
 }
 

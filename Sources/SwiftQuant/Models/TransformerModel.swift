@@ -113,12 +113,14 @@ extension TransformerModel {
 
     /// Runs one block in place on `hidden` `[T, hiddenSize]`, through the one block forward, with optional hooks
     /// on its linears (in `blockSpec.linears` order).
+    /// With `stopAt`, only capture: the block stops once linear `stopAt`'s input hooks have run, and `hidden` is
+    /// then left partly updated.
     public func forward(block: TransformerBlock, hidden: Tensor, workspace: Workspace,
-                        hooks: [LinearHooks]? = nil) throws {
+                        hooks: [LinearHooks]? = nil, stopAt: Int? = nil) throws {
         let T = hidden.shape[0]
         try require(T <= maxSequenceLength, "window of \(T) tokens is longer than this model's \(maxSequenceLength)")
         try BlockGraph.infer(spec: blockSpec, weights: block, hooks: hooks, rope: rotaryTables(rows: T), hidden: hidden,
-                             ws: workspace)
+                             ws: workspace, stopAt: stopAt)
     }
 
     /// A recording block graph for calibration: block `i`'s weights (as installed), tape for `maxRows` tokens.

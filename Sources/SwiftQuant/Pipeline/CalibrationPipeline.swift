@@ -125,6 +125,7 @@ public final class CalibrationPipeline {
             var report: BlockReport
             if resume, let saved = try loadFinished(i, block: block) {
                 (fused, report) = saved
+                for x in qIn { try model.forward(block: fused, hidden: x, workspace: ws) }
             } else {
                 let job = BlockJob(model: model, index: i, weights: block, inputs: qIn, targets: targets, recipe: recipe,
                                    log: log)
@@ -134,11 +135,17 @@ public final class CalibrationPipeline {
                                      fusedLoss: nil, rtnLoss: nil, seconds: 0, skippedSteps: outcome.skippedSteps,
                                      finalLearningRate: outcome.finalLearningRate, resumed: false)
                 if data {
-                    report.fusedLoss = try blockLoss(model, fused, qIn, fpOut, ws)
                     let rtn = try RTN().quantize(BlockJob(model: model, index: i, weights: block, inputs: [], targets: [],
                                                           recipe: recipe, log: log))
                     report.rtnLoss = try blockLoss(model, try fuse(block, rtn.quantized), qIn, fpOut, ws)
                 }
+                // Propagate the quantized path; its outputs against the FP targets are the fused block's loss.
+                var fusedLoss = 0.0
+                for (x, t) in zip(qIn, fpOut) {
+                    try model.forward(block: fused, hidden: x, workspace: ws)
+                    fusedLoss += mse(x, t)
+                }
+                if data { report.fusedLoss = fusedLoss / Double(qIn.count) }
                 report.seconds = sqs_now() - t0
                 if workDir != nil {
                     try save(i, fused: fused, outcome: outcome, report: report)
@@ -147,7 +154,6 @@ public final class CalibrationPipeline {
                     for (name, q) in outcome.quantized { inMemory[model.blockPrefix(i) + name + ".weight"] = q }
                 }
             }
-            for x in qIn { try model.forward(block: fused, hidden: x, workspace: ws) }
             fpIn = fpOut
             model.setBlock(i, workDir == nil ? fused : nil)
             reports.append(report)
@@ -197,11 +203,15 @@ public final class CalibrationPipeline {
         for (x, t) in zip(inputs, targets) {
             let y = x.copy()
             try model.forward(block: block, hidden: y, workspace: ws)
-            var e = 0.0
-            for k in 0..<y.count { let d = Double(y.pointer[k] - t.pointer[k]); e += d * d }
-            s += e / Double(y.count)
+            s += mse(y, t)
         }
         return s / Double(max(inputs.count, 1))
+    }
+
+    private func mse(_ y: Tensor, _ t: Tensor) -> Double {
+        var e = 0.0
+        for k in 0..<y.count { let d = Double(y.pointer[k] - t.pointer[k]); e += d * d }
+        return e / Double(y.count)
     }
 
     // MARK: work directory

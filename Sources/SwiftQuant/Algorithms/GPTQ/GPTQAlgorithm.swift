@@ -6,8 +6,7 @@ import Foundation
 /// observer hook accumulates `H = 2/n·Σ XᵀX` (a running mean in float32 through BLAS) of what the group's linears
 /// consume; each linear of the group is then quantized by `GPTQ.quantize` on that Hessian.
 ///
-/// Cost: the block forward runs once per group (4 times per window); only the products up to the group are
-/// needed, the rest is spent for simplicity.
+/// Cost: the block runs once per group and window, each time only up to the group's input (`stopAt`).
 public struct GPTQAlgorithm: BlockAlgorithm {
     public init() {}
     public var needsCalibrationData: Bool { true }
@@ -39,7 +38,7 @@ public struct GPTQAlgorithm: BlockAlgorithm {
                                            norms: job.weights.norms)
             for x in job.inputs {
                 let y = x.copy()
-                try job.model.forward(block: current, hidden: y, workspace: ws, hooks: hooks)
+                try job.model.forward(block: current, hidden: y, workspace: ws, hooks: hooks, stopAt: group[0])
             }
             for i in group {
                 let name = spec.linears[i].name
