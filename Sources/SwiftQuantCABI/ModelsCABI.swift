@@ -168,7 +168,6 @@ public func cabi_model_quantize(_ p: OpaquePointer?, _ json: UnsafePointer<CChar
         out.pointee = nil
         let m = try model(p)
         let recipe = try QuantRecipe.fromJSON(String(cString: try nonNull(json, "recipe_json")))
-        try recipe.validate(model: m.loaded.model)
         var dir: String?
         if recipe.needsCalibrationData {
             guard let workDir else { throw SwiftQuantError.invalidArgument("\(recipe.method.rawValue) needs a work_dir") }

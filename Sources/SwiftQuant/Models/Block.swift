@@ -91,8 +91,8 @@ public final class BlockGraph {
             guard let l = w.linears[s.name] else { throw SwiftQuantError.format("block \(w.index): no linear '\(s.name)'") }
             try require(l.weight.shape == [s.outFeatures, s.inFeatures],
                         "block \(w.index): \(s.name) weight has shape \(l.weight.shape), expected [\(s.outFeatures), \(s.inFeatures)]")
-            try require((l.bias != nil) == s.bias || l.bias == nil || l.bias!.count == s.outFeatures,
-                        "block \(w.index): \(s.name) bias does not match")
+            try require(l.bias.map { $0.count == s.outFeatures } ?? true,
+                        "block \(w.index): \(s.name) bias has \(l.bias?.count ?? 0) values, expected \(s.outFeatures)")
             return l
         }
     }
@@ -291,10 +291,8 @@ private struct BlockForward {
         // attention half
         norm(s.attentionNorm, norm1, x: x, y: b.n1, mean: b.mean1, rstd: b.rstd1, T: T, recording: recording)
         if linear(iq, b.n1, site: b.sites[0], b.q, T: T, w: w, accumulate: false) { return }
-        if linear(ik, b.n1, site: b.sites[0], b.k, T: T, w: w, accumulate: false,
-                  quantized: hooks?[iq].input != nil && hooks?[iq].input === hooks?[ik].input) { return }
-        if linear(iv, b.n1, site: b.sites[0], b.v, T: T, w: w, accumulate: false,
-                  quantized: hooks?[iq].input != nil && hooks?[iq].input === hooks?[iv].input) { return }
+        if linear(ik, b.n1, site: b.sites[0], b.k, T: T, w: w, accumulate: false, quantized: sameQuantizer(iq, ik)) { return }
+        if linear(iv, b.n1, site: b.sites[0], b.v, T: T, w: w, accumulate: false, quantized: sameQuantizer(iq, iv)) { return }
         if s.rope, let r = rope {
             Autodiff.Rope.forward(x: b.q, y: b.q, cos: r.cos.pointer, sin: r.sin.pointer, rows: T, heads: s.heads,
                                   headDim: s.headDim)
@@ -315,14 +313,21 @@ private struct BlockForward {
         let F = s.ffn
         if let ig = igate {
             if linear(ig, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false) { return }
-            if linear(iup, b.n2, site: b.sites[2], b.b, T: T, w: w, accumulate: false,
-                      quantized: hooks?[ig].input != nil && hooks?[ig].input === hooks?[iup].input) { return }
+            if linear(iup, b.n2, site: b.sites[2], b.b, T: T, w: w, accumulate: false, quantized: sameQuantizer(ig, iup)) {
+                return
+            }
             Autodiff.SiLUMul.forward(gate: b.a, up: b.b, y: b.m, count: T * F)
         } else {
             if linear(iup, b.n2, site: b.sites[2], b.a, T: T, w: w, accumulate: false) { return }
             Autodiff.ReLU.forward(x: b.a, y: b.m, count: T * F)
         }
         _ = residual(idown, b.m, site: b.sites[3], into: b.out, from: b.h1, T: T, w: w)
+    }
+
+    /// Whether linears `a` and `b` (sharing an input) have the same input quantizer, so `b` reuses `a`'s result.
+    private func sameQuantizer(_ a: Int, _ b: Int) -> Bool {
+        guard let qa = hooks?[a].input else { return false }
+        return qa === hooks?[b].input
     }
 
     /// `y = r + linear(x)`. In place (`y` is `r`, inference) the product accumulates into the residual stream;

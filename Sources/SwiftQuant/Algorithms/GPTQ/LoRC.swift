@@ -153,39 +153,25 @@ public enum LoRC {
         for i in 0..<(n * k) { y[i] = (-2 * log(max(next(), 1e-300))).squareRoot() * cos(2 * .pi * next()) }
         orthonormalize(&y, n: n, k: k)
         for _ in 0..<6 {
-            y = multiply(g, y, n: n, k: k)
+            y = product(g, y, m: n, k: n, n: k)
             orthonormalize(&y, n: n, k: k)
         }
-        // B = Yᵀ G Y [k, k], its eigenvectors W, V = Y·W.
-        let gy = multiply(g, y, n: n, k: k)
-        var b = [Double](repeating: 0, count: k * k)
-        for a in 0..<k {
-            for c in 0..<k {
-                var s = 0.0
-                for i in 0..<n { s += y[i * k + a] * gy[i * k + c] }
-                b[a * k + c] = s
-            }
-        }
+        // B = Yᵀ G Y [k, k], its eigenvectors W, V = Y·W (the first `count` columns).
+        var b = product(y, product(g, y, m: n, k: n, n: k), m: k, k: n, n: k, transA: true)
         for a in 0..<k { for c in 0..<a { let s = (b[a * k + c] + b[c * k + a]) / 2; b[a * k + c] = s; b[c * k + a] = s } }
         let (_, w) = DenseLinearAlgebra.symmetricEigen(b, n: k)
-        var out = [Double](repeating: 0, count: n * count)
-        for i in 0..<n {
-            for j in 0..<count {
-                var s = 0.0
-                for a in 0..<k { s += y[i * k + a] * w[a * k + j] }
-                out[i * count + j] = s
-            }
-        }
-        return out
+        let v = product(y, w, m: n, k: k, n: k)
+        return (0..<(n * count)).map { v[($0 / count) * k + $0 % count] }
     }
 
-    /// `g` [n, n] times `y` [n, k].
-    static func multiply(_ g: [Double], _ y: [Double], n: Int, k: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: n * k)
-        for i in 0..<n {
-            for j in 0..<n {
-                let x = g[i * n + j]
-                for a in 0..<k { out[i * k + a] += x * y[j * k + a] }
+    /// `a·b` in float64, `a` [m, k] (stored [k, m] when `transA`), `b` [k, n]; every output element sums over the
+    /// inner index in increasing order.
+    static func product(_ a: [Double], _ b: [Double], m: Int, k: Int, n: Int, transA: Bool = false) -> [Double] {
+        var out = [Double](repeating: 0, count: m * n)
+        for i in 0..<m {
+            for p in 0..<k {
+                let x = transA ? a[p * m + i] : a[i * k + p]
+                for j in 0..<n { out[i * n + j] += x * b[p * n + j] }
             }
         }
         return out
