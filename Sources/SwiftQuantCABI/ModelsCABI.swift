@@ -7,9 +7,8 @@ import SwiftQuant
 /// What an `sq_model*` points to. Keeps every tensor it handed out alive until `sq_model_free`.
 final class ModelHandle {
     let loaded: LoadedModel
+    /// The quantized tensors (`loaded.quantization`'s).
     let quantized: [String: QuantizedTensor]
-    let method: String?
-    let qconfig: QuantizerConfig?
     /// Effective weights that differ from the source (fake-quantized block linears).
     let overrides: [String: Tensor]
     let configJSON: UnsafeMutablePointer<CChar>
@@ -19,12 +18,9 @@ final class ModelHandle {
     let quantizedNames: [UnsafeMutablePointer<CChar>]
     let lock = NSLock()
 
-    init(_ loaded: LoadedModel, quantized: [String: QuantizedTensor] = [:], method: String? = nil,
-         qconfig: QuantizerConfig? = nil, overrides: [String: Tensor] = [:]) {
+    init(_ loaded: LoadedModel, overrides: [String: Tensor] = [:]) {
         self.loaded = loaded
-        self.quantized = quantized
-        self.method = method
-        self.qconfig = qconfig
+        self.quantized = loaded.quantization?.tensors ?? [:]
         self.overrides = overrides
         configJSON = strdup(loaded.configJSON)!
         names = loaded.source.tensorInfos.map { strdup($0.name)! }
@@ -174,15 +170,22 @@ public func cabi_model_quantize(_ p: OpaquePointer?, _ json: UnsafePointer<CChar
             dir = String(cString: workDir)
         }
         let copy = try m.loaded.fresh()
-        let r = try CalibrationPipeline.quantize(copy, recipe: recipe, calibrationPath: calib.map { String(cString: $0) },
+        _ = try CalibrationPipeline.quantize(copy, recipe: recipe, calibrationPath: calib.map { String(cString: $0) },
                                                  workDir: dir, resume: resume != 0, progress: progress != 0)
         var overrides: [String: Tensor] = [:]
         for i in 0..<copy.model.numBlocks {
             let b = try copy.model.block(i)
-            for (name, lin) in b.linears { overrides[copy.model.blockPrefix(i) + name + ".weight"] = lin.weight }
+            let prefix = copy.model.blockPrefix(i)
+            for (name, lin) in b.linears {
+                overrides[prefix + name + ".weight"] = lin.weight
+                if let bias = lin.bias { overrides[prefix + name + ".bias"] = bias }
+            }
+            for (name, n) in b.norms {  // an equivalent transformation rescales them
+                if let w = n.weight { overrides[prefix + name + ".weight"] = w }
+                if let bias = n.bias { overrides[prefix + name + ".bias"] = bias }
+            }
         }
-        out.pointee = retained(ModelHandle(copy, quantized: r.quantized, method: recipe.method.rawValue,
-                                           qconfig: try recipe.quantizerConfig, overrides: overrides))
+        out.pointee = retained(ModelHandle(copy, overrides: overrides))
     }
 }
 
@@ -191,8 +194,7 @@ public func cabi_model_save(_ p: OpaquePointer?, _ dir: UnsafePointer<CChar>?) -
     status {
         let m = try model(p)
         let d = String(cString: try nonNull(dir, "dir"))
-        let cfg = m.qconfig ?? QuantizerConfig(format: .int(bits: 8), groupSize: .perRow)
-        try QuantizedExport.write(m.loaded, quantized: m.quantized, method: m.method ?? "none", config: cfg, to: d)
+        try QuantizedExport.write(m.loaded, to: d)
     }
 }
 

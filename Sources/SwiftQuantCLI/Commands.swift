@@ -72,14 +72,33 @@ struct Quantize: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "Method: rtn, omniquant or gptq.")
+    @Option(help: "Method: rtn, smoothquant, omniquant or gptq.")
     var method = "rtn"
 
-    @Option(help: "Weight bits (2–8) for integer formats.")
-    var wbits = 4
+    @Option(help: "Weight bits (2–8) of an integer grid (default 4).")
+    var wbits: Int?
 
-    @Option(help: "Weight format instead of int<wbits>: e.g. e2m1 (FP4), e3m2 (FP6), e4m3fn (FP8).")
+    @Option(name: [.customLong("wformat"), .customLong("format")],
+            help: "Weight format instead of --wbits: int2 … int8 or a minifloat, e.g. e2m1 (FP4), e3m2 (FP6), e4m3fn (FP8).")
     var format: String?
+
+    @Option(help: "Activation bits (2–8, INT asymmetric per token) of every block linear's input.")
+    var abits: Int?
+
+    @Option(help: "Activation format instead of --abits: e4m3fn or e5m2 (FP8, symmetric per token), or intN.")
+    var aformat: String?
+
+    @Option(help: "Q/K/V (KV cache) bits per head per token, or none (default: the activation setting).")
+    var kvBits: String?
+
+    @Flag(help: "GPTQ: quantize columns by decreasing Hessian diagonal (act-order, with g_idx).")
+    var actOrder = false
+
+    @Option(help: "LoRC: rank of the low-rank compensation of every quantized linear (ZeroQuant-FP uses 8; 0 = off).")
+    var lorc = 0
+
+    @Option(help: "SmoothQuant: migration strength alpha (default 0.5).")
+    var alpha: Float = 0.5
 
     @Option(help: "Group size along the input dimension: a number of columns, or per-row for one group per output row.")
     var groupSize: GroupSize = 128
@@ -126,12 +145,31 @@ struct Quantize: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             guard let m = QuantRecipe.Method(rawValue: method) else {
-                throw SwiftQuantError.invalidArgument("unknown --method '\(method)' (available: rtn, omniquant, gptq)")
+                throw SwiftQuantError.invalidArgument("unknown --method '\(method)' (available: rtn, smoothquant, omniquant, gptq)")
             }
             guard let p = QuantRecipe.Preset(rawValue: preset) else {
                 throw SwiftQuantError.invalidArgument("unknown --preset '\(preset)' (paper or cpu)")
             }
-            let recipe = QuantRecipe(method: m, wformat: format ?? "int\(wbits)", groupSize: groupSize,
+            if format != nil && wbits != nil {
+                throw SwiftQuantError.invalidArgument("give --wbits (integer grids) or --wformat (a format name), not both")
+            }
+            if abits != nil && aformat != nil {
+                throw SwiftQuantError.invalidArgument("give --abits (INT activations) or --aformat (a format name), not both")
+            }
+            if let a = abits, !(2...8).contains(a) {
+                throw SwiftQuantError.invalidArgument("--abits must be in 2...8, got \(a)")
+            }
+            let act = aformat ?? abits.map { "int\($0)" }
+            var kv: String?? = .none
+            if let k = kvBits {
+                if k.lowercased() == "none" { kv = .some(nil) } else {
+                    guard let b = Int(k), (2...8).contains(b) else {
+                        throw SwiftQuantError.invalidArgument("--kv-bits must be in 2...8 or none, got '\(k)'")
+                    }
+                    kv = .some("int\(b)")
+                }
+            }
+            let recipe = QuantRecipe(method: m, wformat: format ?? "int\(wbits ?? 4)", groupSize: groupSize,
                                      symmetric: symmetric, preset: p, epochs: epochs, nsamples: nsamples, seqlen: seqlen,
                                      lr: lr, augLoss: augLoss, seed: seed,
                                      scaleConstraint: try scaleConstraint.map { name in
@@ -139,7 +177,8 @@ struct Quantize: ParsableCommand {
                                              throw SwiftQuantError.invalidArgument("--scale-constraint must be m1 or m2, got '\(name)'")
                                          }
                                          return c
-                                     } ?? .none)
+                                     } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
+                                     alpha: alpha)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)
@@ -154,7 +193,7 @@ struct Quantize: ParsableCommand {
             if let c = result.calibrationPath { info["calibration"] = c }
             let seconds = Date().timeIntervalSince(start)
             info["quantize_seconds"] = seconds
-            try QuantizedExport.write(loaded, quantized: q, method: method, config: config, to: out, info: info)
+            try QuantizedExport.write(loaded, to: out, info: info)
             if let work { try? FileManager.default.removeItem(atPath: work) }
             print("wrote \(out): \(q.count) quantized linears, \(config), \(String(format: "%.1f", seconds)) s")
             if evalWindows > 0, let data = SharedData.wikitextTest() {

@@ -40,6 +40,7 @@ __all__ = [
     "load_model",
     "perplexity",
     "rtn",
+    "smoothquant",
     "omniquant",
     "OmniQuantResult",
     "smollm2_path",
@@ -356,4 +357,4 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_b: bool = False, out: np.ndarr
 
 from .models import (  # noqa: E402
     Model, OmniQuantResult, Tokenizer, default_calibration_path, gptq, load_model, omniquant, perplexity, recipe, rtn,
-    smollm2_path)
+    smollm2_path, smoothquant)

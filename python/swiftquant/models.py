@@ -184,15 +184,51 @@ def _run_recipe(model: Model, r: dict, calib, work_dir, resume: bool, progress: 
     return out
 
 
-def rtn(model: Model | str, wbits: int, group_size: int | None = 128, symmetric: bool = False,
-        fmt: str | None = None, progress: bool = False) -> Model:
+# kv_bits's default: the KV cache follows the activation setting (kv_bits=None leaves attention FP).
+_FOLLOW = object()
+
+
+def _activation_settings(abits, aformat, kv_bits) -> dict:
+    """The recipe's activation fields: ``abits`` (INT width) or ``aformat`` (a format name such as ``"e4m3fn"``),
+    and ``kv_bits`` (an INT width, None for FP attention, default: the activation setting)."""
+    if abits is not None and aformat is not None:
+        raise ValueError("give abits (INT activations) or aformat (a format name such as 'e4m3fn'), not both")
+    for k, v in (("abits", abits), ("kv_bits", None if kv_bits is _FOLLOW else kv_bits)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise TypeError(f"{k} must be an int (2...8) or None, got {v!r}")
+    out = {"abits": None if abits is None else int(abits), "aformat": aformat}
+    if kv_bits is not _FOLLOW:
+        out["kv_bits"] = "none" if kv_bits is None else int(kv_bits)
+    return out
+
+
+def rtn(model: Model | str, wbits: int | None = None, group_size: int | None = 128, symmetric: bool = False,
+        wformat: str | None = None, abits: int | None = None, aformat: str | None = None, kv_bits=_FOLLOW,
+        lorc_rank: int = 0, progress: bool = False) -> Model:
     """Round-to-nearest weight quantization of every block linear (embeddings, norms and LM head stay FP): a
-    new ``Model`` whose block weights are fake-quantized; ``model`` itself is unchanged. ``fmt`` overrides
-    ``int<wbits>`` (for example ``"e2m1"`` for FP4)."""
+    new ``Model`` whose block weights are fake-quantized; ``model`` itself is unchanged. ``wformat`` replaces
+    ``int<wbits>`` (for example ``"e2m1"`` for FP4). With ``abits`` (INT) or ``aformat`` (``"e4m3fn"``,
+    ``"e5m2"``) every block linear's input is quantized per token at inference, and Q/K/V per head per token at
+    ``kv_bits`` (default: the activation setting; None: attention FP) — simulated quantization."""
     if not isinstance(model, Model):
         model = load_model(model)
-    r = recipe("rtn", fmt or f"int{wbits}", group_size, symmetric=bool(symmetric))
+    if (wformat is None) == (wbits is None):
+        raise ValueError("give wbits (integer grids) or wformat (e.g. 'e2m1', 'int4'), not both")
+    r = recipe("rtn", wformat, group_size, wbits=wbits, symmetric=bool(symmetric), lorc_rank=int(lorc_rank),
+               **_activation_settings(abits, aformat, kv_bits))
     return _run_recipe(model, r, None, None, False, progress)
+
+
+def smoothquant(model_or_path, wbits: int, abits: int | None = None, group_size: int | None = None,
+                alpha: float = 0.5, aformat: str | None = None, kv_bits=_FOLLOW, nsamples: int | None = None,
+                seqlen: int | None = None, calib=None, seed: int = 2, preset: str = "paper", progress: bool = True,
+                symmetric: bool = False) -> "OmniQuantResult":
+    """SmoothQuant: per-channel scales ``s = a^alpha / w^(1-alpha)`` from the calibration activations, folded
+    into norm -> q/k/v and norm -> gate/up (fc1), then round-to-nearest weights (per channel by default) and
+    activations quantized per token (``abits`` or ``aformat``), Q/K/V at ``kv_bits``. No training."""
+    r = recipe("smoothquant", None, group_size, wbits=wbits, alpha=float(alpha), nsamples=nsamples, seqlen=seqlen,
+               seed=int(seed), preset=preset, symmetric=bool(symmetric), **_activation_settings(abits, aformat, kv_bits))
+    return _calibrate(model_or_path, r, calib, None, progress)
 
 
 def _quantized_tensors(model: Model) -> dict:
@@ -235,7 +271,8 @@ class OmniQuantResult:
 def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: int | None = None,
               nsamples: int | None = None, seqlen: int | None = None, lr: float | None = None, aug_loss: bool = False,
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
-              symmetric: bool = False) -> OmniQuantResult:
+              symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
+              kv_bits=_FOLLOW) -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -243,28 +280,36 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     file (default: ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt with its rows rebuilt). ``resume`` is a
     work directory: finished blocks are saved there as they complete, and a later call with the same directory
     and settings continues after the last finished one (bit-identical to an uninterrupted run).
+    ``abits``/``aformat``/``kv_bits`` quantize activations on the quantized path during training and at
+    inference, as in ``sq.rtn``.
     """
     for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=bool(aug_loss),
-               seed=int(seed))
+               seed=int(seed), **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 
 
 def gptq(model_or_path, wformat: str | None = None, wbits: int | None = None, group_size: int | None = 128,
          scale_constraint: str | None = None, nsamples: int | None = None, seqlen: int | None = None, calib=None,
          seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
-         symmetric: bool = False) -> OmniQuantResult:
+         symmetric: bool = False, act_order: bool = False, lorc_rank: int = 0, abits: int | None = None,
+         aformat: str | None = None, kv_bits=_FOLLOW) -> OmniQuantResult:
     """GPTQ (ALGORITHMS.md §5) block by block on the quantized path, with an INT grid (``wbits=3`` or
     ``wformat="int3"``; GPTQ's min/max policy that keeps 0 in range) or a minifloat grid (``wformat="e2m1"``,
     optionally ``scale_constraint="m1"``/``"m2"``, applied inside the sweep). ``preset="paper"``: 128 × 2048
-    calibration tokens; ``preset="cpu"``: 32 × 512. Returns what ``sq.omniquant`` returns."""
+    calibration tokens; ``preset="cpu"``: 32 × 512. ``act_order=True`` visits columns by decreasing Hessian
+    diagonal (``g_idx`` kept); ``lorc_rank=8`` adds ZeroQuant-FP's low-rank compensation (FP16 factors, applied at
+    inference); ``aformat="e4m3fn"`` (or ``abits=8``) quantizes activations (W4A8, W8A8), Q/K/V at ``kv_bits``
+    (default: the activation setting; ZeroQuant-FP keeps attention FP: pass ``kv_bits=None``). Returns what
+    ``sq.omniquant`` returns."""
     if (wformat is None) == (wbits is None):
         raise ValueError("give wformat (e.g. 'e2m1', 'int3') or wbits, not both")
     r = recipe("gptq", wformat, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset,
-               nsamples=nsamples, seqlen=seqlen, seed=int(seed), scale_constraint=scale_constraint)
+               nsamples=nsamples, seqlen=seqlen, seed=int(seed), scale_constraint=scale_constraint,
+               act_order=bool(act_order), lorc_rank=int(lorc_rank), **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 
 

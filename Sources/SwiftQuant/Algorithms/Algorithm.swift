@@ -19,6 +19,9 @@ public struct BlockOutcome {
     /// Quantized weights by block-relative linear name (e.g. "self_attn.q_proj"); the pipeline fuses them
     /// (dequantized codes become the block's weights).
     public var quantized: [String: QuantizedTensor]
+    /// The block after an equivalent transformation (LET, SmoothQuant: scales and shifts folded into norms,
+    /// weights and biases), whose weights `quantized` approximates; nil: the FP block's.
+    public var transformed: TransformerBlock?
     /// Learned parameters to keep with the block (e.g. "self_attn.q_proj.lwc_u").
     public var learned: [String: Tensor] = [:]
     public var lossFirstEpoch: Double?
@@ -44,6 +47,7 @@ extension QuantRecipe {
         case .rtn: return RTN()
         case .omniquant: return OmniQuantLWC()
         case .gptq: return GPTQAlgorithm()
+        case .smoothquant: return SmoothQuant()
         }
     }
 }

@@ -6,8 +6,12 @@ import Foundation
 /// |---|---|
 /// | `config.json` | the Hugging Face config (plus a `swiftquant` entry describing the quantization) |
 /// | `model.safetensors` (or shards + index) | every weight in float32, block linears fake-quantized: `transformers` loads it as a plain model |
-/// | `quantized.safetensors` | per quantized linear `W` [out, in]: `<W>.qweight` U8 [out, ⌈in·bits/8⌉] (each row one LSB-first bit stream of codes, see `BitPacking`), `<W>.scales` F32 [out, groups], `<W>.zeros` I32 [out, groups] (INT formats: dequantized = (code − zero)·scale, exactly what `model.safetensors` holds; minifloats: decode(code)·scale, zeros absent) |
+/// | `quantized.safetensors` | per quantized linear `W` [out, in]: `<W>.qweight` U8 [out, ⌈in·bits/8⌉] (each row one LSB-first bit stream of codes, see `BitPacking`), `<W>.scales` F32 [out, groups], `<W>.zeros` I32 [out, groups] (INT formats: dequantized = (code − zero)·scale, exactly what `model.safetensors` holds; minifloats: decode(code)·scale, zeros absent); with LoRC `<W>.lorc_u` F16 [out, r] and `<W>.lorc_v` F16 [r, in] (the layer adds `(x·Vᵀ)·Uᵀ`; `model.safetensors` holds `Ŵ` alone) |
 /// | `swiftquant.json` | method, format, group size, source model, version, timing |
+///
+/// `config.json`'s `swiftquant` object records the weight format and the activation settings (`aformat`,
+/// `kv_format`) and LoRC rank: `LoadedModel.load` of the directory restores them, so the model evaluates as it
+/// did when it was saved.
 /// | tokenizer files | copied from a source directory when present |
 ///
 /// The directory is written under a temporary name beside `dir` and renamed into place at the end, so an
@@ -28,10 +32,9 @@ public enum QuantizedExport {
         }
     }
 
-    public static func write(
-        _ loaded: LoadedModel, quantized: [String: QuantizedTensor], method: String, config: QuantizerConfig,
-        to dir: String, info: [String: Any] = [:], shardBytes: Int = 2 << 30
-    ) throws {
+    /// Writes `loaded` (its installed blocks and its `quantization`; a plain model is written as it is).
+    public static func write(_ loaded: LoadedModel, to dir: String, info: [String: Any] = [:],
+                             shardBytes: Int = 2 << 30) throws {
         try checkOutput(dir)
         let fm = FileManager.default
         let parent = (dir as NSString).deletingLastPathComponent
@@ -44,8 +47,7 @@ public enum QuantizedExport {
             throw SwiftQuantError.io("\(tmp): cannot create the output directory: \(error.localizedDescription)")
         }
         do {
-            try writeContents(loaded, quantized: quantized, method: method, config: config, into: tmp, info: info,
-                              shardBytes: shardBytes)
+            try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes)
             if fm.fileExists(atPath: dir) {
                 let old = tmp + ".old"
                 try fm.moveItem(atPath: dir, toPath: old)
@@ -61,12 +63,12 @@ public enum QuantizedExport {
         }
     }
 
-    static func writeContents(
-        _ loaded: LoadedModel, quantized: [String: QuantizedTensor], method: String, config: QuantizerConfig,
-        into dir: String, info: [String: Any], shardBytes: Int
-    ) throws {
+    static func writeContents(_ loaded: LoadedModel, into dir: String, info: [String: Any], shardBytes: Int) throws {
         let model = loaded.model
-        // model.safetensors: the effective float32 weights, in the source's order.
+        let state = loaded.quantization
+        let quantized = state?.tensors ?? [:]
+        // model.safetensors: the effective float32 weights (norms and biases as the blocks run them), in the
+        // source's order.
         var blockWeights: [String: Tensor] = [:]
         for i in 0..<model.numBlocks {
             let b = try model.block(i), p = model.blockPrefix(i)
@@ -74,12 +76,25 @@ public enum QuantizedExport {
                 blockWeights[p + n + ".weight"] = l.weight
                 if let bias = l.bias { blockWeights[p + n + ".bias"] = bias }
             }
+            for (n, w) in b.norms {
+                if let t = w.weight { blockWeights[p + n + ".weight"] = t }
+                if let t = w.bias { blockWeights[p + n + ".bias"] = t }
+            }
         }
         var entries: [SafetensorsEntry] = []
+        var written = Set<String>()
         for t in loaded.source.tensorInfos {
             if t.name == "lm_head.weight" && (loaded.config["tie_word_embeddings"] as? Bool ?? false) { continue }
             let tensor = try blockWeights[t.name] ?? loaded.source.float32(t.name)
             entries.append(SafetensorsEntry(name: t.name, tensor: tensor))
+            written.insert(t.name)
+        }
+        // Biases an equivalent transformation created (shifts on a family without linear biases).
+        let created = blockWeights.keys.filter { !written.contains($0) }.sorted()
+        if !created.isEmpty {
+            throw SwiftQuantError.unsupported(
+                "the quantized blocks have tensors the source model has no place for (\(created.prefix(3).joined(separator: ", ")) …): "
+                    + "shifts on a family without linear biases cannot be saved as a \(model.modelType) model; quantize without let_shifts")
         }
         _ = try SafetensorsWriter.writeSharded(entries, metadata: ["format": "pt"], directory: dir, maxShardBytes: shardBytes)
 
@@ -87,9 +102,6 @@ public enum QuantizedExport {
         var packed: [SafetensorsEntry] = []
         for name in quantized.keys.sorted() {
             let q = quantized[name]!
-            guard q.groupIndex == nil else {
-                throw SwiftQuantError.unsupported("\(name): a per-column group index (GPTQ act-order g_idx) cannot be exported yet")
-            }
             let base = name.hasSuffix(".weight") ? String(name.dropLast(7)) : name
             let stride = BitPacking.packedByteCount(count: q.cols, bits: q.config.format.bitWidth)
             packed.append(SafetensorsEntry(name: base + ".qweight", dtype: .u8, shape: [q.rows, stride],
@@ -100,7 +112,16 @@ public enum QuantizedExport {
                 packed.append(SafetensorsEntry(name: base + ".zeros", dtype: .i32, shape: [q.rows, q.groupCount],
                                                bytes: q.zeros.withUnsafeBufferPointer { Data(buffer: $0) }))
             }
+            if let g = q.groupIndex {  // GPTQ act-order: column c belongs to group g_idx[c]
+                packed.append(SafetensorsEntry(name: base + ".g_idx", dtype: .i32, shape: [q.cols],
+                                               bytes: g.withUnsafeBufferPointer { Data(buffer: $0) }))
+            }
+            if let r = state?.lowRank[name] {
+                packed.append(try SafetensorsEntry(name: base + ".lorc_u", tensor: r.u, as: .f16))
+                packed.append(try SafetensorsEntry(name: base + ".lorc_v", tensor: r.v, as: .f16))
+            }
         }
+        let config = state?.weights ?? QuantizerConfig(format: .int(bits: 8), groupSize: .perRow)
         let meta = [
             "format": config.format.name, "bits": String(config.format.bitWidth),
             "group_size": config.groupSize.description, "symmetric": String(config.symmetric),
@@ -111,9 +132,7 @@ public enum QuantizedExport {
 
         // config.json
         var cfg = loaded.config
-        var q: [String: Any] = ["method": method, "format": config.format.name, "bits": config.format.bitWidth,
-                                "symmetric": config.symmetric, "packed_file": "quantized.safetensors"]
-        q["group_size"] = config.groupSize.columns.map { $0 as Any } ?? config.groupSize.description  // 128 or "per-row"
+        let q = (state ?? QuantizationState(method: "none", weights: config, tensors: [:])).configObject
         cfg["swiftquant"] = q
         cfg["torch_dtype"] = "float32"
         try writeJSON(cfg, to: dir + "/config.json")

@@ -52,6 +52,8 @@ public final class BlockGraph {
     public let spec: BlockSpec
     public let weights: TransformerBlock
     public var hooks: [LinearHooks]
+    /// Quantizes Q and K (after RoPE) and V in place, per head per token (the KV cache); straight-through backward.
+    public var kvQuantizer: ActivationQuantizer?
     public let maxRows: Int
     let rope: RopeTables?
     private let linears: [Linear]
@@ -63,8 +65,8 @@ public final class BlockGraph {
     /// Linear indices by role.
     private let iq: Int, ik: Int, iv: Int, io: Int, igate: Int?, iup: Int, idown: Int
 
-    public init(spec: BlockSpec, weights: TransformerBlock, hooks: [LinearHooks]? = nil, rope: RopeTables?,
-                maxRows: Int) throws {
+    public init(spec: BlockSpec, weights: TransformerBlock, hooks: [LinearHooks]? = nil, kv: ActivationQuantizer? = nil,
+                rope: RopeTables?, maxRows: Int) throws {
         try spec.validate()
         try require(maxRows > 0, "block: maxRows must be positive")
         try require(!spec.rope || (rope != nil && rope!.rows >= maxRows && rope!.cos.shape[1] == spec.headDim / 2),
@@ -73,9 +75,12 @@ public final class BlockGraph {
         self.weights = weights
         self.hooks = hooks ?? Array(repeating: LinearHooks(), count: spec.linears.count)
         try require(self.hooks.count == spec.linears.count, "block: \(self.hooks.count) hooks for \(spec.linears.count) linears")
+        self.kvQuantizer = kv
         self.maxRows = maxRows
         self.rope = rope
         linears = try Self.checkedLinears(spec, weights)
+        try require(linears.allSatisfy { $0.lowRank == nil },
+                    "block \(weights.index): a recording graph (calibration) takes no low-rank (LoRC) terms")
         (norm1, norm2) = try Self.checkedNorms(spec, weights)
         iq = spec.index(of: .q)!; ik = spec.index(of: .k)!; iv = spec.index(of: .v)!; io = spec.index(of: .o)!
         igate = spec.index(of: .gate); iup = spec.index(of: .up)!; idown = spec.index(of: .down)!
@@ -130,15 +135,15 @@ public final class BlockGraph {
             if let t = hooks[i].weight { try t.apply(weight: linears[i].weight, into: tape.weights[i]) }
         }
         let w = linears.indices.map { hooks[$0].weight == nil ? linears[$0].weight.pointer : tape.weights[$0].pointer }
-        BlockForward(spec: spec, linears: linears, hooks: hooks, norm1: norm1, norm2: norm2, rope: rope)
+        BlockForward(spec: spec, linears: linears, hooks: hooks, kv: kvQuantizer, norm1: norm1, norm2: norm2, rope: rope)
             .run(T: T, x: tape.xIn.pointer, buffers: tape.buffers, weights: w, ws: nil, attention: attention)
         return Tensor(shape: [T, H], storage: tape.out.storage, byteOffset: tape.out.byteOffset)
     }
 
     /// Runs the block in place on `hidden` (`[T, hidden]`) with scratch from `ws`, recording nothing. Weight
     /// transforms are applied on each call.
-    static func infer(spec: BlockSpec, weights block: TransformerBlock, hooks: [LinearHooks]?, rope: RopeTables?,
-                      hidden: Tensor, ws: Workspace, stopAt: Int? = nil) throws {
+    static func infer(spec: BlockSpec, weights block: TransformerBlock, hooks: [LinearHooks]?, kv: ActivationQuantizer? = nil,
+                      rope: RopeTables?, hidden: Tensor, ws: Workspace, stopAt: Int? = nil) throws {
         let T = hidden.shape[0], H = spec.hidden
         try require(hidden.rank == 2 && hidden.shape[1] == H, "block: hidden state \(hidden.shape), expected [T, \(H)]")
         try require(!spec.rope || (rope != nil && rope!.rows >= T), "block: RoPE tables for \(T) positions are needed")
@@ -164,7 +169,9 @@ public final class BlockGraph {
         if hooks?.contains(where: { $0.input != nil }) == true {
             for s in 0..<4 { b.sites[s] = ws.buffer(12 + s, T * max(spec.qDim, ffnWidth, H)) }
         }
-        BlockForward(spec: spec, linears: lin, hooks: hooks, norm1: n1, norm2: n2, rope: rope, stopAt: stopAt)
+        let maxRank = lin.map { $0.lowRank?.rank ?? 0 }.max() ?? 0
+        BlockForward(spec: spec, linears: lin, hooks: hooks, kv: kv, norm1: n1, norm2: n2, rope: rope, stopAt: stopAt,
+                     lowRankScratch: maxRank > 0 ? ws.buffer(16, T * maxRank) : nullFloat)
             .run(T: T, x: x, buffers: b, weights: w, ws: ws)
     }
 
@@ -275,10 +282,13 @@ private struct BlockForward {
     let spec: BlockSpec
     let linears: [Linear]
     let hooks: [LinearHooks]?
+    let kv: ActivationQuantizer?
     let norm1: (weight: Tensor, bias: Tensor?), norm2: (weight: Tensor, bias: Tensor?)
     let rope: RopeTables?
     /// Capture only: stop as soon as this linear's input hooks have run (the rest of the block is not computed).
     var stopAt: Int? = nil
+    /// `x·Vᵀ` of a low-rank term, `[rows, rank]` (inference only: a recording graph has no low-rank terms).
+    var lowRankScratch = nullFloat
 
     /// `attention` given: record (norm statistics, probabilities) with the autodiff ops; nil: the plain kernels.
     func run(T: Int, x: UnsafeMutablePointer<Float>, buffers b: BlockGraph.Buffers, weights w: [UnsafeMutablePointer<Float>],
@@ -298,6 +308,11 @@ private struct BlockForward {
                                   headDim: s.headDim)
             Autodiff.Rope.forward(x: b.k, y: b.k, cos: r.cos.pointer, sin: r.sin.pointer, rows: T, heads: s.kvHeads,
                                   headDim: s.headDim)
+        }
+        if let kv {  // the KV cache (and Q): per head per token, after RoPE
+            kv.quantize(b.q, rows: T, features: s.qDim)
+            kv.quantize(b.k, rows: T, features: s.kvDim)
+            kv.quantize(b.v, rows: T, features: s.kvDim)
         }
         if let attention {
             attention.forward(q: b.q, k: b.k, v: b.v, out: b.attn, rows: T)
@@ -381,6 +396,12 @@ private struct BlockForward {
         if i == stopAt { return true }
         BLAS.sgemm(transB: true, m: T, n: l.outFeatures, k: l.inFeatures, a: input, lda: l.inFeatures, b: w[i],
                    ldb: l.inFeatures, beta: accumulate ? 1 : 0, c: y, ldc: l.outFeatures)
+        if let lr = linears[i].lowRank {  // + (x·Vᵀ)·Uᵀ
+            BLAS.sgemm(transB: true, m: T, n: lr.rank, k: l.inFeatures, a: input, lda: l.inFeatures, b: lr.v.pointer,
+                       ldb: l.inFeatures, c: lowRankScratch, ldc: lr.rank)
+            BLAS.sgemm(transB: true, m: T, n: l.outFeatures, k: lr.rank, a: lowRankScratch, lda: lr.rank,
+                       b: lr.u.pointer, ldb: lr.rank, beta: 1, c: y, ldc: l.outFeatures)
+        }
         if let bias = linears[i].bias { Kernels.addBias(y, rows: T, bias.pointer, l.outFeatures) }
         return false
     }

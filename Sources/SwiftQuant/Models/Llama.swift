@@ -7,6 +7,7 @@ public final class LlamaModel: TransformerModel {
     public let source: TensorSource
     private let loader: WeightLoader
     private let overrides = BlockOverrides()
+    public var activations: ActivationScheme?
     private var embedCache: Tensor?
     private var ropeCache: RopeTables?
     private let lock = NSLock()

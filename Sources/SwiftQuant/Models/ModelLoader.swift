@@ -13,6 +13,9 @@ public final class LoadedModel: @unchecked Sendable {
     public let source: CachingTensorSource
     /// Original files to carry into an exported directory (tokenizer.json, tokenizer_config.json …).
     public let companionFiles: [String]
+    /// The quantization this model carries (set by a quantization run, or read from a directory SwiftQuant
+    /// wrote); nil for a plain model.
+    public var quantization: QuantizationState?
 
     init(path: String, model: TransformerModel, config: [String: Any], tokenizer: Tokenizer?,
          source: CachingTensorSource, companionFiles: [String]) {
@@ -56,8 +59,12 @@ public final class LoadedModel: @unchecked Sendable {
                           "vocab.json", "merges.txt", "tokenizer.model"]
             .map { (dir as NSString).appendingPathComponent($0) }
             .filter { FileManager.default.fileExists(atPath: $0) }
-        return LoadedModel(path: dir, model: model, config: config, tokenizer: tokenizer, source: source,
-                           companionFiles: companions)
+        let loaded = LoadedModel(path: dir, model: model, config: config, tokenizer: tokenizer, source: source,
+                                 companionFiles: companions)
+        if let state = try QuantizedExport.readState(directory: dir, config: config, model: model) {
+            try loaded.install(state)
+        }
+        return loaded
     }
 
     static func loadGGUF(_ path: String) throws -> LoadedModel {
@@ -68,6 +75,26 @@ public final class LoadedModel: @unchecked Sendable {
         let tokenizer = try GGUFModelConfig.tokenizer(file)
         return LoadedModel(path: path, model: model, config: config, tokenizer: tokenizer, source: source,
                            companionFiles: [])
+    }
+
+    /// Sets `state` as this model's quantization: its activation scheme on the model, its LoRC terms on the
+    /// blocks' linears (the blocks are installed as views of the source).
+    public func install(_ state: QuantizationState) throws {
+        quantization = state
+        model.activations = state.activations
+        guard !state.lowRank.isEmpty else { return }
+        for i in 0..<model.numBlocks {
+            let b = try model.block(i), p = model.blockPrefix(i)
+            var linears = b.linears, touched = false
+            for (name, l) in b.linears {
+                guard let r = state.lowRank[p + name + ".weight"] else { continue }
+                try require(r.u.shape[0] == l.outFeatures && r.v.shape[1] == l.inFeatures,
+                            "\(p + name): LoRC factors \(r.u.shape) × \(r.v.shape) do not fit the weight \(l.weight.shape)")
+                linears[name] = Linear(weight: l.weight, bias: l.bias, lowRank: r)
+                touched = true
+            }
+            if touched { model.setBlock(i, TransformerBlock(index: i, linearNames: b.linearNames, linears: linears, norms: b.norms)) }
+        }
     }
 
     /// The same weights, tokenizer and config under a new adapter with no installed blocks: quantizing the

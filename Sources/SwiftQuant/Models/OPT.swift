@@ -7,6 +7,7 @@ public final class OPTModel: TransformerModel {
     public let source: TensorSource
     private let loader: WeightLoader
     private let overrides = BlockOverrides()
+    public var activations: ActivationScheme?
     private var embedCache: Tensor?
     private let lock = NSLock()
     /// transformers' `OPTLearnedPositionalEmbedding` offset: position p reads row p + 2.

@@ -4,15 +4,32 @@ import Foundation
 public struct Linear: @unchecked Sendable {
     public var weight: Tensor
     public var bias: Tensor?
+    /// Low-rank compensation (LoRC, ALGORITHMS.md §6): the layer computes `x·Ŵᵀ + (x·Vᵀ)·Uᵀ + b`.
+    public var lowRank: LowRank?
 
     public var outFeatures: Int { weight.shape[0] }
     public var inFeatures: Int { weight.shape[1] }
 
-    public init(weight: Tensor, bias: Tensor? = nil) {
+    public init(weight: Tensor, bias: Tensor? = nil, lowRank: LowRank? = nil) {
         precondition(weight.rank == 2, "linear weight must be [out, in], got \(weight.shape)")
         precondition(bias == nil || bias!.count == weight.shape[0], "bias does not match weight \(weight.shape)")
+        precondition(lowRank.map { $0.u.shape[0] == weight.shape[0] && $0.v.shape[1] == weight.shape[1] } ?? true,
+                     "low-rank factors do not match weight \(weight.shape)")
         self.weight = weight
         self.bias = bias
+        self.lowRank = lowRank
+    }
+}
+
+/// A low-rank term `U·V` added to a linear's weight without forming it: `U` `[out, r]`, `V` `[r, in]`.
+public struct LowRank: @unchecked Sendable {
+    public let u: Tensor, v: Tensor
+    public var rank: Int { u.shape[1] }
+    public init(u: Tensor, v: Tensor) throws {
+        try require(u.rank == 2 && v.rank == 2 && u.shape[1] == v.shape[0] && u.shape[1] > 0,
+                    "low-rank factors must be [out, r] and [r, in], got \(u.shape) and \(v.shape)")
+        self.u = u
+        self.v = v
     }
 }
 
@@ -67,7 +84,7 @@ public final class TransformerBlock: @unchecked Sendable {
     /// An independent copy (weights copied), e.g. to modify without touching the source tensors.
     public func copy() -> TransformerBlock {
         TransformerBlock(index: index, linearNames: linearNames,
-                         linears: linears.mapValues { Linear(weight: $0.weight.copy(), bias: $0.bias?.copy()) },
+                         linears: linears.mapValues { Linear(weight: $0.weight.copy(), bias: $0.bias?.copy(), lowRank: $0.lowRank) },
                          norms: norms.mapValues { NormWeights(weight: $0.weight?.copy(), bias: $0.bias?.copy()) })
     }
 }
@@ -87,6 +104,9 @@ public protocol TransformerModel: AnyObject {
     var blockSpec: BlockSpec { get }
     /// Rotary tables for positions `0..<rows` (nil when the family has no rotary positions).
     func rotaryTables(rows: Int) -> RopeTables?
+    /// Activation quantization applied by inference (`finalHidden`, `logits`, perplexity): set by a
+    /// weight-activation quantization run and by loading a model saved from one. Nil: FP activations.
+    var activations: ActivationScheme? { get set }
 
     /// Hugging Face prefix of block `i`, e.g. "model.layers.3.".
     func blockPrefix(_ i: Int) -> String
@@ -115,17 +135,28 @@ extension TransformerModel {
     /// on its linears (in `blockSpec.linears` order).
     /// With `stopAt`, only capture: the block stops once linear `stopAt`'s input hooks have run, and `hidden` is
     /// then left partly updated.
+    /// `activations`: quantize the linears' inputs (where `hooks` set no input quantizer) and Q/K/V as the scheme
+    /// says (nil: FP; inference passes the model's `activations`, calibration its quantized path's).
     public func forward(block: TransformerBlock, hidden: Tensor, workspace: Workspace,
-                        hooks: [LinearHooks]? = nil, stopAt: Int? = nil) throws {
+                        hooks: [LinearHooks]? = nil, stopAt: Int? = nil, activations: ActivationScheme? = nil) throws {
         let T = hidden.shape[0]
         try require(T <= maxSequenceLength, "window of \(T) tokens is longer than this model's \(maxSequenceLength)")
-        try BlockGraph.infer(spec: blockSpec, weights: block, hooks: hooks, rope: rotaryTables(rows: T), hidden: hidden,
-                             ws: workspace, stopAt: stopAt)
+        let spec = blockSpec
+        try BlockGraph.infer(spec: spec, weights: block,
+                             hooks: activations?.merged(into: hooks, count: spec.linears.count) ?? hooks,
+                             kv: activations?.kvQuantizer(headDim: spec.headDim), rope: rotaryTables(rows: T),
+                             hidden: hidden, ws: workspace, stopAt: stopAt)
     }
 
-    /// A recording block graph for calibration: block `i`'s weights (as installed), tape for `maxRows` tokens.
-    public func blockGraph(_ block: TransformerBlock, hooks: [LinearHooks]? = nil, maxRows: Int) throws -> BlockGraph {
-        try BlockGraph(spec: blockSpec, weights: block, hooks: hooks, rope: rotaryTables(rows: maxRows), maxRows: maxRows)
+    /// A recording block graph for calibration: block `i`'s weights (as installed), tape for `maxRows` tokens,
+    /// with `activations` quantized as in `forward`.
+    public func blockGraph(_ block: TransformerBlock, hooks: [LinearHooks]? = nil, maxRows: Int,
+                           activations: ActivationScheme? = nil) throws -> BlockGraph {
+        let spec = blockSpec
+        return try BlockGraph(spec: spec, weights: block,
+                              hooks: activations?.merged(into: hooks, count: spec.linears.count) ?? hooks,
+                              kv: activations?.kvQuantizer(headDim: spec.headDim), rope: rotaryTables(rows: maxRows),
+                              maxRows: maxRows)
     }
 
     public func preloadBlocks() throws {
@@ -149,7 +180,7 @@ extension TransformerModel {
         try require(hidden.shape[0] <= maxSequenceLength,
                     "window of \(hidden.shape[0]) tokens is longer than this model's \(maxSequenceLength)")
         let out = hidden.copy()
-        try forward(block: try block(i), hidden: out, workspace: Workspace())
+        try forward(block: try block(i), hidden: out, workspace: Workspace(), activations: activations)
         return out
     }
 
@@ -158,7 +189,8 @@ extension TransformerModel {
         try checkIds(ids)
         let hidden = try embed(ids)
         let ws = Workspace()
-        for i in 0..<numBlocks { try forward(block: try block(i), hidden: hidden, workspace: ws) }
+        let scheme = activations
+        for i in 0..<numBlocks { try forward(block: try block(i), hidden: hidden, workspace: ws, activations: scheme) }
         try applyFinalNorm(hidden)
         return hidden
     }

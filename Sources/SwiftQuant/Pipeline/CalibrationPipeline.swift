@@ -20,6 +20,10 @@ public struct BlockReport: Sendable, Codable {
 public struct QuantizationResult {
     /// Codes, scales and zero-points by Hugging Face weight name.
     public var quantized: [String: QuantizedTensor]
+    /// LoRC factors by Hugging Face weight name (empty without `lorc_rank`).
+    public var lowRank: [String: LowRank] = [:]
+    /// The activation quantization the result runs with (the model's `activations` are set to it).
+    public var activations: ActivationScheme?
     public var reports: [BlockReport]
     public var seconds: Double
     /// The calibration text used (nil without calibration).
@@ -76,6 +80,9 @@ public final class CalibrationPipeline {
         defer { loaded.source.enabled = wasCaching }
         var r = try pipeline.run(model: loaded.model, windows: windows, resume: resume)
         r.calibrationPath = used
+        loaded.quantization = QuantizationState(method: recipe.method.rawValue, weights: try recipe.quantizerConfig,
+                                                tensors: r.quantized, activations: r.activations, lowRank: r.lowRank,
+                                                recipe: recipe.json)
         return r
     }
 
@@ -87,6 +94,8 @@ public final class CalibrationPipeline {
         try recipe.validate(model: model)
         let algorithm = recipe.algorithm()
         let data = algorithm.needsCalibrationData
+        // The quantized path runs with the activation quantizers; FP targets without.
+        let scheme = try recipe.activationScheme
         if data {
             try require(windows.count == recipe.nsamples && windows.allSatisfy { $0.count == recipe.seqlen },
                         "expected \(recipe.nsamples) windows of \(recipe.seqlen) tokens")
@@ -99,10 +108,12 @@ public final class CalibrationPipeline {
         let ws = Workspace()
         var reports: [BlockReport] = []
         var inMemory: [String: QuantizedTensor] = [:]
+        var lowRank: [String: LowRank] = [:]
         let bar = ProgressBar(total: n, label: "\(recipe.method.rawValue) \(try recipe.quantizerConfig)", unit: "block",
                               enabled: progress && !data)
         if data {
-            log("\(recipe.method.rawValue): \(n) blocks, \(try recipe.quantizerConfig), \(windows.count) × \(recipe.seqlen) tokens, "
+            log("\(recipe.method.rawValue): \(n) blocks, \(try recipe.quantizerConfig)\(scheme.map { ", \($0)" } ?? ""), "
+                + "\(windows.count) × \(recipe.seqlen) tokens, "
                 + "\(recipe.epochs) epochs, lr \(recipe.lr)\(recipe.augLoss ? ", aug_loss" : "")")
         }
         for i in 0..<n {
@@ -125,24 +136,24 @@ public final class CalibrationPipeline {
             var report: BlockReport
             if resume, let saved = try loadFinished(i, block: block) {
                 (fused, report) = saved
-                for x in qIn { try model.forward(block: fused, hidden: x, workspace: ws) }
+                for x in qIn { try model.forward(block: fused, hidden: x, workspace: ws, activations: scheme) }
             } else {
                 let job = BlockJob(model: model, index: i, weights: block, inputs: qIn, targets: targets, recipe: recipe,
                                    log: log)
                 let outcome = try algorithm.quantize(job)
-                fused = try fuse(block, outcome.quantized)
+                fused = try fuse(outcome.transformed ?? block, outcome.quantized)
                 report = BlockReport(block: i, lossFirstEpoch: outcome.lossFirstEpoch, lossLastEpoch: outcome.lossLastEpoch,
                                      fusedLoss: nil, rtnLoss: nil, seconds: 0, skippedSteps: outcome.skippedSteps,
                                      finalLearningRate: outcome.finalLearningRate, resumed: false)
                 if data {
                     let rtn = try RTN().quantize(BlockJob(model: model, index: i, weights: block, inputs: [], targets: [],
                                                           recipe: recipe, log: log))
-                    report.rtnLoss = try blockLoss(model, try fuse(block, rtn.quantized), qIn, fpOut, ws)
+                    report.rtnLoss = try blockLoss(model, try fuse(block, rtn.quantized), qIn, fpOut, ws, scheme)
                 }
                 // Propagate the quantized path; its outputs against the FP targets are the fused block's loss.
                 var fusedLoss = 0.0
                 for (x, t) in zip(qIn, fpOut) {
-                    try model.forward(block: fused, hidden: x, workspace: ws)
+                    try model.forward(block: fused, hidden: x, workspace: ws, activations: scheme)
                     fusedLoss += mse(x, t)
                 }
                 if data { report.fusedLoss = fusedLoss / Double(qIn.count) }
@@ -152,6 +163,7 @@ public final class CalibrationPipeline {
                     fused = try mappedBlock(i, block: block) ?? fused
                 } else {
                     for (name, q) in outcome.quantized { inMemory[model.blockPrefix(i) + name + ".weight"] = q }
+                    for (name, l) in fused.linears { if let r = l.lowRank { lowRank[model.blockPrefix(i) + name + ".weight"] = r } }
                 }
             }
             fpIn = fpOut
@@ -168,9 +180,12 @@ public final class CalibrationPipeline {
                 }
                 model.setBlock(i, b)
                 for (name, q) in try quantizedTensors(i, block: b) { quantized[model.blockPrefix(i) + name + ".weight"] = q }
+                for (name, l) in b.linears { if let r = l.lowRank { lowRank[model.blockPrefix(i) + name + ".weight"] = r } }
             }
         }
-        return QuantizationResult(quantized: quantized, reports: reports, seconds: sqs_now() - start, calibrationPath: nil)
+        model.activations = scheme
+        return QuantizationResult(quantized: quantized, lowRank: lowRank, activations: scheme, reports: reports,
+                                  seconds: sqs_now() - start, calibrationPath: nil)
     }
 
     private func logBlock(_ r: BlockReport, n: Int, elapsed: Double) {
@@ -187,22 +202,30 @@ public final class CalibrationPipeline {
                    r.skippedSteps > 0 ? "  \(r.skippedSteps) non-finite steps skipped, lr now \(r.finalLearningRate ?? 0)" : ""))
     }
 
-    /// `block` with every quantized linear replaced by its dequantized codes.
+    /// `block` (the FP block, or the algorithm's transformed one) with every quantized linear replaced by its
+    /// dequantized codes, plus the LoRC term of the residual `W − Ŵ` when the recipe asks for one.
     private func fuse(_ block: TransformerBlock, _ q: [String: QuantizedTensor]) throws -> TransformerBlock {
         var linears = block.linears
-        for (name, t) in q {
-            let lin = block.linear(name)
-            linears[name] = Linear(weight: t.dequantized(), bias: lin.bias)
+        for name in q.keys.sorted() {
+            let lin = block.linear(name), w = q[name]!.dequantized()
+            var lr: LowRank?
+            if recipe.lorcRank > 0 {
+                let e = Tensor(zeros: w.shape)
+                for k in 0..<e.count { e.pointer[k] = lin.weight.pointer[k] - w.pointer[k] }
+                let f = try LoRC.compensate(residual: e, rank: recipe.lorcRank)
+                lr = try LowRank(u: f.u, v: f.v)
+            }
+            linears[name] = Linear(weight: w, bias: lin.bias, lowRank: lr)
         }
         return TransformerBlock(index: block.index, linearNames: block.linearNames, linears: linears, norms: block.norms)
     }
 
     private func blockLoss(_ model: TransformerModel, _ block: TransformerBlock, _ inputs: [Tensor], _ targets: [Tensor],
-                           _ ws: Workspace) throws -> Double {
+                           _ ws: Workspace, _ scheme: ActivationScheme?) throws -> Double {
         var s = 0.0
         for (x, t) in zip(inputs, targets) {
             let y = x.copy()
-            try model.forward(block: block, hidden: y, workspace: ws)
+            try model.forward(block: block, hidden: y, workspace: ws, activations: scheme)
             s += mse(y, t)
         }
         return s / Double(max(inputs.count, 1))
@@ -235,15 +258,27 @@ public final class CalibrationPipeline {
         var entries: [SafetensorsEntry] = []
         for name in outcome.quantized.keys.sorted() {
             let q = outcome.quantized[name]!
-            guard q.groupIndex == nil else {
-                throw SwiftQuantError.unsupported("\(name): a per-column group index (GPTQ act-order g_idx) cannot be saved for resume yet")
+            if let g = q.groupIndex {
+                entries.append(SafetensorsEntry(name: name + ".g_idx", dtype: .i32, shape: [q.cols],
+                                                bytes: g.withUnsafeBufferPointer { Data(buffer: $0) }))
             }
             entries.append(SafetensorsEntry(name: name + ".codes", dtype: .u8, shape: [q.rows, q.cols], bytes: Data(q.codes)))
             entries.append(SafetensorsEntry(name: name + ".scales", dtype: .f32, shape: [q.rows, q.groupCount],
                                             bytes: q.scales.withUnsafeBufferPointer { Data(buffer: $0) }))
             entries.append(SafetensorsEntry(name: name + ".zeros", dtype: .i32, shape: [q.rows, q.groupCount],
                                             bytes: q.zeros.withUnsafeBufferPointer { Data(buffer: $0) }))
-            entries.append(SafetensorsEntry(name: name + ".weight", tensor: fused.linear(name).weight))
+            let lin = fused.linear(name)
+            entries.append(SafetensorsEntry(name: name + ".weight", tensor: lin.weight))
+            if let b = lin.bias { entries.append(SafetensorsEntry(name: name + ".bias", tensor: b)) }
+            if let r = lin.lowRank {
+                entries.append(SafetensorsEntry(name: name + ".lorc_u", tensor: r.u))
+                entries.append(SafetensorsEntry(name: name + ".lorc_v", tensor: r.v))
+            }
+        }
+        // Norms as the block runs them (an equivalent transformation rescales them).
+        for (name, nw) in fused.norms.sorted(by: { $0.key < $1.key }) {
+            if let w = nw.weight { entries.append(SafetensorsEntry(name: name + ".weight", tensor: w)) }
+            if let b = nw.bias { entries.append(SafetensorsEntry(name: name + ".bias", tensor: b)) }
         }
         for name in outcome.learned.keys.sorted() { entries.append(SafetensorsEntry(name: name, tensor: outcome.learned[name]!)) }
         let reportJSON = String(decoding: try JSONEncoder().encode(report), as: UTF8.self)
@@ -255,13 +290,28 @@ public final class CalibrationPipeline {
         guard let path = blockFile(i), FileManager.default.fileExists(atPath: path) else { return nil }
         let file = try SafetensorsFile(path: path)
         var linears = block.linears
+        func tensor(_ name: String, _ shape: [Int]) throws -> Tensor? {
+            guard file.info(name) != nil else { return nil }
+            let t = try file.float32(name)
+            try require(t.shape == shape, "\(path): \(name) has shape \(t.shape), expected \(shape)")
+            return t
+        }
         for name in block.linearNames where file.info(name + ".codes") != nil {
             let lin = block.linear(name)
-            let w = try file.float32(name + ".weight")
-            try require(w.shape == lin.weight.shape, "\(path): \(name).weight has shape \(w.shape)")
-            linears[name] = Linear(weight: w, bias: lin.bias)
+            let w = try tensor(name + ".weight", lin.weight.shape)!
+            var lr: LowRank?
+            if let u = file.info(name + ".lorc_u"), let v = file.info(name + ".lorc_v") {
+                lr = try LowRank(u: try tensor(name + ".lorc_u", u.shape)!, v: try tensor(name + ".lorc_v", v.shape)!)
+            }
+            linears[name] = Linear(weight: w, bias: try tensor(name + ".bias", [w.shape[0]]) ?? lin.bias, lowRank: lr)
         }
-        return TransformerBlock(index: i, linearNames: block.linearNames, linears: linears, norms: block.norms)
+        var norms = block.norms
+        for (name, nw) in block.norms {
+            let h = nw.weight?.count ?? 0
+            norms[name] = NormWeights(weight: try tensor(name + ".weight", [h]) ?? nw.weight,
+                                      bias: try tensor(name + ".bias", [h]) ?? nw.bias)
+        }
+        return TransformerBlock(index: i, linearNames: block.linearNames, linears: linears, norms: norms)
     }
 
     private func quantizedTensors(_ i: Int, block: TransformerBlock) throws -> [String: QuantizedTensor] {
@@ -272,7 +322,9 @@ public final class CalibrationPipeline {
             out[name] = try QuantizedTensor(rows: info.shape[0], cols: info.shape[1], config: cfg,
                                             codes: Array(try file.rawBytes(name + ".codes").bindMemory(to: UInt8.self)),
                                             scales: try file.float32(name + ".scales").array,
-                                            zeros: Array(try file.rawBytes(name + ".zeros").bindMemory(to: Int32.self)))
+                                            zeros: Array(try file.rawBytes(name + ".zeros").bindMemory(to: Int32.self)),
+                                            groupIndex: file.info(name + ".g_idx") == nil ? nil
+                                                : Array(try file.rawBytes(name + ".g_idx").bindMemory(to: Int32.self)))
         }
         return out
     }

@@ -6,6 +6,10 @@ import Foundation
 /// JSON keys are snake_case (`group_size`, `aug_loss`). Missing budget fields (`epochs`, `nsamples`, `seqlen`,
 /// `lr`) are taken from `preset`; `group_size` is a number of columns or `"per-row"` (null or absent: per row),
 /// the `GroupSize` spelling of every layer.
+///
+/// Activations (weight-activation modes, ALGORITHMS.md §2b): `aformat` (or `abits: N` for `"intN"`) quantizes
+/// every block linear's input per token; `kv_format` (or `kv_bits`) Q/K/V per head per token. Absent KV keys
+/// follow the activation setting; `kv_bits: "none"` or `kv_format: null` leaves attention FP.
 public struct QuantRecipe: Codable, Sendable, Equatable {
     public enum Method: String, Codable, Sendable, CaseIterable {
         /// Round-to-nearest, no calibration data.
@@ -14,6 +18,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case omniquant
         /// GPTQ (ALGORITHMS.md §5) with INT (GPTQ's min/max policy) or minifloat grids, block by block.
         case gptq
+        /// SmoothQuant: α-scales from the calibration statistics folded into norm → q/k/v and norm → gate/up
+        /// (fc1), then RTN weights; no training, no shifts.
+        case smoothquant
     }
 
     /// Calibration budgets. `paper`: 128 windows × 2048 tokens, 20 epochs, lr 1e-2 (the paper's scripts).
@@ -48,15 +55,41 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// Power-of-two scale constraint of minifloat weights (ZeroQuant-FP's M1/M2; ALGORITHMS.md §4), applied inside
     /// GPTQ's sweep and by RTN.
     public var scaleConstraint: ScaleConstraint
+    /// Activation format of every block linear's input ("int4" … "int8", "e4m3fn", "e5m2"); nil: FP.
+    public var aformat: String?
+    /// Q/K/V format, per head per token; nil: attention FP.
+    public var kvFormat: String?
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal (`g_idx` records the groups).
+    public var actOrder: Bool
+    /// Low-rank compensation rank (ALGORITHMS.md §6) of every quantized linear; 0: off.
+    public var lorcRank: Int
+    /// OmniQuant: train the Learnable Equivalent Transformation with LWC (ALGORITHMS.md §2).
+    public var let_: Bool
+    /// LET and SmoothQuant shifts (δ); nil: the family's default (on for OPT, off for Llama/Qwen2).
+    public var letShifts: Bool?
+    /// SmoothQuant / LET initialisation migration strength α.
+    public var alpha: Float
+    /// LET's AdamW learning rate (LWC's is `lr`).
+    public var letLr: Float
 
+    /// `kvFormat`: not given (`.none`), the KV cache follows `aformat`; `.some(nil)` keeps attention FP.
     public init(method: Method, wformat: String, groupSize: GroupSize = 128, symmetric: Bool = false,
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
-                lr: Float? = nil, augLoss: Bool = false, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none) {
+                lr: Float? = nil, augLoss: Bool = false, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
+                aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
+                let let_: Bool = false, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
         self.seqlen = seqlen ?? b.seqlen; self.lr = lr ?? b.lr; self.augLoss = augLoss; self.seed = seed
         self.scaleConstraint = scaleConstraint
+        self.aformat = aformat
+        switch kvFormat {
+        case .none: self.kvFormat = aformat
+        case .some(let k): self.kvFormat = k
+        }
+        self.actOrder = actOrder; self.lorcRank = lorcRank
+        self.let_ = let_; self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr
     }
 
     /// Integer weights of `bits` bits.
@@ -67,6 +100,49 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case method, wformat, wbits, groupSize = "group_size", symmetric, preset, epochs, nsamples, seqlen, lr
         case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
+        case aformat, abits, kvFormat = "kv_format", kvBits = "kv_bits", actOrder = "act_order", lorcRank = "lorc_rank"
+        case let_ = "let", letShifts = "let_shifts", alpha, letLr = "let_lr"
+    }
+
+    /// `abits: N` is a spelling of `aformat: "intN"`; both together are refused.
+    private static func decodeActivationFormat(_ c: KeyedDecodingContainer<CodingKeys>) throws -> String? {
+        let f = try c.decodeIfPresent(String.self, forKey: .aformat)
+        let b = try c.decodeIfPresent(Int.self, forKey: .abits)
+        switch (f, b) {
+        case (let f?, nil): return f
+        case (nil, let b?):
+            guard (2...8).contains(b) else {
+                throw SwiftQuantError.invalidArgument("abits must be in 2...8 (INT activations), got \(b)")
+            }
+            return "int\(b)"
+        case (_?, _?):
+            throw SwiftQuantError.invalidArgument("recipe: give abits (INT activations) or aformat (a format name), not both")
+        case (nil, nil): return nil
+        }
+    }
+
+    /// `.none`: not given (follows the activations); `.some(nil)`: attention FP.
+    private static func decodeKV(_ c: KeyedDecodingContainer<CodingKeys>) throws -> String?? {
+        let hasFormat = c.contains(.kvFormat), hasBits = c.contains(.kvBits)
+        if hasFormat && hasBits {
+            throw SwiftQuantError.invalidArgument("recipe: give kv_bits or kv_format, not both")
+        }
+        if hasFormat { return .some(try c.decodeNil(forKey: .kvFormat) ? nil : try c.decode(String.self, forKey: .kvFormat)) }
+        if hasBits {
+            if try c.decodeNil(forKey: .kvBits) { return .some(nil) }
+            if let b = try? c.decode(Int.self, forKey: .kvBits) {
+                guard (2...8).contains(b) else {
+                    throw SwiftQuantError.invalidArgument("kv_bits must be in 2...8 or \"none\", got \(b)")
+                }
+                return .some("int\(b)")
+            }
+            let s = try c.decode(String.self, forKey: .kvBits)
+            guard s.lowercased() == "none" else {
+                throw SwiftQuantError.invalidArgument("kv_bits must be in 2...8 or \"none\", got '\(s)'")
+            }
+            return .some(nil)
+        }
+        return .none
     }
 
     public init(from decoder: Decoder) throws {
@@ -91,7 +167,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   lr: try c.decodeIfPresent(Float.self, forKey: .lr),
                   augLoss: try c.decodeIfPresent(Bool.self, forKey: .augLoss) ?? false,
                   seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 2,
-                  scaleConstraint: try Self.decodeConstraint(c))
+                  scaleConstraint: try Self.decodeConstraint(c),
+                  aformat: try Self.decodeActivationFormat(c), kvFormat: try Self.decodeKV(c),
+                  actOrder: try c.decodeIfPresent(Bool.self, forKey: .actOrder) ?? false,
+                  lorcRank: try c.decodeIfPresent(Int.self, forKey: .lorcRank) ?? 0,
+                  let: try c.decodeIfPresent(Bool.self, forKey: .let_) ?? false,
+                  letShifts: try c.decodeIfPresent(Bool.self, forKey: .letShifts),
+                  alpha: try c.decodeIfPresent(Float.self, forKey: .alpha) ?? 0.5,
+                  letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3)
     }
 
     private static func decodeConstraint(_ c: KeyedDecodingContainer<CodingKeys>) throws -> ScaleConstraint {
@@ -121,6 +204,18 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try c.encode(nsamples, forKey: .nsamples); try c.encode(seqlen, forKey: .seqlen); try c.encode(lr, forKey: .lr)
         try c.encode(augLoss, forKey: .augLoss); try c.encode(seed, forKey: .seed)
         try c.encode(scaleConstraint.rawValue, forKey: .scaleConstraint)
+        try c.encode(aformat, forKey: .aformat); try c.encode(kvFormat, forKey: .kvFormat)
+        try c.encode(actOrder, forKey: .actOrder); try c.encode(lorcRank, forKey: .lorcRank)
+        try c.encode(let_, forKey: .let_); try c.encode(letShifts, forKey: .letShifts)
+        try c.encode(alpha, forKey: .alpha); try c.encode(letLr, forKey: .letLr)
+    }
+
+    /// The activation quantization of the quantized path and of the result's inference (nil: FP).
+    public var activationScheme: ActivationScheme? {
+        get throws {
+            let s = try ActivationScheme(linear: aformat, kv: kvFormat)
+            return s.isActive ? s : nil
+        }
     }
 
     /// Parses a recipe from JSON, naming the bad field on failure.
@@ -163,6 +258,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// Does the method read calibration text?
     public var needsCalibrationData: Bool { method != .rtn }
 
+    /// Whether LET / SmoothQuant shifts are used on `model`'s family (OPT: on unless turned off).
+    public func usesShifts(_ model: TransformerModel) -> Bool { letShifts ?? (model.modelType == "opt") }
+
     /// Checks every setting before any work starts (`model`: also against its shapes).
     public func validate(model: TransformerModel? = nil) throws {
         let fmt = try weightFormat
@@ -172,6 +270,16 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
             try require(scaleConstraint == .none,
                         "scale_constraint \(scaleConstraint.rawValue) applies to minifloat weights (e2m1, …), not \(wformat)")
         }
+        do { _ = try activationScheme } catch SwiftQuantError.invalidArgument(let m) {
+            throw SwiftQuantError.invalidArgument("activation format: \(m)")
+        }
+        try require(lorcRank >= 0, "lorc_rank must be 0 (off) or a positive rank, got \(lorcRank)")
+        try require(!actOrder || method == .gptq, "act_order is a GPTQ option (method \(method.rawValue))")
+        try require(!let_ || method == .omniquant, "let (the learnable equivalent transformation) is an OmniQuant option")
+        try require(method != .smoothquant || aformat != nil,
+                    "smoothquant moves activation outliers into weights: give abits or aformat")
+        try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
+        try require(letLr > 0 && letLr.isFinite, "let_lr must be a positive number, got \(letLr)")
         if needsCalibrationData {
             try require(nsamples > 0, "nsamples must be positive, got \(nsamples)")
             try require(seqlen >= 2, "seqlen must be at least 2, got \(seqlen)")
@@ -192,7 +300,16 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                             "seqlen \(seqlen) is longer than this model's \(m.maxSequenceLength) positions")
             }
             let cfg = try quantizerConfig
-            for l in m.blockSpec.linears { try cfg.validate(rows: l.outFeatures, cols: l.inFeatures) }
+            for l in m.blockSpec.linears {
+                try cfg.validate(rows: l.outFeatures, cols: l.inFeatures)
+                try require(lorcRank <= min(l.outFeatures, l.inFeatures),
+                            "lorc_rank \(lorcRank) is larger than \(l.name)'s \(l.outFeatures) × \(l.inFeatures) matrix allows "
+                                + "(at most \(min(l.outFeatures, l.inFeatures)))")
+            }
+            if let_ || method == .smoothquant {
+                try require(!m.letPairs.isEmpty,
+                            "\(method == .smoothquant ? "smoothquant" : "let") needs norm → linear pairs; \(m.modelType) declares none")
+            }
         }
     }
 }

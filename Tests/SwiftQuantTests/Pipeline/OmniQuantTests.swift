@@ -44,8 +44,9 @@ final class OmniQuantTests: XCTestCase {
             let dir = out + "/" + (family as NSString).lastPathComponent
             try? FileManager.default.removeItem(atPath: dir)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            try QuantizedExport.write(loaded, quantized: result.quantized, method: r.method.rawValue,
-                                      config: try r.quantizerConfig, to: dir, info: ["recipe": r.json])
+            loaded.quantization = QuantizationState(method: r.method.rawValue, weights: try r.quantizerConfig,
+                                                    tensors: result.quantized)
+            try QuantizedExport.write(loaded, to: dir, info: ["recipe": r.json])
         }
         return (fused, result, loaded.model)
     }

@@ -6,6 +6,10 @@ import Foundation
 /// observer hook accumulates `H = 2/n·Σ XᵀX` (a running mean in float32 through BLAS) of what the group's linears
 /// consume; each linear of the group is then quantized by `GPTQ.quantize` on that Hessian.
 ///
+/// With activation quantization (W4A8, W8A8) the observer sees the quantized inputs, as the layer consumes them
+/// at inference. With `act_order` the columns are visited by decreasing Hessian diagonal and `g_idx` records
+/// each column's group.
+///
 /// Cost: the block runs once per group and window, each time only up to the group's input (`stopAt`).
 public struct GPTQAlgorithm: BlockAlgorithm {
     public init() {}
@@ -22,6 +26,8 @@ public struct GPTQAlgorithm: BlockAlgorithm {
         var linears = job.weights.linears
         var out = BlockOutcome(quantized: [:])
         let ws = Workspace()
+        // Hessians of what the linears consume at inference: with activation quantization, the quantized inputs.
+        let scheme = try job.recipe.activationScheme
         for group in Self.inputGroups(spec) {
             let f = spec.linears[group[0]].inFeatures
             let h = Tensor(zeros: [f, f])
@@ -38,11 +44,13 @@ public struct GPTQAlgorithm: BlockAlgorithm {
                                            norms: job.weights.norms)
             for x in job.inputs {
                 let y = x.copy()
-                try job.model.forward(block: current, hidden: y, workspace: ws, hooks: hooks, stopAt: group[0])
+                try job.model.forward(block: current, hidden: y, workspace: ws, hooks: hooks, stopAt: group[0],
+                                      activations: scheme)
             }
             for i in group {
                 let name = spec.linears[i].name
-                let r = try GPTQ.quantize(weight: job.weights.linear(name).weight, hessian: h, config: cfg)
+                let r = try GPTQ.quantize(weight: job.weights.linear(name).weight, hessian: h, config: cfg,
+                                       actOrder: job.recipe.actOrder)
                 if r.dampingRetries > 0 {
                     job.log("block \(job.index + 1) \(name): Cholesky needed \(r.dampingRetries) damping retries")
                 }
