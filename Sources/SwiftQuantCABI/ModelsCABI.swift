@@ -198,6 +198,17 @@ public func cabi_model_save(_ p: OpaquePointer?, _ dir: UnsafePointer<CChar>?) -
     }
 }
 
+@_cdecl("sq_model_export")
+public func cabi_model_export(_ p: OpaquePointer?, _ format: UnsafePointer<CChar>?, _ path: UnsafePointer<CChar>?,
+                              _ requantize: Int32, _ progress: Int32) -> Int32 {
+    status {
+        let m = try model(p)
+        let f = try ExportFormat.parse(String(cString: try nonNull(format, "format")))
+        try ModelExport.write(m.loaded, format: f, to: String(cString: try nonNull(path, "path")),
+                              options: ExportOptions(requantize: requantize != 0, progress: progress != 0))
+    }
+}
+
 @_cdecl("sq_model_tokenizer")
 public func cabi_model_tokenizer(_ p: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     status {

@@ -237,3 +237,29 @@ extension GroupSize: ExpressibleByArgument {
         self = g
     }
 }
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a quantized model (a directory `swiftquant quantize` wrote) in a runtime's format.")
+
+    @Option(help: "A directory written by `swiftquant quantize` (or any model SwiftQuant loads).")
+    var model: String
+
+    @Option(help: "gguf (llama.cpp), compressed-tensors (transformers, vLLM), gptq (GPTQ checkpoint) or swiftquant.")
+    var format: String
+
+    @Option(help: "Output: a .gguf file, or a directory for the other formats.")
+    var out: String
+
+    @Flag(help: "Allow re-quantizing tensors the format cannot hold exactly (each tensor's error is printed).")
+    var requantize = false
+
+    func run() throws {
+        try runReportingErrors {
+            let f = try ExportFormat.parse(format)
+            let loaded = try LoadedModel.load(path: model)
+            try ModelExport.write(loaded, format: f, to: out, options: ExportOptions(requantize: requantize))
+            print("wrote \(out) (\(f.rawValue))")
+        }
+    }
+}

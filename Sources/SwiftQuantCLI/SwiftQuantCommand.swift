@@ -12,6 +12,6 @@ struct SwiftQuantCommand: ParsableCommand {
             BLAS: \(BLAS.description)
             \(KernelDispatch.description)
             """,
-        subcommands: [Eval.self, Quantize.self, Inspect.self, Bench.self]
+        subcommands: [Eval.self, Quantize.self, Export.self, Inspect.self, Bench.self]
     )
 }

@@ -619,6 +619,20 @@ static PyObject *py_model_save(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* model_export(model, format, path, requantize, progress) */
+static PyObject *py_model_export(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    const char *format, *path;
+    int requantize, progress;
+    if (!PyArg_ParseTuple(args, "Ossii", &cap, &format, &path, &requantize, &progress)) return NULL;
+    sq_model *m = get_model(cap);
+    if (!m) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = sq_model_export(m, format, path, requantize, progress);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
 /* model_tokenizer(model) -> tokenizer capsule or None */
 static PyObject *py_model_tokenizer(PyObject *self, PyObject *args) {
     PyObject *cap;
@@ -741,6 +755,7 @@ static PyMethodDef methods[] = {
      "model_quantize(model, recipe_json, calib, work_dir, resume, progress) -> model"},
     {"recipe_resolve", py_recipe_resolve, METH_VARARGS, "recipe_resolve(json) -> json"},
     {"model_save", py_model_save, METH_VARARGS, "model_save(model, dir)"},
+    {"model_export", py_model_export, METH_VARARGS, "model_export(model, format, path, requantize, progress)"},
     {"model_tokenizer", py_model_tokenizer, METH_VARARGS, "model_tokenizer(model) -> tokenizer or None"},
     {"tokenizer_open", py_tokenizer_open, METH_VARARGS, "tokenizer_open(path) -> tokenizer"},
     {"tokenizer_encode", py_tokenizer_encode, METH_VARARGS, "tokenizer_encode(tok, utf8) -> int32 bytes"},

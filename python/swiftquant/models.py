@@ -111,10 +111,17 @@ class Model:
         _native.model_logits(self._h, a, out)
         return out
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Writes config.json + model.safetensors (float32; ``transformers`` loads it) and, for a quantized
-        model, quantized.safetensors with the packed codes, scales and zero-points. Atomic."""
-        _native.model_save(self._h, os.fspath(directory))
+    def save(self, path: str | os.PathLike, format: str = "swiftquant", requantize: bool = False,
+             progress: bool = True) -> None:
+        """Writes the model. ``format="swiftquant"`` (default): a directory with config.json + model.safetensors
+        (float32; ``transformers`` loads it) and, for a quantized model, quantized.safetensors with the packed
+        codes, scales and zero-points, the activation settings and LoRC factors. ``"gguf"``: a llama.cpp file;
+        ``"compressed-tensors"``, ``"gptq"``: Hugging Face directories those loaders read. ``requantize=True``
+        lets a format re-quantize what it cannot hold exactly (each tensor's error reported). Atomic."""
+        if format == "swiftquant":
+            _native.model_save(self._h, os.fspath(path))
+        else:
+            _native.model_export(self._h, str(format), os.fspath(path), bool(requantize), bool(progress))
 
     def __repr__(self) -> str:
         c = self.config
@@ -261,8 +268,9 @@ class OmniQuantResult:
             self._weights = _quantized_tensors(self.model)
         return self._weights
 
-    def save(self, directory) -> None:
-        self.model.save(directory)
+    def save(self, path, format: str = "swiftquant", requantize: bool = False, progress: bool = True) -> None:
+        """``Model.save`` of the quantized model (``format``: swiftquant, gguf, compressed-tensors, gptq)."""
+        self.model.save(path, format=format, requantize=requantize, progress=progress)
 
     def __repr__(self) -> str:
         return f"OmniQuantResult({self.options}, {self.seconds:.1f} s)"

@@ -192,6 +192,12 @@ int sq_model_quantize(sq_model *model, const char *recipe_json, const char *cali
  * quantized model quantized.safetensors with packed codes, scales and zero-points (see the README). Atomic. */
 int sq_model_save(sq_model *model, const char *dir);
 
+/* Writes the model to `path` in `format`: "swiftquant" (what sq_model_save writes), "gguf" (a llama.cpp file),
+ * "compressed-tensors" or "gptq" (Hugging Face directories). `requantize` != 0 lets a format re-quantize
+ * tensors it cannot hold exactly (reporting each one's error on stderr); otherwise such a model is refused.
+ * With `progress` != 0 a progress bar goes to stderr. Atomic. */
+int sq_model_export(sq_model *model, const char *format, const char *path, int requantize, int progress);
+
 /* The model's tokenizer as a new handle (free it with sq_tokenizer_free); SQ_ERR_INVALID_ARGUMENT if none. */
 int sq_model_tokenizer(sq_model *model, sq_tokenizer **out);
 
