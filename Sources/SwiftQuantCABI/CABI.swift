@@ -166,6 +166,33 @@ public func cabi_quantize(
     }
 }
 
+@_cdecl("sq_gptq")
+public func cabi_gptq(
+    _ w: UnsafePointer<Float>?, _ rows: Int64, _ cols: Int64, _ h: UnsafePointer<Float>?, _ format: UnsafePointer<CChar>?,
+    _ options: UnsafePointer<sq_quant_options>?, _ actOrder: Int32, _ codes: UnsafeMutablePointer<UInt8>?,
+    _ scales: UnsafeMutablePointer<Float>?, _ zeros: UnsafeMutablePointer<Int32>?, _ gIdx: UnsafeMutablePointer<Int32>?,
+    _ dequantized: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    status {
+        let n = try count(rows, cols)
+        _ = try count(cols, cols)
+        let cfg = try config(format, options)
+        let weight = Tensor(zeros: [Int(rows), Int(cols)])
+        weight.pointer.update(from: try nonNull(w, "w"), count: n)
+        let hess = Tensor(zeros: [Int(cols), Int(cols)])
+        hess.pointer.update(from: try nonNull(h, "h"), count: Int(cols * cols))
+        let r = try GPTQ.quantize(weight: weight, hessian: hess, config: cfg, actOrder: actOrder != 0)
+        let q = r.quantized, g = q.groupCount
+        try nonNull(codes, "codes").update(from: q.codes, count: n)
+        try nonNull(scales, "scales").update(from: q.scales, count: Int(rows) * g)
+        try nonNull(zeros, "zeros").update(from: q.zeros, count: Int(rows) * g)
+        let gi = try nonNull(gIdx, "g_idx")
+        let width = cfg.groupWidth(cols: Int(cols))
+        for c in 0..<Int(cols) { gi[c] = q.groupIndex?[c] ?? Int32(c / width) }
+        try nonNull(dequantized, "dequantized").update(from: r.dequantized.pointer, count: n)
+    }
+}
+
 @_cdecl("sq_quantize_packed")
 public func cabi_quantize_packed(
     _ w: UnsafePointer<Float>?, _ rows: Int64, _ cols: Int64, _ format: UnsafePointer<CChar>?,

@@ -29,6 +29,7 @@ __all__ = [
     "encode",
     "decode",
     "quantize",
+    "gptq_quantize",
     "fake_quantize",
     "dequantize",
     "pack",
@@ -231,6 +232,30 @@ def _format_bits(fmt: str) -> int:
     if not isinstance(fmt, str):
         raise TypeError(f"fmt must be a format name such as 'int4' or 'e2m1', got {type(fmt).__name__}")
     return _native.format_bits(fmt)
+
+
+def gptq_quantize(w: np.ndarray, h: np.ndarray, fmt: str, group_size: int | None = 128, symmetric: bool = False,
+                  scale_constraint: str | None = None, act_order: bool = False):
+    """GPTQ (ALGORITHMS.md §5) of one weight ``w [out, in]`` given the Hessian ``h [in, in]`` of its inputs
+    (``h = 2/n · X.T @ X``, float32; not modified). INT formats use GPTQ's grid (0 kept in range); minifloats
+    absmax scales, with ``scale_constraint`` ``"m1"``/``"m2"`` applied inside the sweep. Returns
+    ``(QuantizedTensor, g_idx, dequantized)``: ``g_idx [in]`` is each column's group (act-order permutes it)."""
+    w = _matrix(w)
+    rows, cols = w.shape
+    h = _matrix(h, "h")
+    if h.shape != (cols, cols):
+        raise ValueError(f"h must be [{cols}, {cols}] for w of shape {w.shape}, got {h.shape}")
+    opts = _options(fmt, group_size, symmetric, "gptq" if fmt.lower().startswith(("int", "uint")) else "minmax",
+                    scale_constraint, cols)
+    groups = _native.group_count(cols, opts[0])
+    codes = np.empty((rows, cols), np.uint8)
+    scales = np.empty((rows, groups), np.float32)
+    zeros = np.empty((rows, groups), np.int32)
+    g_idx = np.empty(cols, np.int32)
+    deq = np.empty((rows, cols), np.float32)
+    _native.gptq(w, h, rows, cols, fmt, opts, bool(act_order), codes, scales, zeros, g_idx, deq)
+    policy = "gptq" if fmt.lower().startswith(("int", "uint")) else "minmax"
+    return QuantizedTensor(codes, scales, zeros, fmt, group_size, symmetric, policy, scale_constraint), g_idx, deq
 
 
 def quantize(w: np.ndarray, fmt: str, group_size: int | None = 128, symmetric: bool = False, clip=None,

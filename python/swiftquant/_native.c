@@ -213,6 +213,58 @@ fail_w:
     return NULL;
 }
 
+/* gptq(w, h, rows, cols, fmt, options, act_order, codes, scales, zeros, g_idx, dequantized) */
+static PyObject *py_gptq(PyObject *self, PyObject *args) {
+    PyObject *w, *h, *opts, *codes, *scales, *zeros, *gidx, *deq;
+    Py_ssize_t rows, cols;
+    const char *fmt;
+    int act_order;
+    if (!PyArg_ParseTuple(args, "OOnnsOpOOOOO", &w, &h, &rows, &cols, &fmt, &opts, &act_order, &codes, &scales,
+                          &zeros, &gidx, &deq))
+        return NULL;
+    sq_quant_options o;
+    if (parse_options(opts, &o) < 0) return NULL;
+    if (rows <= 0 || cols <= 0) return PyErr_Format(PyExc_ValueError, "empty matrix [%zd, %zd]", rows, cols);
+    if (cols > PY_SSIZE_T_MAX / 4 / rows || cols > PY_SSIZE_T_MAX / 4 / cols)
+        return PyErr_Format(PyExc_ValueError, "matrix [%zd, %zd] too large", rows, cols);
+    Py_ssize_t groups = (Py_ssize_t)sq_group_count(cols, o.group_size);
+    Py_buffer vw, vh, vc, vs, vz, vg, vd;
+    if (get_buffer(w, &vw, K_F32, rows * cols, 0, "w") < 0) return NULL;
+    if (get_buffer(h, &vh, K_F32, cols * cols, 0, "h") < 0) goto fail_w;
+    if (get_buffer(codes, &vc, K_U8, rows * cols, 1, "codes") < 0) goto fail_h;
+    if (get_buffer(scales, &vs, K_F32, rows * groups, 1, "scales") < 0) goto fail_c;
+    if (get_buffer(zeros, &vz, K_I32, rows * groups, 1, "zeros") < 0) goto fail_s;
+    if (get_buffer(gidx, &vg, K_I32, cols, 1, "g_idx") < 0) goto fail_z;
+    if (get_buffer(deq, &vd, K_F32, rows * cols, 1, "dequantized") < 0) goto fail_g;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = sq_gptq((const float *)vw.buf, rows, cols, (const float *)vh.buf, fmt, &o, act_order, (uint8_t *)vc.buf,
+                 (float *)vs.buf, (int32_t *)vz.buf, (int32_t *)vg.buf, (float *)vd.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&vd);
+    PyBuffer_Release(&vg);
+    PyBuffer_Release(&vz);
+    PyBuffer_Release(&vs);
+    PyBuffer_Release(&vc);
+    PyBuffer_Release(&vh);
+    PyBuffer_Release(&vw);
+    if (st != SQ_OK) return raise_status(st);
+    Py_RETURN_NONE;
+fail_g:
+    PyBuffer_Release(&vg);
+fail_z:
+    PyBuffer_Release(&vz);
+fail_s:
+    PyBuffer_Release(&vs);
+fail_c:
+    PyBuffer_Release(&vc);
+fail_h:
+    PyBuffer_Release(&vh);
+fail_w:
+    PyBuffer_Release(&vw);
+    return NULL;
+}
+
 /* dequantize(codes, scales, zeros, rows, cols, fmt, options, out) */
 static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     PyObject *codes, *scales, *zeros, *opts, *out;
@@ -755,6 +807,7 @@ static PyMethodDef methods[] = {
      "model_quantize(model, recipe_json, calib, work_dir, resume, progress) -> model"},
     {"recipe_resolve", py_recipe_resolve, METH_VARARGS, "recipe_resolve(json) -> json"},
     {"model_save", py_model_save, METH_VARARGS, "model_save(model, dir)"},
+    {"gptq", py_gptq, METH_VARARGS, "gptq(w, h, rows, cols, fmt, options, act_order, codes, scales, zeros, g_idx, deq)"},
     {"model_export", py_model_export, METH_VARARGS, "model_export(model, format, path, requantize, progress)"},
     {"model_tokenizer", py_model_tokenizer, METH_VARARGS, "model_tokenizer(model) -> tokenizer or None"},
     {"tokenizer_open", py_tokenizer_open, METH_VARARGS, "tokenizer_open(path) -> tokenizer"},

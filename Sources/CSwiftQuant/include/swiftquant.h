@@ -97,6 +97,14 @@ int64_t sq_group_count(int64_t cols, int64_t group_size);
 int sq_quantize(const float *w, int64_t rows, int64_t cols, const char *format, const sq_quant_options *options,
                 const float *clip_up, const float *clip_low, uint8_t *codes, float *scales, int32_t *zeros);
 
+/* GPTQ (ALGORITHMS.md §5) of one weight w [rows, cols] given the Hessian h [cols, cols] of its inputs
+ * (h = 2/n·XᵀX; it is copied, not changed). Options as sq_quantize (policy SQ_POLICY_GPTQ for GPTQ's INT grid);
+ * act_order != 0 visits columns by decreasing diag(h). Writes codes [rows, cols], scales and zeros [rows, groups],
+ * g_idx [cols] (each column's group) and the dequantized weight [rows, cols]. */
+int sq_gptq(const float *w, int64_t rows, int64_t cols, const float *h, const char *format,
+            const sq_quant_options *options, int act_order, uint8_t *codes, float *scales, int32_t *zeros,
+            int32_t *g_idx, float *dequantized);
+
 /* As sq_quantize, but writes the codes packed row by row (sq_pack of each row; row stride
  * sq_packed_size(cols, bits) bytes) instead of one byte per code. */
 int sq_quantize_packed(const float *w, int64_t rows, int64_t cols, const char *format,

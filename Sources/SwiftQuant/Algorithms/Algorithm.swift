@@ -27,6 +27,9 @@ public struct BlockOutcome {
     public var lossFirstEpoch: Double?
     public var lossLastEpoch: Double?
     public var skippedSteps = 0
+    /// Per linear, `‖(W − Ŵ)X‖²` on the calibration inputs of the algorithm's result and of plain RTN on the same
+    /// grid (algorithms that see the inputs, e.g. GPTQ).
+    public var linearErrors: [String: (quantized: Double, rtn: Double)] = [:]
     public var finalLearningRate: Float?
 
     public init(quantized: [String: QuantizedTensor]) { self.quantized = quantized }

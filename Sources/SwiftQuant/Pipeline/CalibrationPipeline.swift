@@ -14,6 +14,8 @@ public struct BlockReport: Sendable, Codable {
     public var skippedSteps: Int
     public var finalLearningRate: Float?
     public var resumed: Bool
+    /// Per linear `[algorithm, RTN]` output error `‖(W − Ŵ)X‖²` on the calibration inputs (GPTQ).
+    public var linearErrors: [String: [Double]]? = nil
 }
 
 /// The result of a quantization run: the model it ran on now holds the fused blocks.
@@ -78,8 +80,15 @@ public final class CalibrationPipeline {
         let wasCaching = loaded.source.enabled
         loaded.source.enabled = false  // one block in memory at a time
         defer { loaded.source.enabled = wasCaching }
-        var r = try pipeline.run(model: loaded.model, windows: windows, resume: resume)
+        var r = try pipeline.run(loaded, windows: windows, resume: resume)
         r.calibrationPath = used
+        return r
+    }
+
+    /// `run(model:windows:resume:)` on `loaded`'s model, then sets `loaded.quantization` (what saves and exports
+    /// read) from the result.
+    public func run(_ loaded: LoadedModel, windows: [[Int32]], resume: Bool = false) throws -> QuantizationResult {
+        let r = try run(model: loaded.model, windows: windows, resume: resume)
         loaded.quantization = QuantizationState(method: recipe.method.rawValue, weights: try recipe.quantizerConfig,
                                                 tensors: r.quantized, activations: r.activations, lowRank: r.lowRank,
                                                 recipe: recipe.json)
@@ -145,6 +154,12 @@ public final class CalibrationPipeline {
                 report = BlockReport(block: i, lossFirstEpoch: outcome.lossFirstEpoch, lossLastEpoch: outcome.lossLastEpoch,
                                      fusedLoss: nil, rtnLoss: nil, seconds: 0, skippedSteps: outcome.skippedSteps,
                                      finalLearningRate: outcome.finalLearningRate, resumed: false)
+                if !outcome.linearErrors.isEmpty {
+                    report.linearErrors = outcome.linearErrors.mapValues { [$0.quantized, $0.rtn] }
+                    for (name, e) in outcome.linearErrors.sorted(by: { $0.key < $1.key }) where e.quantized > e.rtn {
+                        log(String(format: "block %d %@: output error %.4e above RTN's %.4e", i + 1, name, e.quantized, e.rtn))
+                    }
+                }
                 if data {
                     let rtn = try RTN().quantize(BlockJob(model: model, index: i, weights: block, inputs: [], targets: [],
                                                           recipe: recipe, log: log))

@@ -276,6 +276,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try require(lorcRank >= 0, "lorc_rank must be 0 (off) or a positive rank, got \(lorcRank)")
         try require(!actOrder || method == .gptq, "act_order is a GPTQ option (method \(method.rawValue))")
         try require(!let_ || method == .omniquant, "let (the learnable equivalent transformation) is an OmniQuant option")
+        try require(!let_, "let: the learnable equivalent transformation is not implemented yet (issue 13); "
+                        + "use method smoothquant for folded α-scales, or OmniQuant LWC with activation quantization")
         try require(method != .smoothquant || aformat != nil,
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")

@@ -21,6 +21,17 @@ public struct GPTQAlgorithm: BlockAlgorithm {
         return order.map { roles in roles.compactMap { spec.index(of: $0) } }.filter { !$0.isEmpty }
     }
 
+    /// `‖(W − Ŵ)·Xᵀ‖²_F` over the `tokens` rows behind `h = (2/n)·XᵀX`: `(n/2)·Σ_r e_r·H·e_rᵀ`.
+    static func outputError(_ w: Tensor, _ q: Tensor, _ h: Tensor, tokens: Int) -> Double {
+        let rows = w.shape[0], cols = w.shape[1]
+        let e = Tensor(zeros: [rows, cols]), eh = Tensor(zeros: [rows, cols])
+        for k in 0..<e.count { e.pointer[k] = w.pointer[k] - q.pointer[k] }
+        BLAS.sgemm(m: rows, n: cols, k: cols, a: e.pointer, lda: cols, b: h.pointer, ldb: cols, c: eh.pointer, ldc: cols)
+        var s = 0.0
+        for k in 0..<e.count { s += Double(e.pointer[k]) * Double(eh.pointer[k]) }
+        return s * Double(tokens) / 2
+    }
+
     public func quantize(_ job: BlockJob) throws -> BlockOutcome {
         let spec = job.model.blockSpec, cfg = try job.recipe.quantizerConfig
         var linears = job.weights.linears
@@ -55,6 +66,11 @@ public struct GPTQAlgorithm: BlockAlgorithm {
                     job.log("block \(job.index + 1) \(name): Cholesky needed \(r.dampingRetries) damping retries")
                 }
                 out.quantized[name] = r.quantized
+                // ‖(W − Ŵ)X‖² on the captured inputs (as tr(E·H·Eᵀ)·n/2), GPTQ's and plain RTN's on the same grid.
+                let w = job.weights.linear(name).weight
+                let rtn = try RTN.quantizeWeight(w, config: cfg, name: name).1
+                out.linearErrors[name] = (Self.outputError(w, r.dequantized, h, tokens: tokens),
+                                          Self.outputError(w, rtn, h, tokens: tokens))
                 linears[name] = Linear(weight: r.dequantized, bias: job.weights.linear(name).bias)
             }
         }
