@@ -211,17 +211,19 @@ def _activation_settings(abits, aformat, kv_bits) -> dict:
 
 def rtn(model: Model | str, wbits: int | None = None, group_size: int | None = 128, symmetric: bool = False,
         wformat: str | None = None, abits: int | None = None, aformat: str | None = None, kv_bits=_FOLLOW,
-        lorc_rank: int = 0, progress: bool = False) -> Model:
+        lorc_rank: int = 0, scale_constraint: str | None = None, progress: bool = False) -> Model:
     """Round-to-nearest weight quantization of every block linear (embeddings, norms and LM head stay FP): a
     new ``Model`` whose block weights are fake-quantized; ``model`` itself is unchanged. ``wformat`` replaces
     ``int<wbits>`` (for example ``"e2m1"`` for FP4). With ``abits`` (INT) or ``aformat`` (``"e4m3fn"``,
     ``"e5m2"``) every block linear's input is quantized per token at inference, and Q/K/V per head per token at
-    ``kv_bits`` (default: the activation setting; None: attention FP) — simulated quantization."""
+    ``kv_bits`` (default: the activation setting; None: attention FP) — simulated quantization.
+    ``scale_constraint`` (``"m1"``/``"m2"``, minifloat weights) and ``lorc_rank`` as in ``sq.gptq``."""
     if not isinstance(model, Model):
         model = load_model(model)
     if (wformat is None) == (wbits is None):
         raise ValueError("give wbits (integer grids) or wformat (e.g. 'e2m1', 'int4'), not both")
     r = recipe("rtn", wformat, group_size, wbits=wbits, symmetric=bool(symmetric), lorc_rank=int(lorc_rank),
+               scale_constraint=scale_constraint,
                **_activation_settings(abits, aformat, kv_bits))
     return _run_recipe(model, r, None, None, False, progress)
 
