@@ -12,6 +12,12 @@ public struct BlockJob {
     public let targets: [Tensor]
     public let recipe: QuantRecipe
     public let log: (String) -> Void
+
+    public init(model: TransformerModel, index: Int, weights: TransformerBlock, inputs: [Tensor], targets: [Tensor],
+                recipe: QuantRecipe, log: @escaping (String) -> Void) {
+        self.model = model; self.index = index; self.weights = weights; self.inputs = inputs; self.targets = targets
+        self.recipe = recipe; self.log = log
+    }
 }
 
 /// What an algorithm made of one block.
@@ -48,7 +54,7 @@ extension QuantRecipe {
     public func algorithm() -> BlockAlgorithm {
         switch method {
         case .rtn: return RTN()
-        case .omniquant: return OmniQuantLWC()
+        case .omniquant: return let_ ? OmniQuantLET() : OmniQuantLWC()
         case .gptq: return GPTQAlgorithm()
         case .smoothquant: return SmoothQuant()
         }

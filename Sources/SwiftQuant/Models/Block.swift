@@ -56,9 +56,15 @@ public final class BlockGraph {
     public var kvQuantizer: ActivationQuantizer?
     public let maxRows: Int
     let rope: RopeTables?
-    private let linears: [Linear]
-    private let norm1: (weight: Tensor, bias: Tensor?), norm2: (weight: Tensor, bias: Tensor?)
+    private var linears: [Linear]
+    private var norm1: (weight: Tensor, bias: Tensor?), norm2: (weight: Tensor, bias: Tensor?)
     private let attention: Autodiff.CausalAttention
+    /// With `parameterGradients`, `backward` also writes (overwrites) the gradients of the norms' weights and
+    /// biases (`normGradients`: attention norm, MLP norm) and of every linear's bias (`biasGradients`, zeros for a
+    /// linear without one): what an equivalent transformation (LET) back-propagates into its scales and shifts.
+    public var parameterGradients = false
+    public let normGradients: [(weight: Tensor, bias: Tensor)]
+    public let biasGradients: [Tensor]
     private let tape: Tape
     private var rows = 0
 
@@ -87,7 +93,32 @@ public final class BlockGraph {
         attention = try Autodiff.CausalAttention(heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
                                                  maxRows: maxRows)
         tape = Tape(spec: spec, rows: maxRows)
+        normGradients = (0..<2).map { _ in (Tensor(zeros: [spec.hidden]), Tensor(zeros: [spec.hidden])) }
+        biasGradients = spec.linears.map { Tensor(zeros: [$0.outFeatures]) }
     }
+
+    /// Replaces linear `i`'s weight (the input of its weight transform) and bias for the next forward (an
+    /// equivalent transformation recomputes them at every step). Shapes are checked.
+    public func setLinear(_ i: Int, weight: Tensor, bias: Tensor?) throws {
+        let l = spec.linears[i]
+        try require(weight.shape == [l.outFeatures, l.inFeatures], "block: \(l.name) weight \(weight.shape)")
+        try require(bias.map { $0.count == l.outFeatures } ?? true, "block: \(l.name) bias of \(bias?.count ?? 0) values")
+        linears[i] = Linear(weight: weight, bias: bias)
+    }
+
+    /// Replaces the two norms' weights and biases (a bias only where the norm kind has one) for the next forward.
+    public func setNorms(attention: (weight: Tensor, bias: Tensor?), mlp: (weight: Tensor, bias: Tensor?)) throws {
+        for (p, n) in [(attention, spec.attentionNorm), (mlp, spec.mlpNorm)] {
+            try require(p.weight.count == spec.hidden && (p.bias?.count ?? spec.hidden) == spec.hidden,
+                        "block: norm '\(n.name)' must have \(spec.hidden) values")
+            try require(p.bias == nil || n.kind == .layer, "block: norm '\(n.name)' (RMSNorm) has no bias")
+        }
+        norm1 = attention
+        norm2 = mlp
+    }
+
+    /// The linear `i` as the graph runs it (its weight before the weight transform, its bias).
+    public func linear(_ i: Int) -> Linear { linears[i] }
 
     // MARK: weights and norms, checked once
 
@@ -222,7 +253,8 @@ public final class BlockGraph {
         }
         // second residual + MLP norm
         d.dh1.update(from: g, count: T * H)
-        normBackward(s.mlpNorm, norm2, dY: d.dn2, x: b.h1, mean: b.mean2, rstd: b.rstd2, dX: d.dh1, T: T)
+        normBackward(s.mlpNorm, norm2, dY: d.dn2, x: b.h1, mean: b.mean2, rstd: b.rstd2, dX: d.dh1, T: T,
+                     grads: parameterGradients ? normGradients[1] : nil)
         // o, attention, RoPE, q/k/v
         linearBack(io, dY: d.dh1, x: input(io, site: 1, b.attn), dX: d.dattn, accumulate: false)
         attention.backward(dOut: d.dattn, q: b.q, k: b.k, v: b.v, dQ: d.dq, dK: d.dk, dV: d.dv, rows: T)
@@ -232,13 +264,27 @@ public final class BlockGraph {
             A.Rope.backward(dY: d.dk, dX: d.dk, cos: r.cos.pointer, sin: r.sin.pointer, rows: T, heads: s.kvHeads,
                             headDim: s.headDim)
         }
-        let dn1: UnsafeMutablePointer<Float>? = inputGradient ? d.dn1 : nil
+        let wantsDn1 = inputGradient || parameterGradients
+        let dn1: UnsafeMutablePointer<Float>? = wantsDn1 ? d.dn1 : nil
         linearBack(iq, dY: d.dq, x: input(iq, site: 0, b.n1), dX: dn1, accumulate: false)
         linearBack(ik, dY: d.dk, x: input(ik, site: 0, b.n1), dX: dn1, accumulate: true)
         linearBack(iv, dY: d.dv, x: input(iv, site: 0, b.n1), dX: dn1, accumulate: true)
-        if inputGradient {
+        if wantsDn1 {
             d.dx.update(from: d.dh1, count: T * H)
-            normBackward(s.attentionNorm, norm1, dY: d.dn1, x: t.xIn.pointer, mean: b.mean1, rstd: b.rstd1, dX: d.dx, T: T)
+            normBackward(s.attentionNorm, norm1, dY: d.dn1, x: t.xIn.pointer, mean: b.mean1, rstd: b.rstd1, dX: d.dx, T: T,
+                         grads: parameterGradients ? normGradients[0] : nil)
+        }
+        if parameterGradients {
+            // ∂L/∂b of each linear: the column sums of its output gradient.
+            var dY = [UnsafePointer<Float>](repeating: UnsafePointer(d.dq), count: s.linears.count)
+            dY[iq] = UnsafePointer(d.dq); dY[ik] = UnsafePointer(d.dk); dY[iv] = UnsafePointer(d.dv)
+            dY[io] = UnsafePointer(d.dh1); dY[idown] = UnsafePointer(g)
+            if let ig = igate { dY[ig] = UnsafePointer(d.da); dY[iup] = UnsafePointer(d.db) } else { dY[iup] = UnsafePointer(d.da) }
+            for i in s.linears.indices {
+                let n = s.linears[i].outFeatures, out = biasGradients[i].pointer, src = dY[i]
+                out.update(repeating: 0, count: n)
+                for r in 0..<T { let row = src + r * n; for j in 0..<n { out[j] += row[j] } }
+            }
         }
         for i in linears.indices {
             hooks[i].weight?.backward(dWeight: t.weightGrads[i], weight: linears[i].weight)
@@ -248,14 +294,19 @@ public final class BlockGraph {
 
     private func normBackward(_ n: BlockSpec.NormSpec, _ p: (weight: Tensor, bias: Tensor?), dY: UnsafePointer<Float>,
                               x: UnsafePointer<Float>, mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
-                              dX: UnsafeMutablePointer<Float>, T: Int) {
+                              dX: UnsafeMutablePointer<Float>, T: Int, grads: (weight: Tensor, bias: Tensor)? = nil) {
+        if let grads {
+            grads.weight.buffer.update(repeating: 0)
+            grads.bias.buffer.update(repeating: 0)
+        }
         switch n.kind {
         case .rms:
             Autodiff.RMSNorm.backward(dY: dY, x: x, weight: p.weight.pointer, rstd: rstd, dX: dX, accumulate: true,
-                                      dWeight: nil, rows: T, dim: spec.hidden)
+                                      dWeight: grads?.weight.pointer, rows: T, dim: spec.hidden)
         case .layer:
             Autodiff.LayerNorm.backward(dY: dY, x: x, weight: p.weight.pointer, mean: mean, rstd: rstd, dX: dX,
-                                        accumulate: true, dWeight: nil, dBias: nil, rows: T, dim: spec.hidden)
+                                        accumulate: true, dWeight: grads?.weight.pointer, dBias: grads?.bias.pointer,
+                                        rows: T, dim: spec.hidden)
         }
     }
 

@@ -276,8 +276,6 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try require(lorcRank >= 0, "lorc_rank must be 0 (off) or a positive rank, got \(lorcRank)")
         try require(!actOrder || method == .gptq, "act_order is a GPTQ option (method \(method.rawValue))")
         try require(!let_ || method == .omniquant, "let (the learnable equivalent transformation) is an OmniQuant option")
-        try require(!let_, "let: the learnable equivalent transformation is not implemented yet (issue 13); "
-                        + "use method smoothquant for folded α-scales, or OmniQuant LWC with activation quantization")
         try require(method != .smoothquant || aformat != nil,
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
@@ -311,6 +309,12 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
             if let_ || method == .smoothquant {
                 try require(!m.letPairs.isEmpty,
                             "\(method == .smoothquant ? "smoothquant" : "let") needs norm → linear pairs; \(m.modelType) declares none")
+            }
+            if let_ && usesShifts(m) {
+                let spec = m.blockSpec
+                let biased = spec.attentionNorm.bias && spec.mlpNorm.bias && spec.linears.allSatisfy(\.bias)
+                try require(biased, "let_shifts: \(m.modelType) has RMSNorm or linears without biases, where a shift has "
+                                + "nowhere to be folded; quantize with let_shifts false (the default for this family)")
             }
         }
     }

@@ -257,7 +257,7 @@ final class WeightActivationTests: XCTestCase {
         refused(#"{"method":"gptq","wbits":4,"lorc_rank":100000}"#, "lorc_rank")
         refused(#"{"method":"rtn","wbits":4,"act_order":true}"#, "act_order")
         refused(#"{"method":"smoothquant","wbits":8}"#, "abits or aformat")
-        refused(#"{"method":"omniquant","wbits":4,"let":true}"#, "not implemented")
+        refused(#"{"method":"omniquant","wbits":4,"let":true,"let_shifts":true}"#, "let_shifts")
         refused(#"{"method":"gptq","wformat":"int4","scale_constraint":"m1"}"#, "minifloat")
         refused(#"{"method":"gptq","wformat":"e2m1","wbits":4}"#, "not both")
         refused(#"{"method":"gptq","wformat":"e2m1","group_size":100000}"#, "larger than the row")

@@ -6,6 +6,9 @@ public final class LWCTransform: WeightTransform {
     public let quantizer: Autodiff.FakeQuantLWC
     public let u: Tensor, l: Tensor
     public let gradU: Tensor, gradL: Tensor
+    /// When set, `backward` also adds `∂L/∂W` of the transform's input weight here (LET needs it; LWC alone keeps
+    /// `W` frozen).
+    public var gradWeight: Tensor?
     private let state: Autodiff.FakeQuantLWC.State
 
     /// `u`, `l`: `[rows, groupsPerRow]` (nil: OmniQuant's initial value 4, σ(4) ≈ 0.982).
@@ -36,12 +39,13 @@ public final class LWCTransform: WeightTransform {
 
     public func backward(dWeight: Tensor, weight: Tensor) {
         quantizer.backward(dOut: dWeight.pointer, weight: weight.pointer, state: state, dU: gradU.pointer,
-                           dL: gradL.pointer)
+                           dL: gradL.pointer, dWeight: gradWeight?.pointer)
     }
 
     public func zeroGradients() {
         gradU.buffer.update(repeating: 0)
         gradL.buffer.update(repeating: 0)
+        gradWeight?.buffer.update(repeating: 0)
     }
 
     /// σ(u), σ(l): the clipping multipliers of the max and the min.
@@ -67,7 +71,8 @@ public struct OmniQuantLWC: BlockAlgorithm {
             try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: bits, group: r.groupSize,
                              symmetric: r.symmetric)
         }
-        let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen)
+        let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen,
+                                             activations: try r.activationScheme)
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let gradients = lwc.map(\.gradU) + lwc.map(\.gradL)
         var first = 0.0, last = 0.0, skipped = 0
