@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -129,34 +130,50 @@ def load_model(path: str | os.PathLike) -> Model:
     return Model(_native.model_open(p), p)
 
 
-def _ids_for(model: Model, text_or_path) -> np.ndarray:
-    if isinstance(text_or_path, np.ndarray):
-        return np.ascontiguousarray(text_or_path, dtype=np.int32)
-    if isinstance(text_or_path, os.PathLike) or (isinstance(text_or_path, str) and "\n" not in text_or_path
-                                                 and len(text_or_path) < 4096 and os.path.isfile(text_or_path)):
-        with open(text_or_path, encoding="utf-8") as f:
+def _ids_for(model: Model, path, text, ids) -> np.ndarray:
+    given = [k for k, v in (("path", path), ("text", text), ("ids", ids)) if v is not None]
+    if len(given) != 1:
+        raise TypeError("perplexity takes exactly one of: a path (positional), text=..., ids=...; got "
+                        + (", ".join(given) if given else "none"))
+    if ids is not None:
+        a = np.asarray(ids)
+        if a.ndim != 1:
+            raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {a.shape}")
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"ids must be integers, got {a.dtype}")
+        return np.ascontiguousarray(a, dtype=np.int32)
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            hint = "; pass token ids as ids=..." if isinstance(path, np.ndarray) else ""
+            raise TypeError(f"the positional argument of perplexity is a file path (str or os.PathLike), got "
+                            f"{type(path).__name__}{hint}; pass text as text=...")
+        p = os.fspath(path)
+        if not os.path.exists(p):
+            raise FileNotFoundError(errno.ENOENT, "perplexity: no such text file (pass text as text=...)", p)
+        with open(p, encoding="utf-8") as f:
             text = f.read()
-    elif isinstance(text_or_path, str):
-        text = text_or_path
-    else:
-        raise TypeError("text_or_path must be a str (text or file path), a path, or an int32 array of token ids")
+    elif not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
     if model.tokenizer is None:
-        raise ValueError(f"{model.path}: the model has no tokenizer; pass token ids instead")
+        raise ValueError(f"{model.path}: the model has no tokenizer; pass token ids as ids=...")
     return model.tokenizer.encode(text)
 
 
-def perplexity(model: Model | str, text_or_path, seqlen: int = 2048, limit: int | None = None,
-               progress: bool = True) -> float:
+def perplexity(model: Model | str, path: str | os.PathLike | None = None, seqlen: int = 2048,
+               limit: int | None = None, progress: bool = True, *, text: str | None = None,
+               ids=None) -> float:
     """Perplexity with the papers' protocol (ALGORITHMS.md §7): the text tokenized once, non-overlapping windows
     of ``seqlen`` tokens (``numel // seqlen`` of them, at most ``limit``), exp of the mean next-token NLL.
-    ``text_or_path`` is the text itself, a path to a UTF-8 text file, or int32 token ids. A progress bar with
-    ETA goes to stderr unless ``progress=False``."""
-    if not isinstance(model, Model):
-        model = load_model(model)
+
+    The evaluation data is exactly one of: ``path`` (positional, ``str`` or ``os.PathLike``: a UTF-8 text file;
+    a missing file raises ``FileNotFoundError``), ``text=`` (the text itself) or ``ids=`` (token ids). A string is
+    never guessed to be text or a path. A progress bar with ETA goes to stderr unless ``progress=False``."""
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive (or None for all windows), got {limit}")
-    ids = _ids_for(model, text_or_path)
-    ppl, _ = _native.model_perplexity(model._h, ids, int(seqlen), int(limit or 0), bool(progress))
+    if not isinstance(model, Model):
+        model = load_model(model)
+    a = _ids_for(model, path, text, ids)
+    ppl, _ = _native.model_perplexity(model._h, a, int(seqlen), int(limit or 0), bool(progress))
     return ppl
 
 
