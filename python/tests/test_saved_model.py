@@ -171,9 +171,9 @@ def test_cli_eval_runs_on_saved_directory(saved, wikitext_test):
 
 def test_written_tokenizer_json_matches_tokenizers_on_fixtures():
     """tokenizer.json files written by TokenizerJSONWriter (TokenizerTests, SWIFTQUANT_TOKENIZER_JSON_OUT) for the
-    fixture tokenizers, read by the `tokenizers` library: its ids and decodes equal the fixtures' references
-    (`tokenizers` on the original files; `sentencepiece` for the GGUF "llama" vocabulary, whose merges the writer
-    derives from scores)."""
+    fixture tokenizers, read by the `tokenizers` library (and by transformers' AutoTokenizer when installed): its
+    ids and decodes equal the fixtures' references (`tokenizers` on the original files; `sentencepiece` for the
+    GGUF "llama" vocabulary, whose merges the writer derives from scores)."""
     d = os.environ.get("SWIFTQUANT_TOKENIZER_JSON_OUT", str(REPO / ".build" / "interop-tokenizers"))
     if not os.path.isdir(d):
         pytest.skip(f"{d} was not written (run the Swift TokenizerTests with SWIFTQUANT_TOKENIZER_JSON_OUT, as make "
@@ -198,3 +198,16 @@ def test_written_tokenizer_json_matches_tokenizers_on_fixtures():
     for c in g["cases"]:
         assert tok.encode(c["text"]).ids == c["ids"], c["text"]
         assert tok.decode(c["ids"], skip_special_tokens=True) == c["decoded"], c["text"]
+    # The same directories through transformers (tokenizer.json + tokenizer_config.json; BOS added once).
+    transformers = _optional("transformers")
+    if transformers is None:
+        return
+    for name in ("gpt2", "llama3", "qwen2", "sp", "sp_metaspace"):
+        tok = transformers.AutoTokenizer.from_pretrained(os.path.join(d, name))
+        for c in cases[name]:
+            if "partial" not in c:
+                assert tok(c["text"])["input_ids"] == c["ids"], (name, c["text"])
+                assert tok.decode(c["ids"]) == c.get("decoded", c["text"]), (name, c["text"])
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(d, "gguf_llama"))
+    for c in g["cases"]:
+        assert tok(c["text"])["input_ids"] == c["ids"], c["text"]
