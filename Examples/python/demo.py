@@ -85,7 +85,7 @@ def main():
             m = sq.omniquant(model, bits, group_size=group, preset=args.preset).model
         tq = time.perf_counter() - t
         t = time.perf_counter()
-        ppl = sq.perplexity(m, ids, seqlen=args.seqlen, limit=limit, progress=True)
+        ppl = sq.perplexity(m, ids=ids, seqlen=args.seqlen, limit=limit, progress=True)
         te = time.perf_counter() - t
         results.append((label, ppl, tq, te))
         del m

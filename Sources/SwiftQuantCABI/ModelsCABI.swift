@@ -124,6 +124,7 @@ public func cabi_model_logits(_ p: OpaquePointer?, _ idp: UnsafePointer<Int32>?,
                               _ out: UnsafeMutablePointer<Float>?) -> Int32 {
     status {
         let m = try model(p)
+        try m.loaded.model.loadWeights()   // first call on a converted model: a bar when it takes a while
         let l = try m.loaded.model.logits(ids: try ids(idp, n))
         try nonNull(out, "out").update(from: l.pointer, count: l.count)
     }

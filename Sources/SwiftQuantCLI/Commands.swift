@@ -97,8 +97,14 @@ struct Quantize: ParsableCommand {
     @Option(help: "LoRC: rank of the low-rank compensation of every quantized linear (ZeroQuant-FP uses 8; 0 = off).")
     var lorc = 0
 
-    @Option(help: "SmoothQuant: migration strength alpha (default 0.5).")
+    @Option(help: "SmoothQuant and LET initialisation: migration strength alpha (default 0.5).")
     var alpha: Float = 0.5
+
+    @Flag(name: .customLong("let"), help: "OmniQuant: train the Learnable Equivalent Transformation with LWC (weight-activation).")
+    var useLET = false
+
+    @Option(help: "OmniQuant LET: learning rate of the scales and shifts (default 5e-3).")
+    var letLr: Float = 5e-3
 
     @Option(help: "Group size along the input dimension: a number of columns, or per-row for one group per output row.")
     var groupSize: GroupSize = 128
@@ -178,7 +184,7 @@ struct Quantize: ParsableCommand {
                                          }
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
-                                     alpha: alpha)
+                                     let: useLET, alpha: alpha, letLr: letLr)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -333,4 +333,52 @@ final class SafetensorsTests: XCTestCase {
         try Data("{oops".utf8).write(to: URL(fileURLWithPath: idx))
         assertFormatError([idx, "not valid JSON"]) { _ = try HFDirectorySource(directory: single) }
     }
+    /// Deferred entries are produced one at a time, in the file's order, each released once written (the bytes of
+    /// the previous tensor are gone when the next is produced), so a model is written without being held whole.
+    func testDeferredEntriesStreamOneAtATime() throws {
+        let dir = try makeTempDir(self)
+        final class Counter { var live = 0; var maxLive = 0; var order: [String] = [] }
+        let c = Counter()
+        func entry(_ name: String, _ base: Float) -> SafetensorsEntry {
+            SafetensorsEntry(name: name, dtype: .f32, shape: [4, 4], deferred: {
+                c.order.append(name)
+                c.live += 1
+                c.maxLive = max(c.maxLive, c.live)
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: 16)
+                for k in 0..<16 { p[k] = base + Float(k) }
+                return Data(bytesNoCopy: p, count: 64, deallocator: .custom({ raw, _ in
+                    raw.assumingMemoryBound(to: Float.self).deallocate()
+                    c.live -= 1
+                }))
+            })
+        }
+        let entries = [entry("b", 100), entry("a", 0), entry("d", 300), entry("c", 200)]
+        XCTAssertEqual(entries.map(\.byteCount), [64, 64, 64, 64])
+        XCTAssertTrue(c.order.isEmpty, "nothing is produced before the write")
+        var reported: [Int] = []
+        let path = (dir as NSString).appendingPathComponent("s.safetensors")
+        try SafetensorsWriter.write(entries, to: path, progress: { reported.append($0) })
+        XCTAssertEqual(c.order, ["a", "b", "c", "d"])
+        XCTAssertEqual(c.maxLive, 1)
+        XCTAssertEqual(c.live, 0)
+        XCTAssertEqual(reported, [64, 64, 64, 64])
+        let f = try SafetensorsFile(path: path)
+        for (n, base) in [("a", 0), ("b", 100), ("c", 200), ("d", 300)] as [(String, Float)] {
+            XCTAssertEqual(try f.float32(n).array, (0..<16).map { base + Float($0) })
+        }
+        // Sharded: the same, across files.
+        c.order = []
+        c.maxLive = 0
+        let files = try SafetensorsWriter.writeSharded(entries, directory: (dir as NSString).appendingPathComponent("sh"),
+                                                       maxShardBytes: 128)
+        XCTAssertEqual(files.count, 3)
+        XCTAssertEqual(c.maxLive, 1)
+        XCTAssertEqual(Set(c.order), ["a", "b", "c", "d"])
+        // A producer that returns the wrong size fails the write and leaves no file.
+        let bad = SafetensorsEntry(name: "x", dtype: .f32, shape: [3], deferred: { Data(count: 8) })
+        let badPath = (dir as NSString).appendingPathComponent("bad.safetensors")
+        XCTAssertThrowsSwiftQuantError(try SafetensorsWriter.write([bad], to: badPath), contains: "8 bytes produced, 12")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: badPath))
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir)), ["s.safetensors", "sh"])
+    }
 }

@@ -301,7 +301,7 @@ def main(argv=None) -> int:
                   f"parallel loops use all {os.cpu_count()} cores")
         # Token ids in, as on the torch side: tokenization is outside both timings.
         t = time.perf_counter()
-        sq_ppl = sq.perplexity(m, np.ascontiguousarray(sq_ids, dtype=np.int32), seqlen=args.seqlen,
+        sq_ppl = sq.perplexity(m, ids=np.ascontiguousarray(sq_ids, dtype=np.int32), seqlen=args.seqlen,
                                limit=args.windows, progress=True)
         sq_s = time.perf_counter() - t
         n = tr["windows"]

@@ -92,8 +92,8 @@ def main():
         if tq is None:
             tq = time.perf_counter() - t
         t = time.perf_counter()
-        head = sq.perplexity(m, ids[:cut], seqlen=args.seqlen)
-        rest = sq.perplexity(m, ids[cut:], seqlen=args.seqlen)
+        head = sq.perplexity(m, ids=ids[:cut], seqlen=args.seqlen)
+        rest = sq.perplexity(m, ids=ids[cut:], seqlen=args.seqlen)
         te = time.perf_counter() - t
         nrest = (ids.size - cut) // args.seqlen
         full = math.exp((args.head * math.log(head) + nrest * math.log(rest)) / (args.head + nrest))

@@ -68,10 +68,7 @@ def find_shared(*parts):
 
 
 def perplexity(m, ids, seqlen):
-    try:
-        return sq.perplexity(m, ids=ids, seqlen=seqlen, progress=False)
-    except TypeError:  # the positional form of earlier versions
-        return sq.perplexity(m, ids, seqlen=seqlen, progress=False)
+    return sq.perplexity(m, ids=ids, seqlen=seqlen, progress=False)
 
 
 def main():

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -114,10 +115,13 @@ class Model:
     def save(self, path: str | os.PathLike, format: str = "swiftquant", requantize: bool = False,
              progress: bool = True) -> None:
         """Writes the model. ``format="swiftquant"`` (default): a directory with config.json + model.safetensors
-        (float32; ``transformers`` loads it) and, for a quantized model, quantized.safetensors with the packed
-        codes, scales and zero-points, the activation settings and LoRC factors. ``"gguf"``: a llama.cpp file;
+        (float32; ``transformers`` loads it), the tokenizer (tokenizer.json, tokenizer_config.json with the special
+        tokens and chat template; written from the GGUF metadata when the source is a .gguf file),
+        generation_config.json and, for a quantized model, quantized.safetensors with the packed codes, scales and
+        zero-points, the activation settings and LoRC factors. ``"gguf"``: a llama.cpp file;
         ``"compressed-tensors"``, ``"gptq"``: Hugging Face directories those loaders read. ``requantize=True``
-        lets a format re-quantize what it cannot hold exactly (each tensor's error reported). Atomic."""
+        lets a format re-quantize what it cannot hold exactly (each tensor's error reported). Tensors are streamed
+        one by one; a progress bar goes to stderr when it takes more than a second or two. Atomic."""
         if format == "swiftquant":
             _native.model_save(self._h, os.fspath(path))
         else:
@@ -136,34 +140,50 @@ def load_model(path: str | os.PathLike) -> Model:
     return Model(_native.model_open(p), p)
 
 
-def _ids_for(model: Model, text_or_path) -> np.ndarray:
-    if isinstance(text_or_path, np.ndarray):
-        return np.ascontiguousarray(text_or_path, dtype=np.int32)
-    if isinstance(text_or_path, os.PathLike) or (isinstance(text_or_path, str) and "\n" not in text_or_path
-                                                 and len(text_or_path) < 4096 and os.path.isfile(text_or_path)):
-        with open(text_or_path, encoding="utf-8") as f:
+def _ids_for(model: Model, path, text, ids) -> np.ndarray:
+    given = [k for k, v in (("path", path), ("text", text), ("ids", ids)) if v is not None]
+    if len(given) != 1:
+        raise TypeError("perplexity takes exactly one of: a path (positional), text=..., ids=...; got "
+                        + (", ".join(given) if given else "none"))
+    if ids is not None:
+        a = np.asarray(ids)
+        if a.ndim != 1:
+            raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {a.shape}")
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"ids must be integers, got {a.dtype}")
+        return np.ascontiguousarray(a, dtype=np.int32)
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            hint = "; pass token ids as ids=..." if isinstance(path, np.ndarray) else ""
+            raise TypeError(f"the positional argument of perplexity is a file path (str or os.PathLike), got "
+                            f"{type(path).__name__}{hint}; pass text as text=...")
+        p = os.fspath(path)
+        if not os.path.exists(p):
+            raise FileNotFoundError(errno.ENOENT, "perplexity: no such text file (pass text as text=...)", p)
+        with open(p, encoding="utf-8") as f:
             text = f.read()
-    elif isinstance(text_or_path, str):
-        text = text_or_path
-    else:
-        raise TypeError("text_or_path must be a str (text or file path), a path, or an int32 array of token ids")
+    elif not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
     if model.tokenizer is None:
-        raise ValueError(f"{model.path}: the model has no tokenizer; pass token ids instead")
+        raise ValueError(f"{model.path}: the model has no tokenizer; pass token ids as ids=...")
     return model.tokenizer.encode(text)
 
 
-def perplexity(model: Model | str, text_or_path, seqlen: int = 2048, limit: int | None = None,
-               progress: bool = True) -> float:
+def perplexity(model: Model | str, path: str | os.PathLike | None = None, seqlen: int = 2048,
+               limit: int | None = None, progress: bool = True, *, text: str | None = None,
+               ids=None) -> float:
     """Perplexity with the papers' protocol (ALGORITHMS.md §7): the text tokenized once, non-overlapping windows
     of ``seqlen`` tokens (``numel // seqlen`` of them, at most ``limit``), exp of the mean next-token NLL.
-    ``text_or_path`` is the text itself, a path to a UTF-8 text file, or int32 token ids. A progress bar with
-    ETA goes to stderr unless ``progress=False``."""
-    if not isinstance(model, Model):
-        model = load_model(model)
+
+    The evaluation data is exactly one of: ``path`` (positional, ``str`` or ``os.PathLike``: a UTF-8 text file;
+    a missing file raises ``FileNotFoundError``), ``text=`` (the text itself) or ``ids=`` (token ids). A string is
+    never guessed to be text or a path. A progress bar with ETA goes to stderr unless ``progress=False``."""
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive (or None for all windows), got {limit}")
-    ids = _ids_for(model, text_or_path)
-    ppl, _ = _native.model_perplexity(model._h, ids, int(seqlen), int(limit or 0), bool(progress))
+    if not isinstance(model, Model):
+        model = load_model(model)
+    a = _ids_for(model, path, text, ids)
+    ppl, _ = _native.model_perplexity(model._h, a, int(seqlen), int(limit or 0), bool(progress))
     return ppl
 
 
@@ -282,7 +302,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               nsamples: int | None = None, seqlen: int | None = None, lr: float | None = None, aug_loss: bool = False,
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
-              kv_bits=_FOLLOW) -> OmniQuantResult:
+              kv_bits=_FOLLOW, let: bool = False, let_lr: float | None = None, let_shifts: bool | None = None,
+              alpha: float | None = None) -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -291,14 +312,18 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     work directory: finished blocks are saved there as they complete, and a later call with the same directory
     and settings continues after the last finished one (bit-identical to an uninterrupted run).
     ``abits``/``aformat``/``kv_bits`` quantize activations on the quantized path during training and at
-    inference, as in ``sq.rtn``.
+    inference, as in ``sq.rtn``. ``let=True`` trains OmniQuant's Learnable Equivalent Transformation with LWC
+    (scales initialised SmoothQuant-style with ``alpha``, default 0.5; learning rate ``let_lr``, default 5e-3;
+    shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
     """
     for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=bool(aug_loss),
-               seed=int(seed), **_activation_settings(abits, aformat, kv_bits))
+               seed=int(seed), let=bool(let), let_lr=None if let_lr is None else float(let_lr),
+               let_shifts=let_shifts, alpha=None if alpha is None else float(alpha),
+               **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 
 

@@ -110,10 +110,41 @@ def test_perplexity_on_token_ids_matches_logits():
     lse2 = np.log(np.exp(lg2 - lg2.max(1, keepdims=True)).sum(1)) + lg2.max(1)
     nll2 = lse2[:-1] - lg2[np.arange(31), ids[33:]]
     expected = np.exp(np.concatenate([nll, nll2]).mean())
-    got = sq.perplexity(m, ids, seqlen=32, progress=False)
+    got = sq.perplexity(m, ids=ids, seqlen=32, progress=False)
     assert abs(got - expected) / expected < 1e-5
-    one = sq.perplexity(m, ids, seqlen=32, limit=1, progress=False)
+    one = sq.perplexity(m, ids=ids, seqlen=32, limit=1, progress=False)
     assert abs(one - np.exp(nll.mean())) / one < 1e-5
+
+
+def test_perplexity_never_guesses_text_or_path(tmp_path, smollm2_path):
+    m = sq.load_model(smollm2_path)
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    f = tmp_path / "text.txt"
+    f.write_text(text, encoding="utf-8")
+    want = sq.perplexity(m, ids=m.tokenizer.encode(text), seqlen=64, limit=2, progress=False)
+    assert sq.perplexity(m, f, seqlen=64, limit=2, progress=False) == want           # os.PathLike
+    assert sq.perplexity(m, str(f), seqlen=64, limit=2, progress=False) == want      # str: a path
+    assert sq.perplexity(m, text=text, seqlen=64, limit=2, progress=False) == want
+    # A string that is not an existing file is a missing file, never text.
+    missing = tmp_path / "a" / "path" / "that" / "does" / "not" / "exist.txt"
+    with pytest.raises(FileNotFoundError) as e:
+        sq.perplexity(m, str(missing), seqlen=64, progress=False)
+    assert e.value.filename == str(missing)
+    with pytest.raises(FileNotFoundError):
+        sq.perplexity(m, text[:200], seqlen=64, progress=False)
+    # Exactly one source.
+    with pytest.raises(TypeError, match="exactly one"):
+        sq.perplexity(m, seqlen=64)
+    with pytest.raises(TypeError, match="exactly one"):
+        sq.perplexity(m, f, text=text)
+    with pytest.raises(TypeError, match="exactly one"):
+        sq.perplexity(m, text=text, ids=[1, 2, 3])
+    with pytest.raises(TypeError, match="ids="):
+        sq.perplexity(m, np.arange(100, dtype=np.int32))
+    with pytest.raises(TypeError, match="text must be str"):
+        sq.perplexity(m, text=b"bytes")
+    with pytest.raises(TypeError, match="integers"):
+        sq.perplexity(m, ids=np.ones(100, np.float32))
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama3", "qwen2", "sp"])

@@ -37,6 +37,7 @@ public enum Perplexity {
         var n = tokens.count / seqLen
         try require(n > 0, "the text has \(tokens.count) tokens, fewer than one window of \(seqLen)")
         if let l = limit { n = min(n, l) }
+        try model.loadWeights(progress: progress)   // converted weights: before the first window, with a bar
         let bar = ProgressBar(total: n, label: label, unit: "tok", unitsPerStep: Double(seqLen), enabled: progress)
         let start = sqs_now()
         var sum = 0.0, count = 0

@@ -8,11 +8,11 @@ import Foundation
 /// | `model.safetensors` (or shards + index) | every weight in float32, block linears fake-quantized: `transformers` loads it as a plain model |
 /// | `quantized.safetensors` | per quantized linear `W` [out, in]: `<W>.qweight` U8 [out, ⌈in·bits/8⌉] (each row one LSB-first bit stream of codes, see `BitPacking`), `<W>.scales` F32 [out, groups], `<W>.zeros` I32 [out, groups] (INT formats: dequantized = (code − zero)·scale, exactly what `model.safetensors` holds; minifloats: decode(code)·scale, zeros absent); with LoRC `<W>.lorc_u` F16 [out, r] and `<W>.lorc_v` F16 [r, in] (the layer adds `(x·Vᵀ)·Uᵀ`; `model.safetensors` holds `Ŵ` alone) |
 /// | `swiftquant.json` | method, format, group size, source model, version, timing |
+/// | tokenizer files, `generation_config.json` | copied from a source directory; written from the tokenizer and config otherwise (a GGUF source), see `SavedModelFiles.writeCompanions` |
 ///
 /// `config.json`'s `swiftquant` object records the weight format and the activation settings (`aformat`,
 /// `kv_format`) and LoRC rank: `LoadedModel.load` of the directory restores them, so the model evaluates as it
 /// did when it was saved.
-/// | tokenizer files | copied from a source directory when present |
 ///
 /// The directory is written under a temporary name beside `dir` and renamed into place at the end, so an
 /// interrupted export leaves no half-written directory under the final name. An existing `dir` is replaced
@@ -34,7 +34,7 @@ public enum QuantizedExport {
 
     /// Writes `loaded` (its installed blocks and its `quantization`; a plain model is written as it is).
     public static func write(_ loaded: LoadedModel, to dir: String, info: [String: Any] = [:],
-                             shardBytes: Int = 2 << 30) throws {
+                             shardBytes: Int = 2 << 30, progress: Bool = true) throws {
         try checkOutput(dir)
         let fm = FileManager.default
         let parent = (dir as NSString).deletingLastPathComponent
@@ -47,7 +47,7 @@ public enum QuantizedExport {
             throw SwiftQuantError.io("\(tmp): cannot create the output directory: \(error.localizedDescription)")
         }
         do {
-            try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes)
+            try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes, progress: progress)
             if fm.fileExists(atPath: dir) {
                 let old = tmp + ".old"
                 try fm.moveItem(atPath: dir, toPath: old)
@@ -63,40 +63,13 @@ public enum QuantizedExport {
         }
     }
 
-    static func writeContents(_ loaded: LoadedModel, into dir: String, info: [String: Any], shardBytes: Int) throws {
-        let model = loaded.model
+    static func writeContents(_ loaded: LoadedModel, into dir: String, info: [String: Any], shardBytes: Int,
+                              progress: Bool = true) throws {
         let state = loaded.quantization
         let quantized = state?.tensors ?? [:]
         // model.safetensors: the effective float32 weights (norms and biases as the blocks run them), in the
-        // source's order.
-        var blockWeights: [String: Tensor] = [:]
-        for i in 0..<model.numBlocks {
-            let b = try model.block(i), p = model.blockPrefix(i)
-            for (n, l) in b.linears {
-                blockWeights[p + n + ".weight"] = l.weight
-                if let bias = l.bias { blockWeights[p + n + ".bias"] = bias }
-            }
-            for (n, w) in b.norms {
-                if let t = w.weight { blockWeights[p + n + ".weight"] = t }
-                if let t = w.bias { blockWeights[p + n + ".bias"] = t }
-            }
-        }
-        var entries: [SafetensorsEntry] = []
-        var written = Set<String>()
-        for t in loaded.source.tensorInfos {
-            if t.name == "lm_head.weight" && (loaded.config["tie_word_embeddings"] as? Bool ?? false) { continue }
-            let tensor = try blockWeights[t.name] ?? loaded.source.float32(t.name)
-            entries.append(SafetensorsEntry(name: t.name, tensor: tensor))
-            written.insert(t.name)
-        }
-        // Biases an equivalent transformation created (shifts on a family without linear biases).
-        let created = blockWeights.keys.filter { !written.contains($0) }.sorted()
-        if !created.isEmpty {
-            throw SwiftQuantError.unsupported(
-                "the quantized blocks have tensors the source model has no place for (\(created.prefix(3).joined(separator: ", ")) …): "
-                    + "shifts on a family without linear biases cannot be saved as a \(model.modelType) model; quantize without let_shifts")
-        }
-        _ = try SafetensorsWriter.writeSharded(entries, metadata: ["format": "pt"], directory: dir, maxShardBytes: shardBytes)
+        // source's order, streamed tensor by tensor.
+        try SavedModelFiles.writeEffectiveWeights(loaded, into: dir, shardBytes: shardBytes, progress: progress)
 
         // quantized.safetensors: packed codes, scales, zero-points.
         var packed: [SafetensorsEntry] = []
@@ -143,9 +116,7 @@ public enum QuantizedExport {
         marker["quantized_tensors"] = quantized.count
         for (k, v) in info { marker[k] = v }
         try writeJSON(marker, to: dir + "/" + Self.marker)
-        for f in loaded.companionFiles {
-            try FileManager.default.copyItem(atPath: f, toPath: dir + "/" + (f as NSString).lastPathComponent)
-        }
+        try SavedModelFiles.writeCompanions(loaded, into: dir)
     }
 
     static func writeJSON(_ object: [String: Any], to path: String) throws {

@@ -199,17 +199,51 @@ func convertToFloat32(_ src: UnsafeRawBufferPointer, dtype: DType, into dst: Uns
 
 // MARK: - Writer
 
-/// One tensor to write: name, element type, shape (outermost first) and its little-endian bytes.
+/// One tensor to write: name, element type, shape (outermost first) and its little-endian bytes, either given
+/// (`bytes`) or produced by a closure when the writer reaches the tensor (`init(name:dtype:shape:deferred:)`), so
+/// a model can be written tensor by tensor without holding all of it.
 public struct SafetensorsEntry {
     public let name: String
     public let dtype: DType
     public let shape: [Int]
+    /// The bytes of an entry made with them; empty for a deferred entry (see `data()`).
     public let bytes: Data
+    /// The data size: `bytes.count`, or for a deferred entry shape × element size (-1 when that is not computable;
+    /// the writer refuses it).
+    public let byteCount: Int
+    private let deferred: (() throws -> Data)?
+
     public init(name: String, dtype: DType, shape: [Int], bytes: Data) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
         self.bytes = bytes
+        byteCount = bytes.count
+        deferred = nil
+    }
+
+    /// An entry whose bytes `produce` makes when the writer needs them (once); they are released once written.
+    /// `produce` must return exactly shape × element size bytes.
+    public init(name: String, dtype: DType, shape: [Int], deferred produce: @escaping () throws -> Data) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        bytes = Data()
+        var n = dtype.safetensorsElementSize ?? -1
+        for d in shape where n >= 0 {
+            let (c, o) = n.multipliedReportingOverflow(by: d)
+            n = o || d < 0 ? -1 : c
+        }
+        byteCount = n
+        deferred = produce
+    }
+
+    /// The bytes: given, or produced now (checked against `byteCount`).
+    public func data() throws -> Data {
+        guard let produce = deferred else { return bytes }
+        let d = try produce()
+        try require(d.count == byteCount, "tensor '\(name)': \(d.count) bytes produced, \(byteCount) expected")
+        return d
     }
 
     /// A float32 tensor as an F32 entry. The bytes are not copied: `tensor` must stay unchanged until written.
@@ -240,7 +274,6 @@ public struct SafetensorsEntry {
         }
     }
 
-    var byteCount: Int { bytes.count }
 }
 
 public enum SafetensorsWriter {
@@ -248,13 +281,19 @@ public enum SafetensorsWriter {
     /// rename). Data are laid out by element size (largest first), then by name, so every tensor is aligned to
     /// its element size; the JSON header lists the tensors in that order and is padded with spaces to a
     /// multiple of 8 bytes. Bad entries throw `invalidArgument` before anything is written; OS errors `io`.
-    public static func write(_ tensors: [SafetensorsEntry], metadata: [String: String] = [:], to path: String) throws {
+    /// Deferred entries are produced one at a time, as their turn comes, and released once written; `progress`
+    /// is called after each tensor with its byte count.
+    public static func write(_ tensors: [SafetensorsEntry], metadata: [String: String] = [:], to path: String,
+                             progress: ((Int) -> Void)? = nil) throws {
         let (header, ordered) = try makeHeader(tensors, metadata: metadata)
         try AtomicFileWriter.write(to: path) { w in
             var len = UInt64(header.count).littleEndian
             try withUnsafeBytes(of: &len) { try w.write($0) }
             try w.write(header)
-            for t in ordered { try w.write(t.bytes) }
+            for t in ordered {
+                try w.write(try t.data())
+                progress?(t.byteCount)
+            }
         }
     }
 
@@ -288,8 +327,8 @@ public enum SafetensorsWriter {
                 count = c
             }
             let (nb, o) = count.multipliedReportingOverflow(by: elem)
-            try require(!o && nb == t.bytes.count,
-                        "tensor '\(t.name)': \(t.bytes.count) bytes given, shape \(t.shape) of \(t.dtype.rawValue) needs \(o ? -1 : nb)")
+            try require(!o && nb == t.byteCount,
+                        "tensor '\(t.name)': \(t.byteCount) bytes given, shape \(t.shape) of \(t.dtype.rawValue) needs \(o ? -1 : nb)")
         }
         let ordered = tensors.sorted {
             let a = $0.dtype.safetensorsElementSize!, b = $1.dtype.safetensorsElementSize!
@@ -302,7 +341,7 @@ public enum SafetensorsWriter {
         }
         var offset = 0
         for t in ordered {
-            let end = offset + t.bytes.count
+            let end = offset + t.byteCount
             parts.append("\(JSONText.quote(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(end)]}")
             offset = end
         }
@@ -318,7 +357,8 @@ public enum SafetensorsWriter {
     /// file names written.
     @discardableResult
     public static func writeSharded(_ tensors: [SafetensorsEntry], metadata: [String: String] = [:],
-                                    directory: String, maxShardBytes: Int) throws -> [String] {
+                                    directory: String, maxShardBytes: Int,
+                                    progress: ((Int) -> Void)? = nil) throws -> [String] {
         try require(maxShardBytes > 0, "maxShardBytes must be positive")
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -328,7 +368,7 @@ public enum SafetensorsWriter {
         let total = tensors.reduce(0) { $0 + $1.byteCount }
         func join(_ f: String) -> String { (directory as NSString).appendingPathComponent(f) }
         if total <= maxShardBytes {
-            try write(tensors, metadata: metadata, to: join("model.safetensors"))
+            try write(tensors, metadata: metadata, to: join("model.safetensors"), progress: progress)
             return ["model.safetensors"]
         }
         var shards: [[SafetensorsEntry]] = [[]]
@@ -346,7 +386,7 @@ public enum SafetensorsWriter {
         var weightMap: [String: String] = [:]
         for (i, shard) in shards.enumerated() {
             let file = String(format: "model-%05d-of-%05d.safetensors", i + 1, n)
-            try write(shard, metadata: metadata, to: join(file))
+            try write(shard, metadata: metadata, to: join(file), progress: progress)
             names.append(file)
             for t in shard { weightMap[t.name] = file }
         }

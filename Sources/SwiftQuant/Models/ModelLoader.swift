@@ -16,6 +16,9 @@ public final class LoadedModel: @unchecked Sendable {
     /// The quantization this model carries (set by a quantization run, or read from a directory SwiftQuant
     /// wrote); nil for a plain model.
     public var quantization: QuantizationState?
+    /// What a saved tokenizer_config.json / generation_config.json needs beyond the tokenizer (chat template, pad
+    /// id, context length), when the source says.
+    public internal(set) var tokenizerExtras = TokenizerExtras()
 
     init(path: String, model: TransformerModel, config: [String: Any], tokenizer: Tokenizer?,
          source: CachingTensorSource, companionFiles: [String]) {
@@ -61,6 +64,8 @@ public final class LoadedModel: @unchecked Sendable {
             .filter { FileManager.default.fileExists(atPath: $0) }
         let loaded = LoadedModel(path: dir, model: model, config: config, tokenizer: tokenizer, source: source,
                                  companionFiles: companions)
+        loaded.tokenizerExtras = TokenizerExtras(padId: (config["pad_token_id"] as? Int).map { Int32($0) },
+                                                 modelMaxLength: config["max_position_embeddings"] as? Int)
         if let state = try QuantizedExport.readState(directory: dir, config: config, model: model) {
             try loaded.install(state)
         }
@@ -73,8 +78,15 @@ public final class LoadedModel: @unchecked Sendable {
         let source = CachingTensorSource(try GGUFTensorSource(file: file))
         let model = try ArchitectureRegistry.model(config: config, source: source)
         let tokenizer = try GGUFModelConfig.tokenizer(file)
-        return LoadedModel(path: path, model: model, config: config, tokenizer: tokenizer, source: source,
-                           companionFiles: [])
+        let loaded = LoadedModel(path: path, model: model, config: config, tokenizer: tokenizer, source: source,
+                                 companionFiles: [])
+        let m = file.metadata
+        let pad = m["tokenizer.ggml.padding_token_id"]?.int
+        loaded.tokenizerExtras = TokenizerExtras(
+            chatTemplate: m["tokenizer.chat_template"]?.string,
+            padId: pad.flatMap { $0 >= 0 && $0 < (tokenizer?.vocabSize ?? 0) ? Int32($0) : nil },
+            modelMaxLength: config["max_position_embeddings"] as? Int)
+        return loaded
     }
 
     /// Sets `state` as this model's quantization: its activation scheme on the model, its LoRC terms on the
@@ -100,8 +112,10 @@ public final class LoadedModel: @unchecked Sendable {
     /// The same weights, tokenizer and config under a new adapter with no installed blocks: quantizing the
     /// copy leaves this model as it is.
     public func fresh() throws -> LoadedModel {
-        LoadedModel(path: path, model: try ArchitectureRegistry.model(config: config, source: source), config: config,
-                    tokenizer: tokenizer, source: source, companionFiles: companionFiles)
+        let copy = LoadedModel(path: path, model: try ArchitectureRegistry.model(config: config, source: source),
+                               config: config, tokenizer: tokenizer, source: source, companionFiles: companionFiles)
+        copy.tokenizerExtras = tokenizerExtras
+        return copy
     }
 
     /// config.json text (keys sorted).

@@ -15,14 +15,20 @@ public final class ProgressBar: @unchecked Sendable {
     private var extra: Double = 0
 
     /// `unitsPerStep`: how many `unit`s one step stands for (e.g. 2048 tokens per window) for the rate.
-    public init(total: Int, label: String, unit: String = "", unitsPerStep: Double = 1, enabled: Bool = true) {
+    /// `delay`: nothing is shown before this many seconds have passed (so work that finishes sooner, e.g. a small
+    /// model's load or save, prints nothing).
+    public init(total: Int, label: String, unit: String = "", unitsPerStep: Double = 1, enabled: Bool = true,
+                delay: Double = 0) {
         self.total = max(total, 1)
         self.label = label
         self.unit = unit
         self.unitsPerStep = unitsPerStep
         self.enabled = enabled
+        self.delay = delay
         interactive = isatty(2) != 0
     }
+
+    private let delay: Double
 
     private let unitsPerStep: Double
 
@@ -37,6 +43,7 @@ public final class ProgressBar: @unchecked Sendable {
         done = min(total, done + steps)
         guard enabled else { return }
         let now = sqs_now(), elapsed = now - start
+        if elapsed < delay { return }
         let finished = done == total
         if !finished && now - lastPrint < (interactive ? 0.2 : 5) { return }
         lastPrint = now

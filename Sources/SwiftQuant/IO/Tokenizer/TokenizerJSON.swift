@@ -19,8 +19,9 @@ extension TokenizerSpec {
     /// Reads a Hugging Face `tokenizer.json` into a spec (see `Tokenizer.fromJSON(path:)`).
     ///
     /// bos/eos: taken from the post-processor template when it adds them; otherwise (tokenizer.json does not
-    /// name them; tokenizer_config.json does) the first of the usual names present ("<s>", "<|begin_of_text|>",
-    /// "<|im_start|>", "<|endoftext|>" / "</s>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>").
+    /// name them) from `bos_token` / `eos_token` of a `tokenizer_config.json` beside the file, else the first of the
+    /// usual names present ("<s>", "<|begin_of_text|>", "<|im_start|>", "<|endoftext|>" / "</s>", "<|end_of_text|>",
+    /// "<|im_end|>", "<|endoftext|>", "<|eot_id|>").
     /// The decoder section is not read: decoding follows the kind (ByteLevel, or SentencePiece's
     /// "▁" → " " + byte fallback + one leading space stripped when a "▁" prefix is added).
     public static func fromJSON(path: String) throws -> TokenizerSpec {
@@ -30,7 +31,21 @@ extension TokenizerSpec {
         } catch {
             throw SwiftQuantError.io("\(path): cannot read: \(error.localizedDescription)")
         }
-        return try fromJSON(data: data, name: path)
+        var spec = try fromJSON(data: data, name: path)
+        let cfgPath = ((path as NSString).deletingLastPathComponent as NSString)
+            .appendingPathComponent("tokenizer_config.json")
+        if let cd = FileManager.default.contents(atPath: cfgPath),
+           let cfg = (try? JSONSerialization.jsonObject(with: cd)) as? [String: Any] {
+            func named(_ key: String) -> Int32? {
+                let v = cfg[key]
+                guard let s = (v as? String) ?? ((v as? [String: Any])?["content"] as? String) else { return nil }
+                if let a = spec.addedTokens.first(where: { $0.content == s }) { return a.id }
+                return spec.vocab.firstIndex(of: s).map { Int32($0) }
+            }
+            if !spec.addBOS, let b = named("bos_token") { spec.bosId = b }
+            if !spec.addEOS, let e = named("eos_token") { spec.eosId = e }
+        }
+        return spec
     }
 
     /// Parses the contents of a `tokenizer.json`; `name` is used in error messages.
