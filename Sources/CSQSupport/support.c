@@ -99,6 +99,14 @@ typedef void (*set_int_fn)(int);
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static sgemm_fn blas_sgemm = NULL;
+// LAPACK from the same library (OpenBLAS ships the Fortran routines even when built without LAPACKE, as
+// Debian's is): Cholesky and triangular inverse for GPTQ. Fortran calling convention: column-major, arguments by
+// reference, one hidden length per character argument (gfortran; ignored by callees that do not expect it).
+typedef void (*potrf_fn)(const char *uplo, const int *n, float *a, const int *lda, int *info, size_t uplo_len);
+typedef void (*trtri_fn)(const char *uplo, const char *diag, const int *n, float *a, const int *lda, int *info,
+                         size_t uplo_len, size_t diag_len);
+static potrf_fn lapack_spotrf = NULL;
+static trtri_fn lapack_strtri = NULL;
 static str_fn blas_corename = NULL;
 static int_fn blas_get_threads = NULL;
 static set_int_fn blas_set_threads = NULL;
@@ -136,6 +144,9 @@ static void blas_load_once(void) {
     if (!handle) return;
     blas_sgemm = (sgemm_fn)dlsym(handle, "cblas_sgemm");
     if (!blas_sgemm) return;
+    lapack_spotrf = (potrf_fn)dlsym(handle, "spotrf_");
+    lapack_strtri = (trtri_fn)dlsym(handle, "strtri_");
+    if (!lapack_spotrf || !lapack_strtri) lapack_spotrf = NULL, lapack_strtri = NULL;
     blas_corename = (str_fn)dlsym(handle, "openblas_get_corename");
     str_fn config = (str_fn)dlsym(handle, "openblas_get_config");
     blas_get_threads = (int_fn)dlsym(handle, "openblas_get_num_threads");
@@ -182,6 +193,26 @@ int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const fl
     // CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112
     blas_sgemm(101, transA ? 112 : 111, transB ? 112 : 111, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return 0;
+}
+
+int sqs_lapack_available(void) {
+    sqs_blas_load();
+    return lapack_spotrf != NULL;
+}
+
+// A row-major lower triangle is the column-major upper one: 'U' in Fortran's terms.
+int sqs_spotrf_lower(int n, float *a, int lda) {
+    if (!sqs_blas_load() || !lapack_spotrf) return -1000;
+    int info = 0;
+    lapack_spotrf("U", &n, a, &lda, &info, 1);
+    return info;
+}
+
+int sqs_strtri_lower(int n, float *a, int lda) {
+    if (!sqs_blas_load() || !lapack_strtri) return -1000;
+    int info = 0;
+    lapack_strtri("U", "N", &n, a, &lda, &info, 1, 1);
+    return info;
 }
 
 double sqs_now(void) {

@@ -53,6 +53,13 @@ void sqs_blas_set_threads(int n);
 
 /// Row-major single-precision GEMM: C = alpha * op(A) * op(B) + beta * C.
 /// Returns 0 when a BLAS did the work, -1 when no BLAS is loaded (the caller uses its own kernel).
+/// Whether the loaded BLAS also exports LAPACK's spotrf_ / strtri_ (OpenBLAS does).
+int sqs_lapack_available(void);
+/// Row-major lower Cholesky factor in place (LAPACK spotrf): 0 on success, > 0 when not positive definite,
+/// -1000 when no LAPACK is loaded. Only the lower triangle is read and written.
+int sqs_spotrf_lower(int n, float *a, int lda);
+/// Row-major inverse of a lower triangular matrix in place (LAPACK strtri): 0 on success, -1000 without LAPACK.
+int sqs_strtri_lower(int n, float *a, int lda);
 int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc);
 

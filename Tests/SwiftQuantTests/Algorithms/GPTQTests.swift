@@ -329,4 +329,25 @@ final class GPTQTests: XCTestCase {
             XCTAssertLessThan(eg, er)
         }
     }
+
+    /// The LAPACK factorization (spotrf + strtri of the loaded OpenBLAS) and the recursive one agree: `U` with
+    /// `H⁻¹ = UᵀU`, within float32 rounding, and `UᵀU·H = I` closely.
+    func testLAPACKFactorMatchesTheRecursiveOne() throws {
+        guard BLAS.isAvailable else { throw XCTSkip("no BLAS loaded") }
+        let (_, h) = Self.inputsAndHessian(300, tokens: 600, seed: 41)
+        for i in 0..<300 { h.pointer[i * 300 + i] += 0.01 }
+        let fast = try XCTUnwrap(try GPTQ.inverseCholeskyUpper(h))
+        let exact = try XCTUnwrap(try GPTQ.inverseCholeskyUpper(h, exactGEMM: true))
+        var num: Float = 0, den: Float = 0
+        for k in 0..<fast.count { num = max(num, abs(fast.pointer[k] - exact.pointer[k])); den = max(den, abs(exact.pointer[k])) }
+        XCTAssertLessThan(num / den, 1e-3)
+        // UᵀU·H ≈ I
+        let n = 300, inv = Tensor(zeros: [n, n]), id = Tensor(zeros: [n, n])
+        BLAS.sgemm(transA: true, m: n, n: n, k: n, a: fast.pointer, lda: n, b: fast.pointer, ldb: n, c: inv.pointer, ldc: n)
+        BLAS.sgemm(m: n, n: n, k: n, a: inv.pointer, lda: n, b: h.pointer, ldb: n, c: id.pointer, ldc: n)
+        var err: Float = 0
+        for i in 0..<n { for j in 0..<n { err = max(err, abs(id.pointer[i * n + j] - (i == j ? 1 : 0))) } }
+        XCTAssertLessThan(err, 1e-2)
+        print("inverse Cholesky: LAPACK vs recursive max rel diff \(num / den), |UᵀU·H − I| ≤ \(err)")
+    }
 }

@@ -1,9 +1,11 @@
+import CSQSupport
 import Foundation
 
-/// The dense linear algebra GPTQ and LoRC need, written here (the project binds CBLAS only, no LAPACK): a Cholesky
-/// factorization and a triangular inverse, both recursive with the big updates as `BLAS.sgemm`, and a cyclic
-/// Jacobi eigensolver for small symmetric matrices. Row-major, float32 storage with float64 accumulation in the
-/// unblocked base cases.
+/// The dense linear algebra GPTQ and LoRC need: GPTQ's Cholesky factorization and triangular inverse go to LAPACK
+/// (`spotrf` / `strtri` of the BLAS library loaded at run time; OpenBLAS ships them) and fall back
+/// to the recursive versions here (big updates as `BLAS.sgemm`) without one, under `SWIFTQUANT_KERNELS=reference`,
+/// and for the parity tests' fixed summation order; a cyclic Jacobi eigensolver for small symmetric matrices.
+/// Row-major, float32 storage with float64 accumulation in the unblocked base cases.
 enum DenseLinearAlgebra {
     /// Matrices up to this size are factored/inverted without recursion.
     static let baseSize = 64
@@ -105,6 +107,12 @@ enum DenseLinearAlgebra {
         let ok: Bool = p.withUnsafeMutableBufferPointer { pb in
             let pp = pb.baseAddress!
             for i in 0..<n { for j in 0...i { pp[i * n + j] = h[(n - 1 - i) * n + (n - 1 - j)] } }
+            // LAPACK (the BLAS library's LAPACKE) when loaded; the recursive factorization here otherwise, and
+            // for `exact` (a fixed summation order for parity tests).
+            if !exact && !KernelDispatch.reference && sqs_lapack_available() != 0 {
+                guard sqs_spotrf_lower(Int32(n), pp, Int32(n)) == 0 else { return false }
+                return sqs_strtri_lower(Int32(n), pp, Int32(n)) == 0
+            }
             guard choleskyLower(pp, n: n, ld: n, exact: exact) else { return false }
             invertLower(pp, n: n, ld: n, exact: exact)
             return true
