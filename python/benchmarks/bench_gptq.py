@@ -85,8 +85,8 @@ LINEARS = [("self_attn.q_proj", "qkv"), ("self_attn.k_proj", "qkv"), ("self_attn
 
 def torch_gptq(torch, w, h, bits, group, block=128, damp=0.01):
     """GPTQ with GPTQ's INT min/max grid (0 in range), written from the paper's algorithm."""
-    W = torch.from_numpy(w).clone()
-    H = torch.from_numpy(h).clone()
+    W = torch.from_numpy(np.array(w))
+    H = torch.from_numpy(np.array(h))
     cols = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1

@@ -1,0 +1,95 @@
+"""Weight-activation quantization, LoRC, act-order, SmoothQuant, LET and one-matrix GPTQ through the Python API."""
+import numpy as np
+import pytest
+
+import swiftquant as sq
+from conftest import REPO
+
+TINY = REPO / "Tests" / "SwiftQuantTests" / "Fixtures" / "tiny"
+
+
+def ids(m, n=24, seed=3):
+    return np.random.default_rng(seed).integers(0, m.vocab_size, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("family", ["llama_gqa", "opt"])
+def test_activation_settings_survive_save_and_load(tmp_path, family):
+    m = sq.load_model(TINY / family)
+    q = sq.rtn(m, wbits=4, group_size=16, abits=6, kv_bits=4)
+    assert q.quantization["aformat"] == "int6" and q.quantization["kv_format"] == "int4"
+    x = ids(m)
+    before = q.logits(x)
+    assert not np.array_equal(before, sq.rtn(m, wbits=4, group_size=16).logits(x)), "activations must matter"
+    q.save(tmp_path / "out")
+    back = sq.load_model(tmp_path / "out")
+    assert back.config["swiftquant"]["aformat"] == "int6"
+    np.testing.assert_array_equal(back.logits(x), before)
+
+
+def test_kv_bits_none_keeps_attention_fp():
+    m = sq.load_model(TINY / "llama_gqa")
+    r = sq.recipe("rtn", "int4", 16, aformat="e4m3fn", kv_bits="none")
+    assert r["aformat"] == "e4m3fn" and r["kv_format"] is None
+    assert sq.rtn(m, wbits=4, group_size=16, aformat="e4m3fn", kv_bits=None).quantization["kv_format"] is None
+    assert sq.rtn(m, wbits=4, group_size=16, aformat="e4m3fn").quantization["kv_format"] == "e4m3fn"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(wbits=4, abits=1), "abits"),
+    (dict(wbits=4, abits=17), "abits"),
+    (dict(wbits=4, abits=8, aformat="e4m3fn"), "not both"),
+    (dict(wbits=4, aformat="fp9"), "format"),
+    (dict(wformat="e2m1", wbits=4), "not both"),
+    (dict(wbits=4, scale_constraint="m1"), "minifloat"),
+    (dict(wbits=4, group_size=100000), "larger than the row"),
+])
+def test_bad_settings_fail_before_any_work(kwargs, message):
+    m = sq.load_model(TINY / "llama_gqa")
+    with pytest.raises(ValueError, match=message):
+        sq.rtn(m, **kwargs)
+
+
+def test_gptq_lorc_act_order_and_let_refusals(smollm2_path):
+    m = sq.load_model(smollm2_path)
+    with pytest.raises(ValueError, match="lorc_rank"):
+        sq.gptq(m, wbits=4, group_size=64, lorc_rank=10**6, nsamples=1, seqlen=32)
+    with pytest.raises(ValueError, match="let_shifts"):
+        sq.omniquant(m, 4, abits=4, let=True, let_shifts=True, nsamples=1, seqlen=32)
+    with pytest.raises(ValueError, match="abits or aformat"):
+        sq.recipe("smoothquant", "int8", None)
+
+
+def test_gptq_quantize_with_identity_hessian_is_rtn():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((40, 96)).astype(np.float32)
+    for fmt in ("int4", "e2m1"):
+        q, g_idx, deq = sq.gptq_quantize(w, np.eye(96, dtype=np.float32), fmt, group_size=32)
+        r = sq.quantize(w, fmt, group_size=32, policy="gptq" if fmt.startswith("int") else "minmax")
+        np.testing.assert_array_equal(q.codes, r.codes)
+        np.testing.assert_array_equal(q.scales, r.scales)
+        np.testing.assert_array_equal(g_idx, np.arange(96) // 32)
+        np.testing.assert_array_equal(deq, r.dequantize())
+    with pytest.raises(ValueError):
+        sq.gptq_quantize(w, np.eye(95, dtype=np.float32), "int4")
+
+
+def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
+    """Tiny budgets on the real model (the calibration text needs its tokenizer): each result reloads with
+    bit-identical logits (LoRC factors, g_idx, folded norms/biases and activation settings come back)."""
+    m = sq.load_model(smollm2_path)
+    x = ids(m, 16)
+    runs = {
+        "gptq": sq.gptq(m, wbits=4, group_size=64, act_order=True, lorc_rank=4, nsamples=1, seqlen=32,
+                        progress=False),
+        "smoothquant": sq.smoothquant(m, wbits=8, abits=8, nsamples=1, seqlen=32, progress=False),
+        "let": sq.omniquant(m, 4, group_size=None, abits=8, let=True, epochs=1, nsamples=1, seqlen=32,
+                            progress=False),
+    }
+    assert runs["gptq"].model.quantization["lorc_rank"] == 4
+    for name, res in runs.items():
+        before = res.model.logits(x)
+        assert np.isfinite(before).all(), name
+        res.save(tmp_path / name)
+        back = sq.load_model(tmp_path / name)
+        np.testing.assert_array_equal(back.logits(x), before, err_msg=name)
+    assert sq.load_model(tmp_path / "gptq").config["swiftquant"]["lorc_rank"] == 4
