@@ -175,3 +175,65 @@ final class LETTests: XCTestCase {
         XCTAssertLessThan(let_.lossLastEpoch!, lwc.lossLastEpoch!)
     }
 }
+
+/// LET + LWC gradients with INT4 activation and KV quantization on, against PyTorch autograd through
+/// transformers' own decoder layers (`Fixtures/make_let_fixtures.py`): loss within 1e-5, every LET and LWC
+/// parameter gradient within 1e-4 of the largest of its tensor.
+final class LETParityTests: XCTestCase {
+    func testGradientsMatchPyTorch() throws {
+        let file = try SafetensorsFile(path: Fixtures.url("let_fixtures.safetensors").path)
+        for family in ["llama_gqa", "qwen2", "opt"] {
+            let loaded = try LoadedModel.load(path: Fixtures.url("tiny/" + family).path)
+            let m = loaded.model, spec = m.blockSpec
+            func t(_ n: String) throws -> Tensor { try file.float32(family + "." + n) }
+            let shifts = family == "opt"
+            func vals(_ n: String) throws -> [Float]? { file.info(family + ".let." + n) == nil ? nil : try t("let." + n).array }
+            let p = try LETParameters(spec: spec, shifts: shifts, qkvScale: try vals("qkv_scale"), qkvShift: try vals("qkv_shift"),
+                                      fc1Scale: try vals("fc1_scale"), fc1Shift: try vals("fc1_shift"),
+                                      outScale: try vals("out_scale"), outShift: try vals("out_shift"))
+            let qkt = try t("let.qkt_scale")
+            XCTAssertEqual(qkt.count, p.qktScale.count, family)
+            p.qktScale.pointer.update(from: qkt.pointer, count: qkt.count)
+            let lwc = try spec.linears.map { l -> LWCTransform in
+                let w = try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: 4, group: 24, symmetric: false,
+                                         u: try t(l.name + ".u"), l: try t(l.name + ".l"))
+                w.gradWeight = Tensor(zeros: [l.outFeatures, l.inFeatures])
+                return w
+            }
+            let x = try t("x"), target = try t("target")
+            let block = try m.block(0)
+            let graph = try m.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: x.shape[0],
+                                         activations: try ActivationScheme(linear: "int4", kv: "int4"))
+            graph.parameterGradients = true
+            let tr = try p.apply(to: block)
+            for (i, l) in spec.linears.enumerated() {
+                try graph.setLinear(i, weight: tr.linear(l.name).weight, bias: tr.linear(l.name).bias)
+            }
+            let n1 = try XCTUnwrap(tr.norms[spec.attentionNorm.name]), n2 = try XCTUnwrap(tr.norms[spec.mlpNorm.name])
+            try graph.setNorms(attention: (n1.weight!, n1.bias), mlp: (n2.weight!, n2.bias))
+            p.zeroGradients()
+            let loss = try graph.trainStep(input: x, target: target)
+            p.backward(block: block, dWeights: lwc.map(\.gradWeight), dBiases: graph.biasGradients, dNorms: graph.normGradients)
+            let want = try t("loss").pointer[0]
+            XCTAssertEqual(loss, want, accuracy: 1e-5 * abs(want), family)
+            print("LET parity \(family): loss \(loss) vs PyTorch \(want)")
+            func compare(_ got: Tensor, _ ref: Tensor, _ what: String) {
+                var err: Float = 0, big: Float = 0
+                for k in 0..<ref.count { err = max(err, abs(got.pointer[k] - ref.pointer[k])); big = max(big, abs(ref.pointer[k])) }
+                XCTAssertLessThanOrEqual(err, 1e-4 * big + 1e-9, "\(family) \(what): max diff \(err), max |grad| \(big)")
+            }
+            let names = ["qkv_scale": p.qkvScaleGrad, "fc1_scale": p.fc1ScaleGrad, "out_scale": p.outScaleGrad,
+                         "qkt_scale": p.qktScaleGrad, "qkv_shift": p.qkvShiftGrad, "fc1_shift": p.fc1ShiftGrad,
+                         "out_shift": p.outShiftGrad]
+            var compared = 0
+            for (n, g) in names where file.info(family + ".let." + n + ".grad") != nil {
+                compare(g, try t("let." + n + ".grad"), n); compared += 1
+            }
+            XCTAssertEqual(compared, shifts ? 7 : 4, family)
+            for (k, l) in spec.linears.enumerated() {
+                compare(lwc[k].gradU, try t(l.name + ".du"), l.name + ".du")
+                compare(lwc[k].gradL, try t(l.name + ".dl"), l.name + ".dl")
+            }
+        }
+    }
+}
