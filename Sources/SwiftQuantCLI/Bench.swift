@@ -75,6 +75,10 @@ extension Bench {
         @Option(help: "Group size: a number of columns, or per-row.")
         var groupSize: GroupSize = 128
         @Option var iterations = 10
+        @Option(help: "Quantize every linear input per token and Q/K/V per head to this many bits (INT, W-A step).")
+        var abits: Int?
+        @Flag(name: .customLong("let"), help: "Train OmniQuant's LET (scales from 1) together with LWC.")
+        var useLET = false
 
         @Flag(help: "Print one JSON object.")
         var json = false
@@ -86,7 +90,8 @@ extension Bench {
                     throw SwiftQuantError.unsupported("block-step needs a Llama-family model")
                 }
                 let r = try BlockStepBenchmark.run(model: llama, block: block, tokens: tokens, wbits: wbits,
-                                                   groupSize: groupSize, iterations: iterations)
+                                                   groupSize: groupSize, iterations: iterations, abits: abits,
+                                                   useLET: useLET)
                 if json {
                     let o: [String: Any] = ["step_ms": r.stepSeconds * 1e3, "gflop_per_step": r.flops / 1e9,
                                             "gemm_peak_gflops": r.peakGFLOPS, "losses": r.losses.map(Double.init)]

@@ -13,8 +13,10 @@ enum BlockStepBenchmark {
         var losses: [Float]
     }
 
+    /// `abits`: INT activation and KV quantization (per token, per head); `useLET`: LET trained with LWC, scales
+    /// starting at 1 (the PyTorch side starts there too), its transform recomputed at every step.
     static func run(model: TransformerModel, block index: Int, tokens: Int, wbits: Int, groupSize: GroupSize,
-                           iterations: Int, seed: UInt64 = 7) throws -> Result {
+                    iterations: Int, abits: Int? = nil, useLET: Bool = false, seed: UInt64 = 7) throws -> Result {
         let block = try model.loadBlock(index)
         var state = seed
         let ids = (0..<tokens).map { _ -> Int32 in
@@ -24,19 +26,40 @@ enum BlockStepBenchmark {
         let x = try model.embed(ids)
         let target = try model.forwardBlock(index, hidden: x)
         let spec = model.blockSpec
-        let lwc = try spec.linears.map {
-            try LWCTransform(rows: $0.outFeatures, columns: $0.inFeatures, bits: wbits, group: groupSize,
-                             symmetric: false)
+        let lwc = try spec.linears.map { l -> LWCTransform in
+            let t = try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: wbits, group: groupSize,
+                                     symmetric: false)
+            if useLET { t.gradWeight = Tensor(zeros: [l.outFeatures, l.inFeatures]) }
+            return t
         }
-        let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: tokens)
+        let scheme = try abits.map { try ActivationScheme(linear: "int\($0)", kv: "int\($0)") }
+        let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: tokens,
+                                         activations: scheme)
+        let letp = useLET ? try LETParameters(spec: spec, shifts: false) : nil
+        graph.parameterGradients = useLET
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: 1e-2)
+        let adamLET = try letp.map { try AdamW(parameters: $0.parameters, learningRate: 5e-3) }
         let grads = lwc.map(\.gradU) + lwc.map(\.gradL)
         var losses: [Float] = []
         var best = Double.infinity
         for _ in 0..<(max(1, iterations) + 1) {
             let t = sqs_now()
             for l in lwc { l.zeroGradients() }
+            if let letp {  // the transformed block from the frozen one, as OmniQuantLET does each step
+                letp.zeroGradients()
+                let tr = try letp.apply(to: block)
+                for (i, l) in spec.linears.enumerated() {
+                    try graph.setLinear(i, weight: tr.linear(l.name).weight, bias: tr.linear(l.name).bias)
+                }
+                let n1 = tr.norms[spec.attentionNorm.name]!, n2 = tr.norms[spec.mlpNorm.name]!
+                try graph.setNorms(attention: (n1.weight!, n1.bias), mlp: (n2.weight!, n2.bias))
+            }
             losses.append(try graph.trainStep(input: x, target: target))
+            if let letp {
+                letp.backward(block: block, dWeights: lwc.map(\.gradWeight), dBiases: graph.biasGradients,
+                              dNorms: graph.normGradients)
+                try adamLET!.step(gradients: letp.gradients)
+            }
             try adam.step(gradients: grads)
             best = min(best, sqs_now() - t)
         }

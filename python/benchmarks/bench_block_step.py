@@ -65,8 +65,8 @@ def token_ids(tokens, vocab, seed=7):
 
 def run_swiftquant(binary, model, args):
     cmd = [binary, "bench", "block-step", "--model", model, "--block", str(args.block), "--tokens", str(args.tokens),
-           "--wbits", str(args.wbits), "--group-size", str(args.group_size), "--iterations", str(args.iterations),
-           "--json"]
+           "--wbits", str(args.wbits), "--group-size", str(args.group_size) if args.group_size > 0 else "per-row", "--iterations", str(args.iterations),
+           "--json"] + (["--abits", str(args.abits)] if args.abits else []) + (["--let"] if args.let else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
@@ -132,17 +132,21 @@ class LlamaBlock:
         rot = self.torch.cat([-x[..., h:], x[..., :h]], -1)
         return x * self.cos[:T] + rot * self.sin[:T]
 
-    def __call__(self, x, w):
+    def __call__(self, x, w, norms=None, aq=None):
+        """`norms`: (input, post) norm weights instead of the layer's (LET); `aq`: a fake quantizer applied to
+        every linear input per token and to q, k (after RoPE), v per head per token (straight-through)."""
         F, T = self.F, x.shape[0]
-        n1 = self.rms(x, self.w_in)
+        aq = aq or (lambda t: t)
+        w_in, w_post = norms if norms is not None else (self.w_in, self.w_post)
+        n1 = aq(self.rms(x, w_in))
         q = F.linear(n1, w[0]).view(T, self.heads, self.head_dim).transpose(0, 1)
         k = F.linear(n1, w[1]).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
-        v = F.linear(n1, w[2]).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
-        a = F.scaled_dot_product_attention(self.rope(q), self.rope(k), v, is_causal=True,
+        v = aq(F.linear(n1, w[2]).view(T, self.kv_heads, self.head_dim).transpose(0, 1))
+        a = F.scaled_dot_product_attention(aq(self.rope(q)), aq(self.rope(k)), v, is_causal=True,
                                            enable_gqa=self.heads != self.kv_heads)
-        h1 = x + F.linear(a.transpose(0, 1).reshape(T, -1), w[3])
-        n2 = self.rms(h1, self.w_post)
-        return h1 + F.linear(F.silu(F.linear(n2, w[4])) * F.linear(n2, w[5]), w[6])
+        h1 = x + F.linear(aq(a.transpose(0, 1).reshape(T, -1)), w[3])
+        n2 = aq(self.rms(h1, w_post))
+        return h1 + F.linear(aq(F.silu(F.linear(n2, w[4])) * F.linear(n2, w[5])), w[6])
 
 
 def clamp_inclusive(torch, x, lo, hi):
@@ -165,8 +169,9 @@ class LWC:
         self.u = torch.full((rows, ng), 4.0, requires_grad=True)
         self.l = torch.full((rows, ng), 4.0, requires_grad=True)
 
-    def __call__(self):
-        torch, w, qmax = self.torch, self.w, self.qmax
+    def __call__(self, w=None):
+        torch, qmax = self.torch, self.qmax
+        w = self.w if w is None else w
         rows, G, nf = w.shape[0], self.group, self.full
         body = w[:, : nf * G].reshape(rows, nf, G)
         mx, mn = [body.amax(-1)], [body.amin(-1)]
@@ -184,6 +189,55 @@ class LWC:
         r = t + (torch.round(t) - t).detach()  # round_ste
         q = clamp_inclusive(torch, r + z, 0.0, qmax)
         return (q - z) * h
+
+
+def act_quant(torch, bits):
+    """Per row (last dimension) asymmetric min/max fake quantization, straight-through (SwiftQuant's
+    DynamicActivationQuantizer with its identity backward)."""
+    qmax = float(2 ** bits - 1)
+
+    def f(x):
+        with torch.no_grad():
+            xmax, xmin = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
+            h = ((xmax - xmin) / qmax).clamp(1e-5, 1e4)
+            z = torch.round((-xmin / h).clamp(-1e4, 1e4))
+            q = (torch.clamp(torch.round(x / h) + z, 0, qmax) - z) * h
+        return x + (q - x).detach()
+    return f
+
+
+class LET:
+    """OmniQuant's LET on a Llama block without shifts (scales from 1): qkv/fc1 scales [hidden], out and qkt
+    scales per kv channel (qkt one per RoPE pair), repeated over each query group; |s| < 1e-2 → ±1e-2 with an
+    identity backward. Returns the transformed norm weights and linear weights."""
+
+    def __init__(self, torch, block):
+        self.torch, self.b = torch, block
+        H, D, kv, heads = block.w_in.numel(), block.head_dim, block.kv_heads, block.heads
+        K, group = kv * D, heads // kv
+        self.s1 = torch.ones(H, requires_grad=True)
+        self.s2 = torch.ones(H, requires_grad=True)
+        self.s3 = torch.ones(K, requires_grad=True)
+        self.s4 = torch.ones(K // 2, requires_grad=True)
+        self.q_rows = torch.tensor([(c // D // group) * D + c % D for c in range(heads * D)])
+        self.pair = torch.tensor([(c // D) * (D // 2) + (c % D) % (D // 2) for c in range(K)])
+        self.params = [self.s1, self.s2, self.s3, self.s4]
+
+    def trunc(self, s):
+        torch = self.torch
+        with torch.no_grad():
+            t = torch.where(s.abs() >= 1e-2, s, torch.where(s < 0, -1e-2 * torch.ones_like(s), 1e-2 * torch.ones_like(s)))
+        return s + (t - s).detach()
+
+    def __call__(self):
+        b = self.b
+        s1, s2, s3 = self.trunc(self.s1), self.trunc(self.s2), self.trunc(self.s3)
+        s4 = self.trunc(self.s4)[self.pair]
+        w = b.weights
+        out = [w[0] * s1[None, :] / s4[self.q_rows][:, None], w[1] * s1[None, :] * s4[:, None],
+               w[2] * s1[None, :] / s3[:, None], w[3] * s3[self.q_rows][None, :], w[4] * s2[None, :],
+               w[5] * s2[None, :], w[6]]
+        return (b.w_in / s1, b.w_post / s2), out
 
 
 def run_pytorch(torch, model_path, args):
@@ -212,6 +266,9 @@ def run_pytorch(torch, model_path, args):
     quant = [LWC(torch, w, args.wbits, args.group_size) for w in block.weights]
     params = [q.u for q in quant] + [q.l for q in quant]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    aq = act_quant(torch, args.abits) if args.abits else None
+    let = LET(torch, block) if args.let else None
+    opt_let = torch.optim.AdamW(let.params, lr=5e-3, weight_decay=0.0) if let else None
     # Same work as SwiftQuant's backward, which also produces ∂L/∂x (the q/k/v input-gradient GEMMs and the norm).
     x.requires_grad_(not args.no_input_grad)
 
@@ -219,9 +276,17 @@ def run_pytorch(torch, model_path, args):
         opt.zero_grad(set_to_none=True)
         if x.grad is not None:
             x.grad = None
-        loss = torch.nn.functional.mse_loss(block(x, [q() for q in quant]), target)
+        if let is not None:
+            opt_let.zero_grad(set_to_none=True)
+            norms, ws = let()
+            out = block(x, [q(w) for q, w in zip(quant, ws)], norms=norms, aq=aq)
+        else:
+            out = block(x, [q() for q in quant], aq=aq)
+        loss = torch.nn.functional.mse_loss(out, target)
         loss.backward()
         opt.step()
+        if opt_let is not None:
+            opt_let.step()
         return loss.item()
 
     losses, times = [], []
@@ -246,7 +311,11 @@ def main():
     ap.add_argument("--block", type=int, default=0)
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--wbits", type=int, default=3)
-    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--group-size", type=int, default=128, help="columns per group; 0: one group per row")
+    ap.add_argument("--abits", type=int, default=None,
+                    help="INT activation bits: every linear input per token, Q/K/V per head (the W4A4 step: --wbits 4 "
+                         "--abits 4 --let)")
+    ap.add_argument("--let", action="store_true", help="train OmniQuant's LET with LWC (scales from 1)")
     ap.add_argument("--input-grad", action="store_true",
                     help="PyTorch: also compute ∂L/∂x of the block input (SwiftQuant's calibration step does not)")
     args = ap.parse_args()
@@ -291,7 +360,9 @@ def main():
     print(f"load avg:    {' '.join(f'{v:.2f}' for v in os.getloadavg())} (before: {load0}) on "
           f"{os.cpu_count()} CPUs — other jobs share them")
     print(f"model:       {model}")
-    print(f"step:        block {args.block}, {args.tokens} tokens, W{args.wbits} g{args.group_size} asym LWC, "
+    print(f"step:        block {args.block}, {args.tokens} tokens, W{args.wbits}"
+          f"{f'A{args.abits} (KV {args.abits})' if args.abits else ''} g{args.group_size} asym LWC"
+          f"{' + LET' if args.let else ''}, "
           f"MSE, AdamW lr 1e-2; best of {args.iterations} steps × {len(rounds)} alternating rounds")
     print(f"command:     {' '.join(cmd)}")
     print(f"SwiftQuant:  {sq['step_ms']:8.1f} ms/step   {sq_gflops:6.1f} GFLOP/s")
