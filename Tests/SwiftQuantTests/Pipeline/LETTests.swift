@@ -145,6 +145,39 @@ final class LETTests: XCTestCase {
         }
     }
 
+    /// SmolLM2 block 0 (GQA 9/3 heads, RoPE): random scales (the initial SmoothQuant-style ones too) leave the FP
+    /// block's output unchanged to 1e-5, and so does the whole model with every block transformed (the fused
+    /// form a saved model holds).
+    func testTransformIsExactOnSmolLM2() throws {
+        guard let path = ProcessInfo.processInfo.environment["SWIFTQUANT_SMOLLM2"], !path.isEmpty,
+              FileManager.default.fileExists(atPath: path) else {
+            print("skip: SWIFTQUANT_SMOLLM2 is not set")
+            throw XCTSkip("SWIFTQUANT_SMOLLM2 is not set")
+        }
+        let loaded = try LoadedModel.load(path: path)
+        let m = loaded.model, spec = m.blockSpec
+        let ids = Array(try XCTUnwrap(loaded.tokenizer).encode(String(repeating: "The tower is 324 metres tall. ", count: 12)).prefix(64))
+        let x = try m.embed(ids)
+        let before = try m.logits(ids: ids)
+        for b in 0..<m.numBlocks {
+            let block = try m.loadBlock(b)
+            let p = try LETParameters(spec: spec, shifts: false)
+            randomize(p, seed: UInt64(100 + b))
+            let t = try p.apply(to: block)
+            if b == 0 {
+                let a = x.copy(), c = x.copy()
+                try m.forward(block: block, hidden: a, workspace: Workspace())
+                try m.forward(block: t, hidden: c, workspace: Workspace())
+                XCTAssertLessThan(Self.maxRelative(c, a), 1e-5, "SmolLM2 block 0")
+            }
+            m.setBlock(b, t)
+        }
+        let after = try m.logits(ids: ids)
+        let rel = Self.maxRelative(after, before)
+        print("SmolLM2 with all 30 blocks LET-transformed: logits max rel. diff \(rel)")
+        XCTAssertLessThan(rel, 1e-4)
+    }
+
     /// SmolLM2 block 0 (GQA, RoPE), W4A4 with KV at 4 bits, per-channel weights: LWC + LET training lowers the
     /// loss, and ends below where LWC alone ends after the same steps.
     func testLETOnARealSmolLM2Block() throws {
