@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: all)")
     ap.add_argument("--full", default="", help="comma-separated row labels to evaluate on all windows too")
     ap.add_argument("--list", action="store_true", help="print the row labels and exit")
+    ap.add_argument("--keep", default=None,
+                    help="directory to save each quantized model in (and reuse from, e.g. for a later --full pass)")
     args = ap.parse_args()
     if args.list:
         print("\n".join(ROWS))
@@ -110,8 +112,11 @@ def main():
             continue
         print(f"--- {label}", file=sys.stderr, flush=True)
         t = time.perf_counter()
+        kept = os.path.join(args.keep, label.replace("/", "_").replace(" ", "_")) if args.keep else None
         if label == "FP32":
             m, tq = model, 0.0
+        elif kept and os.path.exists(os.path.join(kept, "swiftquant.json")):
+            m, tq = sq.load_model(kept), (row or {}).get("quantize_s", 0.0)
         else:
             method, w, group, c, a, lorc = ROWS[label]
             common = dict(wformat=w, group_size=group, aformat=a, kv_bits=None, lorc_rank=lorc)
@@ -120,6 +125,8 @@ def main():
             else:
                 m = sq.gptq(model, scale_constraint=c, preset="cpu", progress=False, **common).model
             tq = time.perf_counter() - t
+            if kept:
+                m.save(kept)
         if row is None:
             t = time.perf_counter()
             head = perplexity(m, ids[:cut], args.seqlen)
