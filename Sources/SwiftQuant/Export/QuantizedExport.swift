@@ -35,6 +35,13 @@ public enum QuantizedExport {
     /// Writes `loaded` (its installed blocks and its `quantization`; a plain model is written as it is).
     public static func write(_ loaded: LoadedModel, to dir: String, info: [String: Any] = [:],
                              shardBytes: Int = 2 << 30) throws {
+        try writeDirectory(dir) { tmp in try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes) }
+    }
+
+    /// Runs `body` on a new directory under a temporary name beside `dir` and renames it to `dir` when `body`
+    /// returns (replacing an earlier output of ours; `checkOutput` first); on error nothing is left behind. Every
+    /// exporter that writes a directory goes through here.
+    static func writeDirectory(_ dir: String, _ body: (String) throws -> Void) throws {
         try checkOutput(dir)
         let fm = FileManager.default
         let parent = (dir as NSString).deletingLastPathComponent
@@ -47,7 +54,7 @@ public enum QuantizedExport {
             throw SwiftQuantError.io("\(tmp): cannot create the output directory: \(error.localizedDescription)")
         }
         do {
-            try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes)
+            try body(tmp)
             if fm.fileExists(atPath: dir) {
                 let old = tmp + ".old"
                 try fm.moveItem(atPath: dir, toPath: old)
@@ -60,6 +67,13 @@ public enum QuantizedExport {
             try? fm.removeItem(atPath: tmp)
             if let e = error as? SwiftQuantError { throw e }
             throw SwiftQuantError.io("\(dir): \(error.localizedDescription)")
+        }
+    }
+
+    /// The tokenizer and generation files every exported directory carries.
+    static func writeCompanions(_ loaded: LoadedModel, into dir: String) throws {
+        for f in loaded.companionFiles {
+            try FileManager.default.copyItem(atPath: f, toPath: dir + "/" + (f as NSString).lastPathComponent)
         }
     }
 
@@ -143,9 +157,7 @@ public enum QuantizedExport {
         marker["quantized_tensors"] = quantized.count
         for (k, v) in info { marker[k] = v }
         try writeJSON(marker, to: dir + "/" + Self.marker)
-        for f in loaded.companionFiles {
-            try FileManager.default.copyItem(atPath: f, toPath: dir + "/" + (f as NSString).lastPathComponent)
-        }
+        try writeCompanions(loaded, into: dir)
     }
 
     static func writeJSON(_ object: [String: Any], to path: String) throws {
