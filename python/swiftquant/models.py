@@ -100,6 +100,13 @@ class Model:
     def vocab_size(self) -> int:
         return _native.model_vocab_size(self._h)
 
+    @property
+    def quantized_weights(self) -> dict:
+        """Hugging Face weight name -> ``QuantizedTensor`` (codes, scales, zeros) of the quantization this model
+        carries: a quantization run, a directory SwiftQuant saved, or an imported GPTQ / compressed-tensors
+        checkpoint (whose weights ``.weights`` serves dequantized). Empty for a plain model."""
+        return _quantized_tensors(self)
+
     def logits(self, ids) -> np.ndarray:
         """Logits ``[len(ids), vocab]`` (float32) of one window of token ids."""
         a = np.asarray(ids)

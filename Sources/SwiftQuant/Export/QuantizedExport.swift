@@ -35,6 +35,15 @@ public enum QuantizedExport {
     /// Writes `loaded` (its installed blocks and its `quantization`; a plain model is written as it is).
     public static func write(_ loaded: LoadedModel, to dir: String, info: [String: Any] = [:],
                              shardBytes: Int = 2 << 30, progress: Bool = true) throws {
+        try writeDirectory(dir) { tmp in
+            try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes, progress: progress)
+        }
+    }
+
+    /// Runs `body` on a new directory under a temporary name beside `dir` and renames it to `dir` when `body`
+    /// returns (replacing an earlier output of ours; `checkOutput` first); on error nothing is left behind. Every
+    /// exporter that writes a directory goes through here.
+    static func writeDirectory(_ dir: String, _ body: (String) throws -> Void) throws {
         try checkOutput(dir)
         let fm = FileManager.default
         let parent = (dir as NSString).deletingLastPathComponent
@@ -47,7 +56,7 @@ public enum QuantizedExport {
             throw SwiftQuantError.io("\(tmp): cannot create the output directory: \(error.localizedDescription)")
         }
         do {
-            try writeContents(loaded, into: tmp, info: info, shardBytes: shardBytes, progress: progress)
+            try body(tmp)
             if fm.fileExists(atPath: dir) {
                 let old = tmp + ".old"
                 try fm.moveItem(atPath: dir, toPath: old)
@@ -61,6 +70,12 @@ public enum QuantizedExport {
             if let e = error as? SwiftQuantError { throw e }
             throw SwiftQuantError.io("\(dir): \(error.localizedDescription)")
         }
+    }
+
+    /// The tokenizer and generation files every exported directory carries (`SavedModelFiles.writeCompanions`:
+    /// copied from the source, or written from its tokenizer).
+    static func writeCompanions(_ loaded: LoadedModel, into dir: String) throws {
+        try SavedModelFiles.writeCompanions(loaded, into: dir)
     }
 
     static func writeContents(_ loaded: LoadedModel, into dir: String, info: [String: Any], shardBytes: Int,

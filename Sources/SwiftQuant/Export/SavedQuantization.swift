@@ -1,15 +1,9 @@
 import Foundation
 
 extension QuantizedExport {
-    /// The quantization of a directory SwiftQuant wrote (`config.json`'s `swiftquant` object and
-    /// `quantized.safetensors`), checked against `model`'s shapes; nil when `config` has no `swiftquant` object.
-    /// Every inconsistency (a lying shape, a truncated `qweight`, a code outside the format, a zero-point outside
-    /// the grid) is refused with the file and tensor named.
-    static func readState(directory dir: String, config: [String: Any], model: TransformerModel) throws
-        -> QuantizationState?
-    {
+    /// The settings of `config`'s `swiftquant` object (format, group size, activations) as a state without tensors.
+    static func readSettings(config: [String: Any], configPath cfgPath: String) throws -> QuantizationState? {
         guard let q = config["swiftquant"] as? [String: Any] else { return nil }
-        let cfgPath = dir + "/config.json"
         func bad(_ what: String) -> SwiftQuantError { .format("\(cfgPath): swiftquant.\(what)") }
         guard let method = q["method"] as? String else { throw bad("method is missing") }
         guard let formatName = q["format"] as? String else { throw bad("format is missing") }
@@ -26,12 +20,51 @@ extension QuantizedExport {
                                    scaleConstraint: constraint)
         let activations: ActivationScheme
         do { activations = try ActivationScheme(jsonObject: q) } catch { throw bad("aformat/kv_format: \(error)") }
-        var state = QuantizationState(method: method, weights: wcfg, tensors: [:],
-                                      activations: activations.isActive ? activations : nil)
-        let path = dir + "/" + ((q["packed_file"] as? String) ?? "quantized.safetensors")
+        return QuantizationState(method: method, weights: wcfg, tensors: [:],
+                                 activations: activations.isActive ? activations : nil)
+    }
+
+    /// The quantization of a directory SwiftQuant wrote (`config.json`'s `swiftquant` object and
+    /// `quantized.safetensors`), checked against `model`'s shapes; nil when `config` has no `swiftquant` object.
+    /// Every inconsistency (a lying shape, a truncated `qweight`, a code outside the format, a zero-point outside
+    /// the grid) is refused with the file and tensor named.
+    static func readState(directory dir: String, config: [String: Any], model: TransformerModel) throws
+        -> QuantizationState?
+    {
+        guard let q = config["swiftquant"] as? [String: Any] else { return nil }
+        let cfgPath = dir + "/config.json"
+        guard let state = try readSettings(config: config, configPath: cfgPath) else { return nil }
+        let method = state.method
+        func bad(_ what: String) -> SwiftQuantError { .format("\(cfgPath): swiftquant.\(what)") }
+        let packedFile = (q["packed_file"] as? String) ?? "quantized.safetensors"
+        guard !packedFile.contains("/"), packedFile != "..", !packedFile.isEmpty else {
+            throw bad("packed_file must be a file name in the directory, got '\(packedFile)'")
+        }
+        let path = dir + "/" + packedFile
         guard method != "none", FileManager.default.fileExists(atPath: path) else { return state }
-        let file = try SafetensorsFile(path: path)
+        return try readTensors(into: state, file: try SafetensorsFile(path: path), model: model)
+    }
+
+    /// The quantization `config` describes (its `swiftquant` object) with the tensors of `file` (the packed file,
+    /// parsed from memory by the fuzz harness), checked against `model`'s shapes. Nil without a `swiftquant` object.
+    public static func readState(config: [String: Any], packedFile file: SafetensorsFile, model: TransformerModel,
+                                 configPath: String) throws -> QuantizationState? {
+        guard let state = try readSettings(config: config, configPath: configPath) else { return nil }
+        guard state.method != "none" else { return state }
+        return try readTensors(into: state, file: file, model: model)
+    }
+
+    static func readTensors(into initial: QuantizationState, file: SafetensorsFile, model: TransformerModel) throws
+        -> QuantizationState
+    {
+        var state = initial
+        let wcfg = state.weights, format = wcfg.format
+        let path = file.path
         let bits = format.bitWidth
+        // Every quantized block has tensors in the file: a config cannot make this walk blocks the file cannot hold.
+        guard model.numBlocks <= file.tensorInfos.count else {
+            throw SwiftQuantError.format("\(path): the config declares \(model.numBlocks) blocks; the file holds only \(file.tensorInfos.count) tensors")
+        }
         for i in 0..<model.numBlocks {
             for l in model.blockSpec.linears {
                 let name = model.blockPrefix(i) + l.name + ".weight"

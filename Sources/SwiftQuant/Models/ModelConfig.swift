@@ -327,9 +327,10 @@ public struct OPTConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// Sizes are positive and at most 2^26 (a hostile config.json must not make shape arithmetic overflow).
 func requirePositive(_ fields: [(String, Int)]) throws {
-    for (name, value) in fields where value <= 0 {
-        throw SwiftQuantError.format("config field '\(name)' must be positive, got \(value)")
+    for (name, value) in fields where value <= 0 || value > 1 << 26 {
+        throw SwiftQuantError.format("config field '\(name)' must be positive and at most \(1 << 26), got \(value)")
     }
 }
 

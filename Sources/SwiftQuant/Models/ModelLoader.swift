@@ -53,8 +53,19 @@ public final class LoadedModel: @unchecked Sendable {
 
     static func loadDirectory(_ dir: String) throws -> LoadedModel {
         let hf = try HFDirectorySource(directory: dir)
-        guard let config = try hf.config() else { throw SwiftQuantError.format("\(dir): no config.json") }
-        let source = CachingTensorSource(hf)
+        guard var config = try hf.config() else { throw SwiftQuantError.format("\(dir): no config.json") }
+        // A GPTQ or compressed-tensors checkpoint: its packed linears are read into a QuantizationState and served
+        // to the model dequantized; the config loses its quantization_config (a re-export writes its own).
+        var imported: QuantizationState?
+        var base: TensorSource = hf
+        if config["quantization_config"] != nil {
+            let opened = try RuntimeCheckpoint.open(hf, config: config,
+                                                    configPath: (dir as NSString).appendingPathComponent("config.json"))
+            imported = opened.state
+            base = opened.source
+            config["quantization_config"] = nil
+        }
+        let source = CachingTensorSource(base)
         let model = try ArchitectureRegistry.model(config: config, source: source)
         let tokPath = (dir as NSString).appendingPathComponent("tokenizer.json")
         let tokenizer = FileManager.default.fileExists(atPath: tokPath) ? try Tokenizer.fromJSON(path: tokPath) : nil
@@ -66,7 +77,9 @@ public final class LoadedModel: @unchecked Sendable {
                                  companionFiles: companions)
         loaded.tokenizerExtras = TokenizerExtras(padId: (config["pad_token_id"] as? Int).map { Int32($0) },
                                                  modelMaxLength: config["max_position_embeddings"] as? Int)
-        if let state = try QuantizedExport.readState(directory: dir, config: config, model: model) {
+        if let imported {
+            try loaded.install(imported)
+        } else if let state = try QuantizedExport.readState(directory: dir, config: config, model: model) {
             try loaded.install(state)
         }
         return loaded
@@ -231,6 +244,9 @@ public final class CachingTensorSource: TensorSource, @unchecked Sendable {
         if let s = base as? SafetensorsFile { return s.isZeroCopy(name) }
         if let s = base as? HFDirectorySource { return s.isZeroCopy(name) }
         if let s = base as? GGUFTensorSource { return s.isZeroCopy(name) }
+        if let s = base as? DequantizedTensorSource, s.quantized[name] == nil, let h = s.base as? HFDirectorySource {
+            return h.isZeroCopy(name)
+        }
         return false
     }
 
