@@ -138,7 +138,7 @@ def _check(model, name, tmp_path, wikitext_ids, own_deviation):
     t_llama = time.perf_counter() - t0
     ppl_llama = float(np.exp(np.concatenate(nll).mean()))
     t0 = time.perf_counter()
-    ppl_ours = sq.perplexity(model, wikitext_ids, seqlen=SEQLEN, limit=WINDOWS, progress=False)
+    ppl_ours = sq.perplexity(model, ids=wikitext_ids, seqlen=SEQLEN, limit=WINDOWS, progress=False)
     t_ours = time.perf_counter() - t0
     rel_ppl = abs(ppl_llama - ppl_ours) / ppl_ours
     print(f"\n{name}: {out.stat().st_size / 2**20:.1f} MiB written in {t_save:.1f} s, loaded by llama.cpp in {t_load:.1f} s; "
