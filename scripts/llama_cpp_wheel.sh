@@ -8,7 +8,8 @@
 # only, without llava/mtmd, tools, tests, examples or the server, for the x86-64 baseline the rest of the project
 # builds for (AVX2 + FMA + F16C, GGML_NATIVE=OFF) so the cached wheel also runs on another processor of this
 # machine family. Cache: $SWIFTQUANT_WHEEL_CACHE (default ~/.cache/swiftquant-wheels), one folder per version
-# and build-flag hash; a later run only `pip install`s the cached wheel (seconds). Delete the folder to rebuild.
+# and build-flag hash; a later run only `pip install`s the cached wheel (seconds). Delete the folder to rebuild
+# (pip's own wheel cache is bypassed, so that really rebuilds).
 set -euo pipefail
 PY="${1:?usage: llama_cpp_wheel.sh PYTHON}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -29,7 +30,7 @@ if ! ls "$DIR"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
     TMPW="$(mktemp -d "$CACHE/.build.XXXXXX")"
     trap 'rm -rf "$TMPW"' EXIT
     CMAKE_ARGS="$ARGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-        "$PY" -m pip wheel -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -w "$TMPW"
+        "$PY" -m pip wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -w "$TMPW"
     mv "$TMPW"/llama_cpp_python-*.whl "$DIR"/
     echo "llama-cpp-python $VERSION built in $(( $(date +%s) - start )) s"
 fi
