@@ -62,6 +62,26 @@ public struct OmniQuantLWC: BlockAlgorithm {
     public init() {}
     public var needsCalibrationData: Bool { true }
 
+    /// Every linear of `block` quantized with its learned clipping (`lwc`, in `spec.linears` order), and the
+    /// clipping parameters kept as learned tensors: the end of an LWC (or LWC + LET) calibration.
+    static func quantize(_ block: TransformerBlock, spec: BlockSpec, clipping lwc: [LWCTransform],
+                         config cfg: QuantizerConfig) throws -> BlockOutcome {
+        var out = BlockOutcome(quantized: [:])
+        for (k, l) in spec.linears.enumerated() {
+            let w = block.linear(l.name).weight
+            let (up, low) = lwc[k].clip
+            out.quantized[l.name] = try up.withUnsafeBufferPointer { u in
+                try low.withUnsafeBufferPointer { lo in
+                    try Quantizer.quantize(UnsafeBufferPointer(w.buffer), rows: l.outFeatures, cols: l.inFeatures,
+                                           config: cfg, clipUp: u, clipLow: lo)
+                }
+            }
+            out.learned[l.name + ".lwc_u"] = lwc[k].u
+            out.learned[l.name + ".lwc_l"] = lwc[k].l
+        }
+        return out
+    }
+
     public func quantize(_ job: BlockJob) throws -> BlockOutcome {
         let r = job.recipe, spec = job.model.blockSpec
         guard case .int(let bits) = try r.weightFormat else {
@@ -95,20 +115,7 @@ public struct OmniQuantLWC: BlockAlgorithm {
             if epoch == 0 { first = mean }
             last = mean
         }
-        let cfg = try r.quantizerConfig
-        var out = BlockOutcome(quantized: [:])
-        for (k, l) in spec.linears.enumerated() {
-            let w = job.weights.linear(l.name).weight
-            let (up, low) = lwc[k].clip
-            out.quantized[l.name] = try up.withUnsafeBufferPointer { u in
-                try low.withUnsafeBufferPointer { lo in
-                    try Quantizer.quantize(UnsafeBufferPointer(w.buffer), rows: l.outFeatures, cols: l.inFeatures,
-                                           config: cfg, clipUp: u, clipLow: lo)
-                }
-            }
-            out.learned[l.name + ".lwc_u"] = lwc[k].u
-            out.learned[l.name + ".lwc_l"] = lwc[k].l
-        }
+        var out = try Self.quantize(job.weights, spec: spec, clipping: lwc, config: try r.quantizerConfig)
         out.lossFirstEpoch = first
         out.lossLastEpoch = last
         out.skippedSteps = skipped

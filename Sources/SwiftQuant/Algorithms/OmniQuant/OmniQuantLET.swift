@@ -128,20 +128,7 @@ public struct OmniQuantLET: BlockAlgorithm {
         }
         // Fold: the transformed block, its weights quantized with the learned clipping.
         let transformed = try letp.apply(to: job.weights)
-        let cfg = try r.quantizerConfig
-        var out = BlockOutcome(quantized: [:])
-        for (k, l) in spec.linears.enumerated() {
-            let w = transformed.linear(l.name).weight
-            let (up, low) = lwc[k].clip
-            out.quantized[l.name] = try up.withUnsafeBufferPointer { u in
-                try low.withUnsafeBufferPointer { lo in
-                    try Quantizer.quantize(UnsafeBufferPointer(w.buffer), rows: l.outFeatures, cols: l.inFeatures,
-                                           config: cfg, clipUp: u, clipLow: lo)
-                }
-            }
-            out.learned[l.name + ".lwc_u"] = lwc[k].u
-            out.learned[l.name + ".lwc_l"] = lwc[k].l
-        }
+        var out = try OmniQuantLWC.quantize(transformed, spec: spec, clipping: lwc, config: try r.quantizerConfig)
         for (name, t) in letp.named { out.learned[name] = t }
         out.transformed = transformed
         out.lossFirstEpoch = first
