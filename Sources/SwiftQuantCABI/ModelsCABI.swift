@@ -332,10 +332,25 @@ public func cabi_model_quantized(
     }
 }
 
+@_cdecl("sq_model_quantized_group_index")
+public func cabi_model_quantized_group_index(_ p: OpaquePointer?, _ name: UnsafePointer<CChar>?,
+                                             _ gIdx: UnsafeMutablePointer<UnsafePointer<Int32>?>?) -> Int32 {
+    status {
+        let m = try model(p)
+        let n = String(cString: try nonNull(name, "name"))
+        guard let box = m.quantizedBox(n) else {
+            throw SwiftQuantError.invalidArgument("no quantized weight named '\(n)'")
+        }
+        try nonNull(gIdx, "g_idx").pointee = box.groupIndex.map { UnsafePointer($0) }
+    }
+}
+
 /// Stable copies of a quantized tensor's arrays for the C side.
 final class QuantizedBox {
     let tensor: QuantizedTensor
     let codes: UnsafeMutablePointer<UInt8>, scales: UnsafeMutablePointer<Float>, zeros: UnsafeMutablePointer<Int32>
+    /// Each column's group when they are not consecutive (GPTQ act-order), else nil.
+    let groupIndex: UnsafeMutablePointer<Int32>?
     /// The format's name as a C string ("int3", "e2m1"), owned by the box.
     let formatName: UnsafeMutablePointer<CChar>
     init(_ q: QuantizedTensor) {
@@ -344,8 +359,13 @@ final class QuantizedBox {
         codes = .allocate(capacity: max(1, q.codes.count)); codes.initialize(from: q.codes, count: q.codes.count)
         scales = .allocate(capacity: max(1, q.scales.count)); scales.initialize(from: q.scales, count: q.scales.count)
         zeros = .allocate(capacity: max(1, q.zeros.count)); zeros.initialize(from: q.zeros, count: q.zeros.count)
+        groupIndex = q.groupIndex.map { g in
+            let p = UnsafeMutablePointer<Int32>.allocate(capacity: max(1, g.count))
+            p.initialize(from: g, count: g.count)
+            return p
+        }
     }
-    deinit { codes.deallocate(); scales.deallocate(); zeros.deallocate(); free(formatName) }
+    deinit { codes.deallocate(); scales.deallocate(); zeros.deallocate(); groupIndex?.deallocate(); free(formatName) }
 }
 
 extension ModelHandle {

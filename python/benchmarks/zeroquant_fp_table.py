@@ -56,6 +56,9 @@ for w in ("int4", "e2m1", "int3"):
         row(method, w, 128, None, None, 0)
 for w, a in (("int8", "int8"), ("e4m3fn", "e4m3fn")):
     row("gptq", w, None, None, a, 0)
+for method in ("rtn", "gptq"):
+    for w, a in (("int8", "int8"), ("e4m3fn", "e4m3fn")):
+        row(method, w, None, None, a, 8)
 
 
 def find_shared(*parts):

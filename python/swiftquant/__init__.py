@@ -172,15 +172,19 @@ class QuantizedTensor:
             all positive, see ALGORITHMS.md §1); 0 for minifloats.
         format, group_size, symmetric, policy, scale_constraint: how it was made (``group_size`` None: one
             group per row).
+        g_idx: None, or int32 ``[cols]``: column ``c``'s group when the groups are not consecutive columns
+            (GPTQ with act-order; the GPTQ checkpoint's ``g_idx``). None means column ``c`` is in group
+            ``c // group_size``.
 
     ``dequantize()`` returns ``(codes - zeros) * scales`` for integer formats and ``decode(codes) * scales``
-    for minifloats, exactly as the quantizer computed it.
+    for minifloats, exactly as the quantizer computed it (the scale and zero of each column's group).
     """
 
-    __slots__ = ("codes", "scales", "zeros", "format", "group_size", "symmetric", "policy", "scale_constraint")
+    __slots__ = ("codes", "scales", "zeros", "format", "group_size", "symmetric", "policy", "scale_constraint",
+                 "g_idx")
 
     def __init__(self, codes, scales, zeros, format, group_size, symmetric=False, policy="minmax",
-                 scale_constraint=None):
+                 scale_constraint=None, g_idx=None):
         self.codes = _array(codes, "codes", np.uint8, 2)
         self.scales = _array(scales, "scales", np.float32, 2)
         self.zeros = _array(zeros, "zeros", np.int32, 2)
@@ -194,6 +198,14 @@ class QuantizedTensor:
         for name, a in (("scales", self.scales), ("zeros", self.zeros)):
             if a.shape != (rows, groups):
                 raise ValueError(f"{name} must have shape {(rows, groups)}, got {a.shape}")
+        self.g_idx = None
+        if g_idx is not None:
+            g = _array(g_idx, "g_idx", np.int32, 1)
+            if g.shape != (cols,):
+                raise ValueError(f"g_idx must have shape {(cols,)}, got {g.shape}")
+            if g.size and (g.min() < 0 or g.max() >= groups):
+                raise ValueError(f"g_idx values must be groups in 0..{groups - 1}, got {g.min()}..{g.max()}")
+            self.g_idx = g
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -211,7 +223,14 @@ class QuantizedTensor:
         """float32 ``[rows, cols]``."""
         rows, cols = self.codes.shape
         out = np.empty((rows, cols), dtype=np.float32)
-        _native.dequantize(self.codes, self.scales, self.zeros, rows, cols, self.format, self._opts(), out)
+        if self.g_idx is None:
+            _native.dequantize(self.codes, self.scales, self.zeros, rows, cols, self.format, self._opts(), out)
+        else:
+            # Each column with its own group's scale and zero: the same formula with groups of one column.
+            scales = np.ascontiguousarray(self.scales[:, self.g_idx])
+            zeros = np.ascontiguousarray(self.zeros[:, self.g_idx])
+            opts = _options(self.format, 1, self.symmetric, self.policy, self.scale_constraint, cols)
+            _native.dequantize(self.codes, scales, zeros, rows, cols, self.format, opts, out)
         return out
 
     def pack(self) -> np.ndarray:
@@ -225,7 +244,8 @@ class QuantizedTensor:
 
     def __repr__(self) -> str:
         g = "per-row" if self.group_size is None else f"group {self.group_size}"
-        return f"QuantizedTensor({self.format}, {g}, shape={self.shape}, symmetric={self.symmetric})"
+        order = ", g_idx" if self.g_idx is not None else ""
+        return f"QuantizedTensor({self.format}, {g}, shape={self.shape}, symmetric={self.symmetric}{order})"
 
 
 def _format_bits(fmt: str) -> int:
@@ -255,7 +275,9 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, fmt: str, group_size: int | None
     deq = np.empty((rows, cols), np.float32)
     _native.gptq(w, h, rows, cols, fmt, opts, bool(act_order), codes, scales, zeros, g_idx, deq)
     policy = "gptq" if fmt.lower().startswith(("int", "uint")) else "minmax"
-    return QuantizedTensor(codes, scales, zeros, fmt, group_size, symmetric, policy, scale_constraint), g_idx, deq
+    q = QuantizedTensor(codes, scales, zeros, fmt, group_size, symmetric, policy, scale_constraint,
+                        g_idx=g_idx if act_order else None)
+    return q, g_idx, deq
 
 
 def quantize(w: np.ndarray, fmt: str, group_size: int | None = 128, symmetric: bool = False, clip=None,

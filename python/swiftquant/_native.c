@@ -755,8 +755,9 @@ static PyObject *py_tokenizer_vocab_size(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(v);
 }
 
-/* model_quantized(model) -> {name: (codes bytes, scales bytes, zeros bytes, rows, cols, groups, format, group, sym)};
- * group is SQ_GROUP_PER_ROW (0) or the size. */
+/* model_quantized(model) -> {name: (codes bytes, scales bytes, zeros bytes, rows, cols, groups, format, group, sym,
+ * g_idx bytes or None)}; group is SQ_GROUP_PER_ROW (0) or the size; g_idx (int32 [cols]) only when the columns'
+ * groups are not consecutive (act-order). */
 static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
     PyObject *cap;
     if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
@@ -773,17 +774,25 @@ static PyObject *py_model_quantized(PyObject *self, PyObject *args) {
         const float *scales;
         const int32_t *zeros;
         const char *format;
+        const int32_t *g_idx;
         int64_t rows, cols, groups, gs;
         int sym;
         if ((st = sq_model_quantized_name(m, i, &name)) ||
-            (st = sq_model_quantized(m, name, &codes, &scales, &zeros, &rows, &cols, &groups, &format, &gs, &sym))) {
+            (st = sq_model_quantized(m, name, &codes, &scales, &zeros, &rows, &cols, &groups, &format, &gs, &sym)) ||
+            (st = sq_model_quantized_group_index(m, name, &g_idx))) {
             Py_DECREF(d);
             return raise_status(st);
         }
-        PyObject *t = Py_BuildValue("(y#y#y#LLLsLi)", (const char *)codes, (Py_ssize_t)(rows * cols),
+        PyObject *gi = g_idx ? PyBytes_FromStringAndSize((const char *)g_idx, (Py_ssize_t)(cols * 4))
+                             : (Py_INCREF(Py_None), Py_None);
+        if (!gi) {
+            Py_DECREF(d);
+            return NULL;
+        }
+        PyObject *t = Py_BuildValue("(y#y#y#LLLsLiN)", (const char *)codes, (Py_ssize_t)(rows * cols),
                                     (const char *)scales, (Py_ssize_t)(rows * groups * 4), (const char *)zeros,
                                     (Py_ssize_t)(rows * groups * 4), (long long)rows, (long long)cols,
-                                    (long long)groups, format, (long long)gs, sym);
+                                    (long long)groups, format, (long long)gs, sym, gi);
         if (!t || PyDict_SetItemString(d, name, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(d);

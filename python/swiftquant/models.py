@@ -271,12 +271,13 @@ def _quantized_tensors(model: Model) -> dict:
     from . import QuantizedTensor
 
     out = {}
-    for name, (codes, scales, zeros, rows, cols, groups, fmt, gs, sym) in _native.model_quantized(model._h).items():
+    for name, (codes, scales, zeros, rows, cols, groups, fmt, gs, sym, g_idx) in _native.model_quantized(model._h).items():
         out[name] = QuantizedTensor(
             np.frombuffer(codes, np.uint8).reshape(rows, cols).copy(),
             np.frombuffer(scales, np.float32).reshape(rows, groups).copy(),
             np.frombuffer(zeros, np.int32).reshape(rows, groups).copy(),
-            fmt, gs or None, bool(sym))
+            fmt, gs or None, bool(sym),
+            g_idx=None if g_idx is None else np.frombuffer(g_idx, np.int32).copy())
     return out
 
 

@@ -73,6 +73,27 @@ def test_gptq_quantize_with_identity_hessian_is_rtn():
         sq.gptq_quantize(w, np.eye(95, dtype=np.float32), "int4")
 
 
+def test_gptq_act_order_tensor_carries_g_idx():
+    """With act-order the groups are not consecutive columns: the QuantizedTensor keeps g_idx, and its
+    dequantize() reproduces GPTQ's own dequantized matrix bit for bit."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((24, 96)).astype(np.float32)
+    x = rng.standard_normal((256, 96)).astype(np.float32) * np.linspace(0.1, 3.0, 96, dtype=np.float32)[::-1]
+    h = (2.0 / 256 * x.T @ x).astype(np.float32)
+    for fmt in ("int4", "e2m1"):
+        q, g_idx, deq = sq.gptq_quantize(w, h, fmt, group_size=32, act_order=True)
+        assert q.g_idx is not None and not np.array_equal(g_idx, np.arange(96) // 32), fmt
+        np.testing.assert_array_equal(q.g_idx, g_idx)
+        np.testing.assert_array_equal(q.dequantize(), deq, err_msg=fmt)
+        assert np.bincount(g_idx, minlength=3).tolist() == [32, 32, 32]
+        plain, _, _ = sq.gptq_quantize(w, h, fmt, group_size=32)
+        assert plain.g_idx is None
+    with pytest.raises(ValueError, match="g_idx"):
+        sq.QuantizedTensor(q.codes, q.scales, q.zeros, "int4", 32, g_idx=np.full(96, 3, np.int32))
+    with pytest.raises(ValueError, match="g_idx"):
+        sq.QuantizedTensor(q.codes, q.scales, q.zeros, "int4", 32, g_idx=np.zeros(95, np.int32))
+
+
 def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
     """Tiny budgets on the real model (the calibration text needs its tokenizer): each result reloads with
     bit-identical logits (LoRC factors, g_idx, folded norms/biases and activation settings come back)."""
@@ -86,6 +107,12 @@ def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
                             progress=False),
     }
     assert runs["gptq"].model.quantization["lorc_rank"] == 4
+    # act-order's weights carry their column groups, and dequantize to the model's (fake-quantized) weights.
+    weights = runs["gptq"].weights
+    permuted = [n for n, q in weights.items() if q.g_idx is not None]
+    assert permuted, "act-order produced no g_idx"
+    for n in permuted[:3]:
+        np.testing.assert_array_equal(weights[n].dequantize(), runs["gptq"].model.weights[n], err_msg=n)
     for name, res in runs.items():
         before = res.model.logits(x)
         assert np.isfinite(before).all(), name

@@ -234,6 +234,11 @@ int sq_model_quantized(sq_model *model, const char *name, const uint8_t **codes,
                        const int32_t **zeros, int64_t *rows, int64_t *cols, int64_t *groups, const char **format,
                        int64_t *group_size, int *symmetric);
 
+/* The group of each of the weight's cols columns when they are not consecutive (GPTQ with act-order: column c
+ * uses scales[:, g_idx[c]]); *g_idx is set to NULL when column c is in group c / group_size. Valid until
+ * sq_model_free. */
+int sq_model_quantized_group_index(sq_model *model, const char *name, const int32_t **g_idx);
+
 /* Frees memory returned by sq_tokenizer_encode / sq_tokenizer_decode. */
 void sq_free(void *p);
 

@@ -1,0 +1,47 @@
+"""OmniQuant's weight-activation table on SmolLM2-135M (WikiText-2 test, papers' protocol): W8A8, W6A6, W4A8 and
+W4A4 with RTN, SmoothQuant and OmniQuant (LWC + LET), activations and the KV cache quantized.
+
+Settings (OmniQuant, ALGORITHMS.md §2b–§3): weights per output channel, INT asymmetric; activations INT
+asymmetric MinMax per token at every block linear's input; Q and K after RoPE and V per head per token at the
+activation width (kv_bits = abits); softmax output, embeddings, norms and the LM head FP. SmoothQuant: α = 0.5
+scales from 16 × 512 calibration tokens folded into norm → q/k/v and norm → gate/up, RTN weights. OmniQuant:
+LWC + LET trained together (lr 5e-2 / 5e-3 at the CPU preset: 16 × 512 tokens, 5 epochs; lr 1e-2 / 5e-3 at
+32 × 512 tokens × 20 epochs), aug_loss for W4A4 as the paper's scripts. Calibration text: WikiText-2 validation
+windows (``sq.default_calibration_path()``), never the test text.
+
+    python python/benchmarks/wa_table.py --out wa.json [--only LABEL,...] [--full LABEL,...] [--keep DIR]
+
+The OmniQuant rows print each block's resident memory (rss) while calibrating, on stderr.
+"""
+import swiftquant as sq
+
+import _tables
+
+SETTINGS = ((8, 8), (6, 6), (4, 8), (4, 4))
+
+
+def rows() -> dict:
+    out = {}
+    for w, a in SETTINGS:
+        kind = f"W{w}A{a}"
+        aug = a == 4
+        out[f"RTN {kind}"] = _tables.timed(lambda m, w=w, a=a: sq.rtn(m, wbits=w, group_size=None, abits=a))
+        out[f"SmoothQuant {kind}"] = _tables.timed(
+            lambda m, w=w, a=a: sq.smoothquant(m, wbits=w, abits=a, preset="cpu", progress=False))
+        out[f"OmniQuant {kind} (CPU preset)"] = _tables.timed(
+            lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                      preset="cpu"))
+        out[f"OmniQuant {kind} (32x512, 20 epochs)"] = _tables.timed(
+            lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                      preset="paper", nsamples=32, seqlen=512))
+    return out
+
+
+def main():
+    args = _tables.arguments(__doc__.splitlines()[0], "wa_table.json").parse_args()
+    _tables.run(rows(), args, "(SmolLM2's packaged weights are Q4_1, group 32; activation quantization is simulated "
+                              "in float32: SwiftQuant ships no low-bit activation kernels.)")
+
+
+if __name__ == "__main__":
+    main()
