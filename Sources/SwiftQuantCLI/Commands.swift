@@ -130,8 +130,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant: AdamW learning rate of the clipping parameters (paper 1e-2; cpu preset 5e-2).")
     var lr: Float?
 
-    @Flag(help: "OmniQuant: also match the FP block's output on the quantized inputs.")
-    var augLoss = false
+    @Flag(inversion: .prefixedNo,
+          help: "OmniQuant: also match the FP block's output on the quantized inputs (default: on for W2 weight-only and W4A4 at the paper preset, as the paper's scripts; off otherwise).")
+    var augLoss: Bool?
 
     @Option(help: "OmniQuant: calibration text (default ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt).")
     var calib: String?

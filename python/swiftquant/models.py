@@ -307,7 +307,7 @@ class OmniQuantResult:
 
 
 def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: int | None = None,
-              nsamples: int | None = None, seqlen: int | None = None, lr: float | None = None, aug_loss: bool = False,
+              nsamples: int | None = None, seqlen: int | None = None, lr: float | None = None, aug_loss: bool | None = None,
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
               kv_bits=_FOLLOW, let: bool = False, let_lr: float | None = None, let_shifts: bool | None = None,
@@ -323,12 +323,14 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     inference, as in ``sq.rtn``. ``let=True`` trains OmniQuant's Learnable Equivalent Transformation with LWC
     (scales initialised SmoothQuant-style with ``alpha``, default 0.5; learning rate ``let_lr``, default 5e-3;
     shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
+    ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for
+    W2 weight-only and W4A4 with ``preset="paper"``, off otherwise.
     """
     for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
-               nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=bool(aug_loss),
+               nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
                seed=int(seed), let=bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha),
                **_activation_settings(abits, aformat, kv_bits))

@@ -75,13 +75,13 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// `kvFormat`: not given (`.none`), the KV cache follows `aformat`; `.some(nil)` keeps attention FP.
     public init(method: Method, wformat: String, groupSize: GroupSize = 128, symmetric: Bool = false,
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
-                lr: Float? = nil, augLoss: Bool = false, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
+                lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
-                let let_: Bool = false, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3) {
+                `let` let_: Bool = false, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
-        self.seqlen = seqlen ?? b.seqlen; self.lr = lr ?? b.lr; self.augLoss = augLoss; self.seed = seed
+        self.seqlen = seqlen ?? b.seqlen; self.lr = lr ?? b.lr; self.seed = seed
         self.scaleConstraint = scaleConstraint
         self.aformat = aformat
         switch kvFormat {
@@ -90,6 +90,15 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         }
         self.actOrder = actOrder; self.lorcRank = lorcRank
         self.let_ = let_; self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr
+        self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
+                                                    aformat: self.aformat)
+    }
+
+    /// `aug_loss` when not given: on where the paper's scripts turn it on (OmniQuant W2 weight-only and W4A4, at the
+    /// paper's budget); off otherwise, and always at the CPU preset (its rows were measured without it).
+    static func paperAugLoss(method: Method, preset: Preset, wformat: String, aformat: String?) -> Bool {
+        guard method == .omniquant, preset == .paper else { return false }
+        return aformat == nil ? wformat.lowercased() == "int2" : aformat!.lowercased() == "int4"
     }
 
     /// Integer weights of `bits` bits.
@@ -165,7 +174,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   nsamples: try c.decodeIfPresent(Int.self, forKey: .nsamples),
                   seqlen: try c.decodeIfPresent(Int.self, forKey: .seqlen),
                   lr: try c.decodeIfPresent(Float.self, forKey: .lr),
-                  augLoss: try c.decodeIfPresent(Bool.self, forKey: .augLoss) ?? false,
+                  augLoss: try c.decodeIfPresent(Bool.self, forKey: .augLoss),
                   seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 2,
                   scaleConstraint: try Self.decodeConstraint(c),
                   aformat: try Self.decodeActivationFormat(c), kvFormat: try Self.decodeKV(c),

@@ -267,4 +267,19 @@ final class WeightActivationTests: XCTestCase {
         let canonical = try QuantRecipe.fromJSON(#"{"method":"rtn","wbits":4,"abits":8,"kv_bits":null}"#)
         XCTAssertEqual(try QuantRecipe.fromJSON(canonical.json), canonical, "canonical JSON round-trips")
     }
+
+    /// `aug_loss` follows the paper's scripts when not given: W4A4 and W2 weight-only OmniQuant at the paper's budget.
+    func testAugLossDefaultsFollowThePapersScripts() throws {
+        func aug(_ json: String) throws -> Bool { try QuantRecipe.fromJSON(json).augLoss }
+        XCTAssertTrue(try aug(#"{"method":"omniquant","wbits":4,"abits":4,"let":true}"#))
+        XCTAssertTrue(try aug(#"{"method":"omniquant","wbits":2,"group_size":64}"#))
+        XCTAssertFalse(try aug(#"{"method":"omniquant","wbits":4,"abits":6,"let":true}"#))
+        XCTAssertFalse(try aug(#"{"method":"omniquant","wbits":3}"#))
+        XCTAssertFalse(try aug(#"{"method":"omniquant","wbits":4,"abits":4,"preset":"cpu"}"#), "CPU preset: off")
+        XCTAssertFalse(try aug(#"{"method":"gptq","wbits":2}"#))
+        XCTAssertFalse(try aug(#"{"method":"omniquant","wbits":4,"abits":4,"aug_loss":false}"#), "explicit wins")
+        XCTAssertTrue(try aug(#"{"method":"omniquant","wbits":3,"aug_loss":true}"#))
+        let r = try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":4}"#)
+        XCTAssertEqual(try QuantRecipe.fromJSON(r.json), r, "the resolved value is written out")
+    }
 }
