@@ -47,12 +47,7 @@ enum BlockStepBenchmark {
             for l in lwc { l.zeroGradients() }
             if let letp {  // the transformed block from the frozen one, as OmniQuantLET does each step
                 letp.zeroGradients()
-                let tr = try letp.apply(to: block)
-                for (i, l) in spec.linears.enumerated() {
-                    try graph.setLinear(i, weight: tr.linear(l.name).weight, bias: tr.linear(l.name).bias)
-                }
-                let n1 = tr.norms[spec.attentionNorm.name]!, n2 = tr.norms[spec.mlpNorm.name]!
-                try graph.setNorms(attention: (n1.weight!, n1.bias), mlp: (n2.weight!, n2.bias))
+                try graph.install(try letp.apply(to: block))
             }
             losses.append(try graph.trainStep(input: x, target: target))
             if let letp {

@@ -117,6 +117,24 @@ public final class BlockGraph {
         norm2 = mlp
     }
 
+    /// Installs `block`'s linears (weights and biases) and norms for the next forward: what an equivalent
+    /// transformation does with its transformed block at every step. A norm without weights runs as ones.
+    public func install(_ block: TransformerBlock) throws {
+        for (i, l) in spec.linears.enumerated() {
+            guard let lin = block.linears[l.name] else {
+                throw SwiftQuantError.format("block \(block.index): no linear '\(l.name)'")
+            }
+            try setLinear(i, weight: lin.weight, bias: lin.bias)
+        }
+        func norm(_ n: BlockSpec.NormSpec) -> (weight: Tensor, bias: Tensor?) {
+            guard n.affine, let w = block.norms[n.name]?.weight else {
+                let ones = Tensor(zeros: [spec.hidden]); ones.buffer.update(repeating: 1); return (ones, nil)
+            }
+            return (w, block.norms[n.name]?.bias)
+        }
+        try setNorms(attention: norm(spec.attentionNorm), mlp: norm(spec.mlpNorm))
+    }
+
     /// The linear `i` as the graph runs it (its weight before the weight transform, its bias).
     public func linear(_ i: Int) -> Linear { linears[i] }
 

@@ -73,15 +73,8 @@ final class LETTests: XCTestCase {
             for k in 0..<target.count { target.pointer[k] += Float(k % 7) * 0.01 }
             let graph = try m.blockGraph(block, maxRows: T)
             graph.parameterGradients = true
-            func install(_ t: TransformerBlock) throws {
-                for (i, l) in spec.linears.enumerated() {
-                    try graph.setLinear(i, weight: t.linear(l.name).weight, bias: t.linear(l.name).bias)
-                }
-                let n1 = t.norms[spec.attentionNorm.name]!, n2 = t.norms[spec.mlpNorm.name]!
-                try graph.setNorms(attention: (n1.weight!, n1.bias), mlp: (n2.weight!, n2.bias))
-            }
             func loss() throws -> Double {
-                try install(try p.apply(to: block))
+                try graph.install(try p.apply(to: block))
                 let y = try graph.forward(x)
                 var s = 0.0
                 for k in 0..<y.count { let d = Double(y.pointer[k] - target.pointer[k]); s += d * d }
@@ -97,7 +90,7 @@ final class LETTests: XCTestCase {
             let rec = spec.linears.map { Recorder([$0.outFeatures, $0.inFeatures]) }
             graph.hooks = rec.map { LinearHooks(weight: $0) }
             p.zeroGradients()
-            try install(try p.apply(to: block))
+            try graph.install(try p.apply(to: block))
             _ = try graph.trainStep(input: x, target: target)
             p.backward(block: block, dWeights: rec.map(\.grad), dBiases: graph.biasGradients, dNorms: graph.normGradients)
             var checked = 0
@@ -238,12 +231,7 @@ final class LETParityTests: XCTestCase {
             let graph = try m.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: x.shape[0],
                                          activations: try ActivationScheme(linear: "int4", kv: "int4"))
             graph.parameterGradients = true
-            let tr = try p.apply(to: block)
-            for (i, l) in spec.linears.enumerated() {
-                try graph.setLinear(i, weight: tr.linear(l.name).weight, bias: tr.linear(l.name).bias)
-            }
-            let n1 = try XCTUnwrap(tr.norms[spec.attentionNorm.name]), n2 = try XCTUnwrap(tr.norms[spec.mlpNorm.name])
-            try graph.setNorms(attention: (n1.weight!, n1.bias), mlp: (n2.weight!, n2.bias))
+            try graph.install(try p.apply(to: block))
             p.zeroGradients()
             let loss = try graph.trainStep(input: x, target: target)
             p.backward(block: block, dWeights: lwc.map(\.gradWeight), dBiases: graph.biasGradients, dNorms: graph.normGradients)

@@ -85,27 +85,13 @@ public struct OmniQuantLET: BlockAlgorithm {
         let adamLET = try AdamW(parameters: letp.parameters, learningRate: r.letLr)
         let lwcGrads = lwc.map(\.gradU) + lwc.map(\.gradL)
 
-        func install(_ t: TransformerBlock) throws {
-            for (i, l) in spec.linears.enumerated() {
-                let lin = t.linear(l.name)
-                try graph.setLinear(i, weight: lin.weight, bias: lin.bias)
-            }
-            func norm(_ n: BlockSpec.NormSpec) -> (weight: Tensor, bias: Tensor?) {
-                guard n.affine, let w = t.norms[n.name]?.weight else {
-                    let ones = Tensor(zeros: [spec.hidden]); ones.buffer.update(repeating: 1); return (ones, nil)
-                }
-                return (w, t.norms[n.name]?.bias)
-            }
-            try graph.setNorms(attention: norm(spec.attentionNorm), mlp: norm(spec.mlpNorm))
-        }
-
         var first = 0.0, last = 0.0, skipped = 0
         for epoch in 0..<r.epochs {
             var sum = 0.0, counted = 0
             for (j, (x, target)) in zip(job.inputs, job.targets).enumerated() {
                 for t in lwc { t.zeroGradients() }
                 letp.zeroGradients()
-                try install(try letp.apply(to: job.weights))
+                try graph.install(try letp.apply(to: job.weights))
                 let loss = try graph.trainStep(input: x, target: target)
                 letp.backward(block: job.weights, dWeights: lwc.map(\.gradWeight), dBiases: graph.biasGradients,
                               dNorms: graph.normGradients)
