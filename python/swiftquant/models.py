@@ -129,10 +129,7 @@ class Model:
         ``"compressed-tensors"``, ``"gptq"``: Hugging Face directories those loaders read. ``requantize=True``
         lets a format re-quantize what it cannot hold exactly (each tensor's error reported). Tensors are streamed
         one by one; a progress bar goes to stderr when it takes more than a second or two. Atomic."""
-        if format == "swiftquant":
-            _native.model_save(self._h, os.fspath(path))
-        else:
-            _native.model_export(self._h, str(format), os.fspath(path), bool(requantize), bool(progress))
+        _native.model_export(self._h, str(format), os.fspath(path), bool(requantize), bool(progress))
 
     def __repr__(self) -> str:
         c = self.config

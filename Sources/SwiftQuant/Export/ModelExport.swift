@@ -47,7 +47,7 @@ public enum ModelExport {
     public static func write(_ loaded: LoadedModel, format: ExportFormat, to path: String,
                              options: ExportOptions = ExportOptions()) throws {
         switch format {
-        case .swiftquant: try QuantizedExport.write(loaded, to: path)
+        case .swiftquant: try QuantizedExport.write(loaded, to: path, progress: options.progress)
         case .gguf: try GGUFExport.write(loaded, to: path, options: options)
         case .compressedTensors: try CompressedTensorsExport.write(loaded, to: path, options: options)
         case .gptq: try GPTQExport.write(loaded, to: path, options: options)
