@@ -17,15 +17,7 @@ from pathlib import Path
 
 import swiftquant as sq
 
-
-def find_shared(*parts):
-    """``../shared/<parts>`` searched from the current directory and this file upwards; None when absent."""
-    here = Path(__file__).resolve()
-    for base in [Path.cwd(), *here.parents]:
-        p = base.parent / "shared" / Path(*parts)
-        if p.exists():
-            return p
-    return None
+from _common import find_shared
 
 
 def arguments(description: str, default_out: str) -> argparse.ArgumentParser:

@@ -25,23 +25,13 @@ import glob
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
+from _common import cpu_name
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def default_model():

@@ -26,9 +26,10 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
+
+from _common import cpu_name
 
 
 def _set_thread_env(threads: int) -> None:
@@ -210,17 +211,6 @@ def _summary(losses, tok_nll, seqlen):
 
 
 # ---- main ----------------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None) -> int:

@@ -4,12 +4,13 @@ the square 2048³ product and the products of a SmolLM2-135M transformer block o
 Run: .venv/bin/python python/benchmarks/bench_gemm.py [--seconds S]
 """
 import argparse
-import platform
 import time
 
 import numpy as np
 
 import swiftquant as sq
+
+from _common import cpu_name
 
 SHAPES = [  # m, k, n: activations [m, k] times weights stored [n, k]
     (2048, 2048, 2048, "square"),
@@ -27,17 +28,6 @@ def gflops(f, flops, seconds):
         f()
         n += 1
     return flops * n / (time.perf_counter() - t) / 1e9
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def numpy_blas():

@@ -20,20 +20,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import swiftquant as sq
 
-
-def find_wikitext():
-    here = Path(__file__).resolve()
-    for base in [Path.cwd(), *here.parents]:
-        p = base.parent / "shared" / "data" / "wikitext-2-raw" / "test.joined.txt"
-        if p.exists():
-            return p
-    return None
+from _common import find_wikitext
 
 
 def rms_norm(x, w, eps):

@@ -24,20 +24,13 @@ from pathlib import Path
 
 import swiftquant as sq
 
+from _common import find_wikitext
+
 ROWS = [("FP32", None, None, None),
         ("RTN W4A16 g128", "rtn", 4, 128), ("OmniQuant W4A16 g128", "omniquant", 4, 128),
         ("RTN W3A16 g128", "rtn", 3, 128), ("OmniQuant W3A16 g128", "omniquant", 3, 128),
         ("RTN W2A16 g64", "rtn", 2, 64), ("OmniQuant W2A16 g64", "omniquant", 2, 64),
         ("RTN W3A16 per-channel", "rtn", 3, None), ("OmniQuant W3A16 per-channel", "omniquant", 3, None)]
-
-
-def find_wikitext():
-    here = Path(__file__).resolve()
-    for base in [Path.cwd(), *here.parents]:
-        p = base.parent / "shared" / "data" / "wikitext-2-raw" / "test.joined.txt"
-        if p.exists():
-            return p
-    return None
 
 
 def main():
