@@ -100,8 +100,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "SmoothQuant and LET initialisation: migration strength alpha (default 0.5).")
     var alpha: Float = 0.5
 
-    @Flag(name: .customLong("let"), help: "OmniQuant: train the Learnable Equivalent Transformation with LWC (weight-activation).")
-    var useLET = false
+    @Flag(name: .customLong("let"), inversion: .prefixedNo,
+          help: "OmniQuant: train the Learnable Equivalent Transformation with LWC (default: on when activations are quantized, as the paper's weight-activation runs).")
+    var useLET: Bool?
 
     @Option(help: "OmniQuant LET: learning rate of the scales and shifts (default 5e-3).")
     var letLr: Float = 5e-3

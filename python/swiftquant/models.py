@@ -307,7 +307,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               nsamples: int | None = None, seqlen: int | None = None, lr: float | None = None, aug_loss: bool | None = None,
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
-              kv_bits=_FOLLOW, let: bool = False, let_lr: float | None = None, let_shifts: bool | None = None,
+              kv_bits=_FOLLOW, let: bool | None = None, let_lr: float | None = None, let_shifts: bool | None = None,
               alpha: float | None = None) -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
@@ -317,7 +317,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     work directory: finished blocks are saved there as they complete, and a later call with the same directory
     and settings continues after the last finished one (bit-identical to an uninterrupted run).
     ``abits``/``aformat``/``kv_bits`` quantize activations on the quantized path during training and at
-    inference, as in ``sq.rtn``. ``let=True`` trains OmniQuant's Learnable Equivalent Transformation with LWC
+    inference, as in ``sq.rtn``. ``let=True`` (the default when activations are quantized; ``let=False`` for LWC
+    alone) trains OmniQuant's Learnable Equivalent Transformation with LWC
     (scales initialised SmoothQuant-style with ``alpha``, default 0.5; learning rate ``let_lr``, default 5e-3;
     shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
     ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for
@@ -328,7 +329,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
-               seed=int(seed), let=bool(let), let_lr=None if let_lr is None else float(let_lr),
+               seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha),
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)

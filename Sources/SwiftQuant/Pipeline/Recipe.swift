@@ -63,7 +63,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var actOrder: Bool
     /// Low-rank compensation rank (ALGORITHMS.md §6) of every quantized linear; 0: off.
     public var lorcRank: Int
-    /// OmniQuant: train the Learnable Equivalent Transformation with LWC (ALGORITHMS.md §2).
+    /// OmniQuant: train the Learnable Equivalent Transformation with LWC (ALGORITHMS.md §2); default: with
+    /// activation quantization, as the paper's weight-activation runs.
     public var let_: Bool
     /// LET and SmoothQuant shifts (δ); nil: the family's default (on for OPT, off for Llama/Qwen2).
     public var letShifts: Bool?
@@ -77,7 +78,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
                 lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
-                `let` let_: Bool = false, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3) {
+                `let` let_: Bool? = nil, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
@@ -89,7 +90,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case .some(let k): self.kvFormat = k
         }
         self.actOrder = actOrder; self.lorcRank = lorcRank
-        self.let_ = let_; self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr
+        // OmniQuant's weight-activation mode is LWC + LET (ALGORITHMS.md §3); weight-only is LWC alone.
+        self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
+        self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
     }
@@ -180,7 +183,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   aformat: try Self.decodeActivationFormat(c), kvFormat: try Self.decodeKV(c),
                   actOrder: try c.decodeIfPresent(Bool.self, forKey: .actOrder) ?? false,
                   lorcRank: try c.decodeIfPresent(Int.self, forKey: .lorcRank) ?? 0,
-                  let: try c.decodeIfPresent(Bool.self, forKey: .let_) ?? false,
+                  let: try c.decodeIfPresent(Bool.self, forKey: .let_),
                   letShifts: try c.decodeIfPresent(Bool.self, forKey: .letShifts),
                   alpha: try c.decodeIfPresent(Float.self, forKey: .alpha) ?? 0.5,
                   letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3)

@@ -268,8 +268,9 @@ final class WeightActivationTests: XCTestCase {
         XCTAssertEqual(try QuantRecipe.fromJSON(canonical.json), canonical, "canonical JSON round-trips")
     }
 
-    /// `aug_loss` follows the paper's scripts when not given: W4A4 and W2 weight-only OmniQuant at the paper's budget.
-    func testAugLossDefaultsFollowThePapersScripts() throws {
+    /// `aug_loss` and `let` follow the paper's scripts when not given (aug_loss: W4A4 and W2 weight-only OmniQuant at
+    /// the paper's budget; LET: OmniQuant with activation quantization).
+    func testAugLossAndLETDefaultsFollowThePapersScripts() throws {
         func aug(_ json: String) throws -> Bool { try QuantRecipe.fromJSON(json).augLoss }
         XCTAssertTrue(try aug(#"{"method":"omniquant","wbits":4,"abits":4,"let":true}"#))
         XCTAssertTrue(try aug(#"{"method":"omniquant","wbits":2,"group_size":64}"#))
@@ -279,6 +280,12 @@ final class WeightActivationTests: XCTestCase {
         XCTAssertFalse(try aug(#"{"method":"gptq","wbits":2}"#))
         XCTAssertFalse(try aug(#"{"method":"omniquant","wbits":4,"abits":4,"aug_loss":false}"#), "explicit wins")
         XCTAssertTrue(try aug(#"{"method":"omniquant","wbits":3,"aug_loss":true}"#))
+        // LET follows the paper too: on with activation quantization, off for weight-only; explicit values win.
+        XCTAssertTrue(try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":4}"#).let_)
+        XCTAssertTrue(try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":8,"aformat":"e4m3fn"}"#).let_)
+        XCTAssertFalse(try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":3}"#).let_)
+        XCTAssertFalse(try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":4,"let":false}"#).let_)
+        XCTAssertFalse(try QuantRecipe.fromJSON(#"{"method":"gptq","wbits":4,"abits":8}"#).let_)
         let r = try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":4}"#)
         XCTAssertEqual(try QuantRecipe.fromJSON(r.json), r, "the resolved value is written out")
     }
