@@ -122,10 +122,10 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant: training epochs per block (paper 20; cpu preset 5).")
     var epochs: Int?
 
-    @Option(help: "OmniQuant: calibration windows (paper 128; cpu preset 16).")
+    @Option(help: "Calibration windows of OmniQuant, GPTQ, SmoothQuant (paper 128; cpu preset 16, GPTQ 32).")
     var nsamples: Int?
 
-    @Option(help: "OmniQuant: tokens per calibration window (paper 2048; cpu preset 512).")
+    @Option(help: "Tokens per calibration window (paper 2048; cpu preset 512).")
     var seqlen: Int?
 
     @Option(help: "OmniQuant: AdamW learning rate of the clipping parameters (paper 1e-2; cpu preset 5e-2).")
@@ -135,13 +135,13 @@ struct Quantize: ParsableCommand {
           help: "OmniQuant: also match the FP block's output on the quantized inputs (default: on for W2 weight-only and W4A4 at the paper preset, as the paper's scripts; off otherwise).")
     var augLoss: Bool?
 
-    @Option(help: "OmniQuant: calibration text (default ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt).")
+    @Option(help: "Calibration text of OmniQuant, GPTQ, SmoothQuant (default ../shared/data/wikitext-2-raw/tokenized-v1/valid.txt).")
     var calib: String?
 
-    @Option(help: "OmniQuant: seed of the calibration windows.")
+    @Option(help: "Seed of the calibration windows.")
     var seed: UInt64 = 2
 
-    @Option(help: "OmniQuant budget preset: paper (128 × 2048, 20 epochs, lr 1e-2) or cpu (16 × 512, 5 epochs, lr 5e-2).")
+    @Option(help: "Calibration budget: paper (128 × 2048, 20 epochs, lr 1e-2) or cpu (OmniQuant, SmoothQuant: 16 × 512, 5 epochs, lr 5e-2; GPTQ: 32 × 512).")
     var preset = "paper"
 
     @Flag(help: "OmniQuant, GPTQ: continue an interrupted run from its last finished block (same options).")
