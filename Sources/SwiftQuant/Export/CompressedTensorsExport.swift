@@ -59,11 +59,8 @@ public enum CompressedTensorsExport {
         let bar = options.progress && loaded.model.numBlocks > 4
             ? ProgressBar(total: loaded.model.numBlocks, label: "packing compressed-tensors", unit: "blocks") : nil
         let entries = try RuntimeExport.entries(loaded, quantized: tensors, progress: bar) { name, q in
-            let fit = try ZeroPointRefit.refit(q, name: name, allowed: allowed, format: what, allowClamp: options.requantize)
-            if fit.clamped > 0 {
-                clamped.append(name)
-                options.log("requantized \(name): \(fit.clamped) groups clamped to \(what), max |ΔW| \(fit.maxError)")
-            }
+            let fit = try ZeroPointRefit.refit(q, name: name, allowed: allowed, format: what, options: options,
+                                               clamped: &clamped)
             return pack(name: name, rows: q.rows, cols: q.cols, groups: q.groupCount, bits: bits, codes: fit.codes,
                         zeros: cfg.symmetric ? nil : fit.zeros, scales: q.scales)
         }

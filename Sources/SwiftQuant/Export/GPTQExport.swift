@@ -63,13 +63,11 @@ public enum GPTQExport {
         let bar = options.progress && loaded.model.numBlocks > 4
             ? ProgressBar(total: loaded.model.numBlocks, label: "packing GPTQ", unit: "blocks") : nil
         let entries = try RuntimeExport.entries(loaded, quantized: tensors, progress: bar) { name, q in
-            let fit = try ZeroPointRefit.refit(q, name: name, allowed: allowed, format: what, allowClamp: options.requantize)
-            if fit.clamped > 0 {
-                clamped.append(name)
-                options.log("requantized \(name): \(fit.clamped) groups clamped to \(what), max |ΔW| \(fit.maxError)")
-            }
-            let gIdx = q.groupIndex ?? (0..<q.cols).map { Int32($0 / (group ?? q.cols)) }
-            if let g = q.groupIndex, g != (0..<q.cols).map({ Int32($0 / (group ?? q.cols)) }) { descAct = true }
+            let fit = try ZeroPointRefit.refit(q, name: name, allowed: allowed, format: what, options: options,
+                                               clamped: &clamped)
+            let consecutive = (0..<q.cols).map { Int32($0 / (group ?? q.cols)) }
+            let gIdx = q.groupIndex ?? consecutive
+            if gIdx != consecutive { descAct = true }
             return try pack(name: name, rows: q.rows, cols: q.cols, groups: q.groupCount, bits: bits, codes: fit.codes,
                             zeros: fit.zeros, scales: q.scales, gIdx: gIdx)
         }

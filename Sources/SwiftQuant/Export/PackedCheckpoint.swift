@@ -60,6 +60,18 @@ public enum ZeroPointRefit {
         public var maxError: Float = 0
     }
 
+    /// `refit` as an exporter runs it: clamping only with `options.requantize`; a clamped tensor is reported
+    /// through `options.log` and its name appended to `clamped`.
+    static func refit(_ q: QuantizedTensor, name: String, allowed: ClosedRange<Int>, format: String,
+                      options: ExportOptions, clamped: inout [String]) throws -> Outcome {
+        let fit = try refit(q, name: name, allowed: allowed, format: format, allowClamp: options.requantize)
+        if fit.clamped > 0 {
+            clamped.append(name)
+            options.log("requantized \(name): \(fit.clamped) groups clamped to \(format), max |ΔW| \(fit.maxError)")
+        }
+        return fit
+    }
+
     /// The codes and zeros of `q` with every zero in `allowed`. A group that cannot be moved without clipping a
     /// code throws (naming `name`, the row, the group and what it needs), or with `allowClamp` takes the allowed
     /// zero nearest its own and has its codes clamped.
