@@ -73,7 +73,7 @@ swift-test: build venv
 
 # The kernel parity tests again with every kernel forced to its scalar twin (swift-test ran them as dispatched).
 kernel-test: build
-	SWIFTQUANT_KERNELS=reference swift test $(SWIFT_FLAGS) --skip-build --filter KernelParityTests
+	SWIFTQUANT_KERNELS=reference swift test $(SWIFT_FLAGS) --skip-build --filter "KernelParityTests|GEMMKernelTests"
 
 # SwiftQuant as a versioned dependency of another package (no environment variables, no CPU flags).
 consumer-test:

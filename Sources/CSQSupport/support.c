@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -167,7 +169,7 @@ int sqs_blas_load(void) {
     return blas_sgemm != NULL;
 }
 
-const char *sqs_blas_description(void) {
+const char *sqs_cblas_description(void) {
     sqs_blas_load();
     return blas_desc;
 }
@@ -177,22 +179,296 @@ const char *sqs_blas_core(void) {
     return blas_core;
 }
 
-int sqs_blas_threads(void) {
+
+// ---------------------------------------------------------------------------------------------------------
+// GEMM backend: the loaded CBLAS (threaded by itself), MKL (sequential; callers split the work), or SwiftQuant's
+// own AVX-512 kernel (gemm.c; callers split the work). Chosen once per process by $SWIFTQUANT_GEMM or by a short
+// measurement on a block's shapes, cached per machine (see sqs_gemm_backend).
+
+static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+static int gemm_backend = SQS_GEMM_REFERENCE;
+static sgemm_fn mkl_sgemm = NULL;
+static char mkl_loaded[512] = "";
+static char gemm_desc[1024] = "";
+static int gemm_split_threads = 1;  // threads callers split over (backends that do not thread themselves)
+
+static const char *backend_name(int b) {
+    switch (b) {
+    case SQS_GEMM_CBLAS: return "cblas";
+    case SQS_GEMM_MKL: return "mkl";
+    case SQS_GEMM_BUILTIN: return "builtin";
+    default: return "reference";
+    }
+}
+
+// MKL from the PyPI `mkl` package (libmkl_rt): $SWIFTQUANT_MKL, then the active venv's lib/, then the loader path.
+static void mkl_load(void) {
+    char venv[600] = "";
+    const char *env = getenv("VIRTUAL_ENV");
+    if (env && env[0]) snprintf(venv, sizeof venv, "%s/lib/libmkl_rt.so.2", env);
+    char venv3[600] = "";
+    if (env && env[0]) snprintf(venv3, sizeof venv3, "%s/lib/libmkl_rt.so.3", env);
+    const char *candidates[5] = {getenv("SWIFTQUANT_MKL"), venv3, venv, "libmkl_rt.so.2", "libmkl_rt.so.3"};
+    for (int i = 0; i < 5; i++) {
+        if (candidates[i] == NULL || candidates[i][0] == 0) continue;
+        void *h = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) continue;
+        sgemm_fn f = (sgemm_fn)dlsym(h, "cblas_sgemm");
+        int (*layer)(int) = (int (*)(int))dlsym(h, "MKL_Set_Threading_Layer");
+        if (!f || !layer) {
+            dlclose(h);
+            continue;
+        }
+        layer(1);  // MKL_THREADING_SEQUENTIAL: SwiftQuant splits the work over its own threads
+        mkl_sgemm = f;
+        snprintf(mkl_loaded, sizeof mkl_loaded, "%s", candidates[i]);
+        return;
+    }
+}
+
+static int run_backend(int backend, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                       const float *b, int ldb, float beta, float *c, int ldc) {
+    switch (backend) {
+    case SQS_GEMM_CBLAS:
+        if (!blas_sgemm) return -1;
+        blas_sgemm(101, ta ? 112 : 111, tb ? 112 : 111, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return 0;
+    case SQS_GEMM_MKL:
+        if (!mkl_sgemm) return -1;
+        mkl_sgemm(101, ta ? 112 : 111, tb ? 112 : 111, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return 0;
+    case SQS_GEMM_BUILTIN: return sqs_gemm_f32_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    default: return -1;
+    }
+}
+
+// The measurement: y = x W^T on a block's shapes (x: 2048 tokens x 576, W: 576 x 576 and 1536 x 576), split over
+// the threads as BLAS.sgemm does for the backends that do not thread themselves. Two warm-up calls (a threaded
+// BLAS wakes its threads), then the best of at least 5 calls and 40 ms per shape. About 0.1 s a backend.
+typedef struct {
+    int backend, m, n, k;
+    const float *a, *b;
+    float *c;
+} probe_job;
+
+static void *probe_part(void *arg) {
+    probe_job *j = arg;
+    run_backend(j->backend, 0, 1, j->m, j->n, j->k, 1, j->a, j->k, j->b, j->k, 0, j->c, j->n);
+    return NULL;
+}
+
+static void probe_once(int backend, int threads, int m, int n, int k, const float *a, const float *b, float *c) {
+    if (backend == SQS_GEMM_CBLAS || threads <= 1) {
+        run_backend(backend, 0, 1, m, n, k, 1, a, k, b, k, 0, c, n);
+        return;
+    }
+    int half = (m / 2 + 11) / 12 * 12;
+    probe_job j0 = {backend, half, n, k, a, b, c}, j1 = {backend, m - half, n, k, a + (long)half * k, b, c + (long)half * n};
+    pthread_t t;
+    int spawned = pthread_create(&t, NULL, probe_part, &j1) == 0;
+    probe_part(&j0);
+    if (spawned) pthread_join(t, NULL);
+    else probe_part(&j1);
+}
+
+static double probe(int backend, int threads) {
+    const int m = 2048, k = 576, ns[2] = {576, 1536};
+    float *a = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * 1536 * k), *c = malloc(sizeof(float) * m * 1536);
+    if (!a || !b || !c) return free(a), free(b), free(c), 0;
+    for (long i = 0; i < (long)m * k; i++) a[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (long i = 0; i < 1536L * k; i++) b[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    double seconds = 0, flops = 0;
+    for (int s = 0; s < 2; s++) {
+        int n = ns[s];
+        for (int w = 0; w < 2; w++) probe_once(backend, threads, m, n, k, a, b, c);
+        double best = 1e30, start = sqs_now();
+        for (int rep = 0; rep < 5 || sqs_now() - start < 0.04; rep++) {
+            double t0 = sqs_now();
+            probe_once(backend, threads, m, n, k, a, b, c);
+            double dt = sqs_now() - t0;
+            if (dt < best) best = dt;
+            if (rep > 200) break;
+        }
+        seconds += best;
+        flops += 2.0 * m * n * k;
+    }
+    free(a), free(b), free(c);
+    return flops / seconds * 1e-9;
+}
+
+static void cache_path(char *out, size_t size) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && xdg[0]) snprintf(out, size, "%s/swiftquant/gemm-backend-v2", xdg);
+    else if (home && home[0]) snprintf(out, size, "%s/.cache/swiftquant/gemm-backend-v2", home);
+    else out[0] = 0;
+}
+
+// One line per machine configuration: "<key>\t<backend>\t<rates>".
+static int cache_read(const char *key, char *rates, size_t size) {
+    char path[700];
+    cache_path(path, sizeof path);
+    FILE *f = path[0] ? fopen(path, "r") : NULL;
+    if (!f) return -1;
+    char line[2048];
+    int found = -1;
+    size_t keyLen = strlen(key);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, keyLen) != 0 || line[keyLen] != '\t') continue;
+        char *name = line + keyLen + 1, *tab = strchr(name, '\t');
+        if (!tab) continue;
+        *tab = 0;
+        char *end = strchr(tab + 1, '\n');
+        if (end) *end = 0;
+        for (int b = SQS_GEMM_CBLAS; b <= SQS_GEMM_BUILTIN; b++)
+            if (strcmp(name, backend_name(b)) == 0) found = b;
+        snprintf(rates, size, "%s", tab + 1);
+    }
+    fclose(f);
+    return found;
+}
+
+static void cache_write(const char *key, int backend, const char *rates) {
+    char path[700];
+    cache_path(path, sizeof path);
+    if (!path[0]) return;
+    char dir[700];
+    snprintf(dir, sizeof dir, "%s", path);
+    for (char *p = dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            mkdir(dir, 0755);
+            *p = '/';
+        }
+    // Keep the other machines' lines; write a temporary file and rename it over the cache.
+    char tmp[720];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    FILE *out = fopen(tmp, "w");
+    if (!out) return;
+    FILE *in = fopen(path, "r");
+    if (in) {
+        char line[2048];
+        size_t keyLen = strlen(key);
+        while (fgets(line, sizeof line, in))
+            if (!(strncmp(line, key, keyLen) == 0 && line[keyLen] == '\t')) fputs(line, out);
+        fclose(in);
+    }
+    fprintf(out, "%s\t%s\t%s\n", key, backend_name(backend), rates);
+    if (fclose(out) == 0) rename(tmp, path);
+    else remove(tmp);
+}
+
+static void gemm_choose(void) {
     sqs_blas_load();
+    mkl_load();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    gemm_split_threads = cores > 0 ? (int)cores : 1;
+    int available[4] = {1, blas_sgemm != NULL, mkl_sgemm != NULL,
+                        sqs_gemm_builtin_available(0) && sqs_kernels_level() != SQS_KERNELS_REFERENCE};
+    const char *want = getenv("SWIFTQUANT_GEMM");
+    char why[600] = "";
+    int chosen = -1;
+    if (want && want[0] && strcmp(want, "auto") != 0) {
+        for (int b = SQS_GEMM_REFERENCE; b <= SQS_GEMM_BUILTIN; b++)
+            if (strcmp(want, backend_name(b)) == 0 || (b == SQS_GEMM_CBLAS && strcmp(want, "openblas") == 0))
+                chosen = b;
+        if (chosen >= 0 && !available[chosen]) {
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s is not available here; ", want);
+            chosen = -1;
+        } else if (chosen >= 0) {
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s", want);
+        } else {
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s is unknown (cblas, mkl, builtin, reference, auto); ", want);
+        }
+    }
+    if (chosen < 0 && getenv("SWIFTQUANT_BLAS") && getenv("SWIFTQUANT_BLAS")[0] && available[SQS_GEMM_CBLAS]) {
+        chosen = SQS_GEMM_CBLAS;
+        snprintf(why + strlen(why), sizeof why - strlen(why), "SWIFTQUANT_BLAS names the library");
+    }
+    int candidates = available[SQS_GEMM_CBLAS] + available[SQS_GEMM_MKL] + available[SQS_GEMM_BUILTIN];
+    if (chosen < 0 && candidates <= 1) {
+        chosen = available[SQS_GEMM_BUILTIN] ? SQS_GEMM_BUILTIN
+                 : available[SQS_GEMM_MKL]   ? SQS_GEMM_MKL
+                 : available[SQS_GEMM_CBLAS] ? SQS_GEMM_CBLAS
+                                             : SQS_GEMM_REFERENCE;
+        snprintf(why + strlen(why), sizeof why - strlen(why), "the only backend here");
+    }
+    if (chosen < 0) {
+        sqs_cpu_features f;
+        sqs_cpu_detect(&f);
+        const char *core = getenv("OPENBLAS_CORETYPE");
+        char key[400];
+        snprintf(key, sizeof key, "%s|%d threads|cblas=%s%s|mkl=%s|builtin=%d", f.brand, gemm_split_threads,
+                 blas_core[0] ? blas_core : "?", core && core[0] ? " (OPENBLAS_CORETYPE set)" : "", mkl_loaded,
+                 available[SQS_GEMM_BUILTIN]);
+        char rates[300] = "";
+        chosen = cache_read(key, rates, sizeof rates);
+        if (chosen >= 0 && available[chosen]) {
+            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s; cached)", rates);
+        } else {
+            double best = -1;
+            rates[0] = 0;
+            for (int b = SQS_GEMM_CBLAS; b <= SQS_GEMM_BUILTIN; b++) {
+                if (!available[b]) continue;
+                double r = probe(b, gemm_split_threads);
+                snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %.0f GFLOP/s", rates[0] ? ", " : "",
+                         backend_name(b), r);
+                if (r > best) best = r, chosen = b;
+            }
+            cache_write(key, chosen, rates);
+            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s)", rates);
+        }
+    }
+    gemm_backend = chosen;
+    switch (chosen) {
+    case SQS_GEMM_CBLAS: snprintf(gemm_desc, sizeof gemm_desc, "%s; chosen: %s", blas_desc, why); break;
+    case SQS_GEMM_MKL:
+        snprintf(gemm_desc, sizeof gemm_desc, "MKL [%s] (sequential, split over %d threads by SwiftQuant); chosen: %s",
+                 mkl_loaded, gemm_split_threads, why);
+        break;
+    case SQS_GEMM_BUILTIN:
+        snprintf(gemm_desc, sizeof gemm_desc,
+                 "SwiftQuant AVX-512 GEMM (12x32 micro-kernel, split over %d threads); chosen: %s", gemm_split_threads,
+                 why);
+        break;
+    default: snprintf(gemm_desc, sizeof gemm_desc, "none: built-in reference GEMM (%s)", why); break;
+    }
+}
+
+int sqs_gemm_backend(void) {
+    pthread_once(&gemm_once, gemm_choose);
+    return gemm_backend;
+}
+
+const char *sqs_blas_description(void) {
+    sqs_gemm_backend();
+    return gemm_desc;
+}
+
+const char *sqs_gemm_backend_name(void) { return backend_name(sqs_gemm_backend()); }
+
+static int backend_splits(int backend) { return backend == SQS_GEMM_MKL || backend == SQS_GEMM_BUILTIN; }
+
+int sqs_gemm_splits(void) { return backend_splits(sqs_gemm_backend()) ? gemm_split_threads : 1; }
+int sqs_blas_threads(void) {
+    if (backend_splits(sqs_gemm_backend())) return gemm_split_threads;
     return blas_get_threads ? blas_get_threads() : 1;
 }
 
 void sqs_blas_set_threads(int n) {
-    sqs_blas_load();
-    if (blas_set_threads && n > 0) blas_set_threads(n);
+    if (n <= 0) return;
+    if (backend_splits(sqs_gemm_backend())) gemm_split_threads = n;
+    else if (blas_set_threads) blas_set_threads(n);
 }
+
 
 int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc) {
-    if (!sqs_blas_load()) return -1;
-    // CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112
-    blas_sgemm(101, transA ? 112 : 111, transB ? 112 : 111, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return 0;
+    int backend = sqs_gemm_backend();
+    if (run_backend(backend, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0) return 0;
+    // A backend that cannot run this call (e.g. out of memory for packing) hands it to the CBLAS.
+    return backend != SQS_GEMM_CBLAS ? run_backend(SQS_GEMM_CBLAS, transA, transB, m, n, k, alpha, a, lda, b, ldb,
+                                                   beta, c, ldc)
+                                     : -1;
 }
 
 int sqs_lapack_available(void) {

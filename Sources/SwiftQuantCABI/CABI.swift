@@ -93,6 +93,9 @@ public func cabi_abi_version() -> Int32 { SwiftQuantInfo.abiVersion }
 @_cdecl("sq_blas_info")
 public func cabi_blas_info() -> UnsafePointer<CChar> { sqs_blas_description() }
 
+@_cdecl("sq_gemm_backend")
+public func cabi_gemm_backend() -> UnsafePointer<CChar> { sqs_gemm_backend_name() }
+
 private func strdupConstant(_ s: String) -> UnsafePointer<CChar> {
     let bytes = Array(s.utf8CString)
     let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count)

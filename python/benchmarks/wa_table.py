@@ -31,7 +31,7 @@ def rows() -> dict:
         out[f"OmniQuant {kind} (CPU preset)"] = _tables.timed(
             lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                       preset="cpu"))
-        out[f"OmniQuant {kind} (32x512, 20 epochs)"] = _tables.timed(
+        out[f"OmniQuant {kind} (32x512 x 20 epochs)"] = _tables.timed(
             lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                       preset="paper", nsamples=32, seqlen=512))
     return out

@@ -16,9 +16,28 @@ True
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 import numpy as np
 
-from . import _native
+
+def _offer_mkl() -> None:
+    """Let the native library find MKL from the PyPI `mkl` package installed in this environment: it measures
+    MKL beside its other GEMM backends at first use (see :func:`blas_info`). $SWIFTQUANT_MKL wins when set."""
+    if _os.environ.get("SWIFTQUANT_MKL"):
+        return
+    for prefix in dict.fromkeys((_sys.prefix, _sys.base_prefix)):
+        for name in ("libmkl_rt.so.2", "libmkl_rt.so.3"):
+            path = _os.path.join(prefix, "lib", name)
+            if _os.path.exists(path):
+                _os.environ["SWIFTQUANT_MKL"] = path
+                return
+
+
+_offer_mkl()
+
+from . import _native  # noqa: E402
 from ._native import FormatError
 
 __all__ = [
@@ -36,6 +55,7 @@ __all__ = [
     "unpack",
     "matmul",
     "blas_info",
+    "gemm_backend",
     "Model",
     "Tokenizer",
     "load_model",
@@ -65,8 +85,23 @@ _SCALE_CONSTRAINTS = {None: 0, "none": 0, "m1": 1, "m2": 2}
 
 
 def blas_info() -> str:
-    """The BLAS library SwiftQuant uses for matrix products and the kernel it runs."""
+    """The GEMM backend SwiftQuant uses for matrix products, its kernel, and why it was chosen.
+
+    The choice is made once per process, at the first product: ``$SWIFTQUANT_GEMM`` (``cblas``, ``mkl``,
+    ``builtin``, ``reference``, ``auto``) when set; the library named by ``$SWIFTQUANT_BLAS``; otherwise the
+    fastest of the backends present on a transformer block's shapes (about 0.1 s), cached per machine in
+    ``~/.cache/swiftquant/gemm-backend-v2``.
+
+    >>> sq.blas_info()  # doctest: +SKIP
+    'SwiftQuant AVX-512 GEMM (12x32 micro-kernel, split over 2 threads); chosen: fastest when measured (cblas 263 GFLOP/s, builtin 389 GFLOP/s)'
+    """
     return _native.blas_info()
+
+
+def gemm_backend() -> str:
+    """The GEMM backend's short name: ``"cblas"`` (OpenBLAS), ``"mkl"``, ``"builtin"`` (SwiftQuant's AVX-512
+    kernel) or ``"reference"``. See :func:`blas_info`."""
+    return _native.gemm_backend()
 
 
 # ---- argument checking ---------------------------------------------------------------------------------

@@ -431,6 +431,7 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_blas_info(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_blas_info()); }
+static PyObject *py_gemm_backend(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_gemm_backend()); }
 
 static PyObject *py_version(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_version()); }
 
@@ -837,7 +838,8 @@ static PyMethodDef methods[] = {
     {"packed_size", py_packed_size, METH_VARARGS, "packed_size(count, bits) -> int"},
     {"group_count", py_group_count, METH_VARARGS, "group_count(cols, group_size) -> int"},
     {"sgemm", py_sgemm, METH_VARARGS, "sgemm(a, b, c, m, n, k, trans_a, trans_b)"},
-    {"blas_info", py_blas_info, METH_NOARGS, "the BLAS in use and its kernel"},
+    {"blas_info", py_blas_info, METH_NOARGS, "the GEMM backend in use and why it was chosen"},
+    {"gemm_backend", py_gemm_backend, METH_NOARGS, "the GEMM backend's short name"},
     {"version", py_version, METH_NOARGS, "library version"},
     {NULL, NULL, 0, NULL},
 };

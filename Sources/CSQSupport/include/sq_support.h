@@ -40,9 +40,44 @@ const char *sqs_kernels_name(void);
 /// libblas.so.3. Returns 1 when a BLAS with cblas_sgemm is available, 0 otherwise.
 int sqs_blas_load(void);
 
-/// A description such as "OpenBLAS 0.3.21 ... (core: SkylakeX, OPENBLAS_CORETYPE set by SwiftQuant)",
-/// or "none: built-in reference GEMM" (never NULL).
+/// The GEMM backend in use and why it was chosen (never NULL), e.g. "SwiftQuant AVX-512 GEMM (...); chosen:
+/// fastest when measured (cblas 255 GFLOP/s, builtin 410 GFLOP/s)".
 const char *sqs_blas_description(void);
+/// The loaded CBLAS alone: "OpenBLAS 0.3.21 ... (core: SkylakeX; OPENBLAS_CORETYPE chosen by SwiftQuant ...)".
+const char *sqs_cblas_description(void);
+
+/// GEMM backends. CBLAS: the library sqs_blas_load found (threads itself). MKL: libmkl_rt from $SWIFTQUANT_MKL,
+/// $VIRTUAL_ENV/lib or the loader path, run sequentially. BUILTIN: SwiftQuant's AVX-512 kernel (gemm.c).
+/// REFERENCE: none (callers use their scalar GEMM).
+enum { SQS_GEMM_REFERENCE = 0, SQS_GEMM_CBLAS = 1, SQS_GEMM_MKL = 2, SQS_GEMM_BUILTIN = 3 };
+/// The backend every sqs_sgemm call uses, chosen once per process: $SWIFTQUANT_GEMM (cblas|openblas, mkl, builtin,
+/// reference, auto) when set and available; the CBLAS when $SWIFTQUANT_BLAS names one; otherwise the fastest of
+/// the available backends on a block's shapes (about 0.1 s), the result cached per machine configuration in
+/// $XDG_CACHE_HOME/swiftquant/gemm-backend-v2 (~/.cache/...).
+int sqs_gemm_backend(void);
+const char *sqs_gemm_backend_name(void);
+/// How many pieces callers should split one product into (the thread count for MKL and BUILTIN, 1 for a CBLAS
+/// that threads itself).
+int sqs_gemm_splits(void);
+
+/// SwiftQuant's own GEMM kernels (gemm.c), single-threaded, row-major, C = alpha op(A) op(B) + beta C.
+/// Whether this CPU runs them (AVX-512F + FMA; with `bf16`, AVX512-BF16 too).
+int sqs_gemm_builtin_available(int bf16);
+/// fp32 AVX-512. Returns 0 when done, -1 when the CPU cannot run it or packing memory is missing.
+int sqs_gemm_f32_avx512(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                        int ldb, float beta, float *c, int ldc);
+/// bf16 products with fp32 accumulation (vdpbf16ps): op(A) and op(B) rounded to bf16 (nearest even) while
+/// packing. Returns 0 when done, -1 when the CPU has no AVX512-BF16.
+int sqs_gemm_bf16_avx512(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                         const float *b, int ldb, float beta, float *c, int ldc);
+/// Scalar twins: the definitions, accumulating in k order.
+void sqs_gemm_f32_reference(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                            const float *b, int ldb, float beta, float *c, int ldc);
+void sqs_gemm_bf16_reference(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                             const float *b, int ldb, float beta, float *c, int ldc);
+/// bf16 rounding (nearest even; NaN stays NaN): the bits, and the value back as a float.
+uint16_t sqs_bf16_from_float(float f);
+float sqs_bf16_round(float f);
 
 /// The OpenBLAS kernel name ("Haswell", "SkylakeX", ...), or "" when unknown.
 const char *sqs_blas_core(void);

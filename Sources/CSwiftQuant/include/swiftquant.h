@@ -48,9 +48,16 @@ const char *sq_version(void);
 /* SQ_ABI_VERSION of the library that is loaded. */
 int sq_abi_version(void);
 
-/* The BLAS in use and its kernel, for example
- * "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ... [libopenblas.so.0] (core: SkylakeX; ...)". */
+/* The GEMM backend in use and why it was chosen, for example
+ * "SwiftQuant AVX-512 GEMM (12x32 micro-kernel, split over 2 threads); chosen: fastest when measured (cblas 263
+ * GFLOP/s, builtin 389 GFLOP/s)" or "OpenBLAS 0.3.21 ... [libopenblas.so.0] (core: SkylakeX; ...); chosen: ...".
+ * The choice is made once per process: $SWIFTQUANT_GEMM (cblas, mkl, builtin, reference, auto), else the CBLAS
+ * named by $SWIFTQUANT_BLAS, else the fastest available backend on a block's shapes (cached per machine). */
 const char *sq_blas_info(void);
+
+/* The backend's short name: "cblas" (OpenBLAS or the library in $SWIFTQUANT_BLAS), "mkl" (libmkl_rt from
+ * $SWIFTQUANT_MKL, $VIRTUAL_ENV/lib or the loader path), "builtin" (SwiftQuant's AVX-512 kernel) or "reference". */
+const char *sq_gemm_backend(void);
 
 /* Bit width of a format name ("int4" -> 4, "e4m3fn" -> 8, "e2m1" -> 4) in *bits. */
 int sq_format_bits(const char *format, int *bits);

@@ -1,23 +1,64 @@
 import CSQSupport
+import Dispatch
 
-/// The matrix-product façade. Products go to the CBLAS library loaded at run time (OpenBLAS by default, with
-/// its kernel chosen from the CPU's features; see `sqs_blas_load`), or to `Reference.sgemm` when none exists.
+/// The matrix-product façade. Products go to the GEMM backend chosen once per process (`sqs_gemm_backend`):
+/// the CBLAS loaded at run time (OpenBLAS by default, its kernel chosen from the CPU's features), MKL, or
+/// SwiftQuant's own AVX-512 kernel, whichever measured fastest on this machine ($SWIFTQUANT_GEMM overrides);
+/// `Reference.sgemm` when none exists.
 public enum BLAS {
-    /// "OpenBLAS 0.3.21 … (core: SkylakeX; …)" or "none: built-in reference GEMM …".
+    /// The backend in use and why: "SwiftQuant AVX-512 GEMM (...); chosen: fastest when measured (...)".
     public static var description: String { String(cString: sqs_blas_description()) }
+    /// The backend's short name: "cblas", "mkl", "builtin" or "reference".
+    public static var backend: String { String(cString: sqs_gemm_backend_name()) }
+    /// The loaded CBLAS library alone (OpenBLAS's version, kernel and how it was chosen).
+    public static var cblasDescription: String { String(cString: sqs_cblas_description()) }
     /// The OpenBLAS kernel name, "" when unknown.
     public static var core: String { String(cString: sqs_blas_core()) }
-    public static var isAvailable: Bool { sqs_blas_load() != 0 }
+    public static var isAvailable: Bool { sqs_gemm_backend() != Int32(SQS_GEMM_REFERENCE) }
     public static var threads: Int { Int(sqs_blas_threads()) }
 
     /// Row-major `C = alpha · op(A) · op(B) + beta · C`, with `op(A)` of shape m×k and `op(B)` k×n.
-    @inlinable
+    /// Backends that do not thread themselves get the output split into row (or column) blocks, one a thread.
     public static func sgemm(
         transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         if m == 0 || n == 0 { return }
+        let splits = Int(sqs_gemm_splits())
+        let work = m * n * max(k, 1)
+        if splits > 1 && work >= 1 << 21 {
+            // Rows in multiples of the micro-kernel's 12, else columns in multiples of its 32.
+            let byRows = m >= 96
+            let unit = byRows ? 12 : 32
+            let extent = byRows ? m : n
+            let pieces = min(splits, extent / unit)
+            if pieces > 1 {
+                let per = (extent / pieces + unit - 1) / unit * unit
+                DispatchQueue.concurrentPerform(iterations: pieces) { piece in
+                    let start = piece * per, end = min(extent, start + per)
+                    guard start < end else { return }
+                    if byRows {
+                        one(transA: transA, transB: transB, m: end - start, n: n, k: k, alpha: alpha,
+                            a: transA ? a + start : a + start * lda, lda: lda, b: b, ldb: ldb, beta: beta,
+                            c: c + start * ldc, ldc: ldc)
+                    } else {
+                        one(transA: transA, transB: transB, m: m, n: end - start, k: k, alpha: alpha, a: a, lda: lda,
+                            b: transB ? b + start * ldb : b + start, ldb: ldb, beta: beta, c: c + start, ldc: ldc)
+                    }
+                }
+                return
+            }
+        }
+        one(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+            beta: beta, c: c, ldc: ldc)
+    }
+
+    @inline(__always)
+    static func one(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
         let done = sqs_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
                              b, Int32(ldb), beta, c, Int32(ldc))
         if done != 0 {

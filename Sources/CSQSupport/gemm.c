@@ -1,0 +1,312 @@
+// SwiftQuant's own GEMM: a packed, cache-blocked product with AVX-512 micro-kernels, fp32 and bf16 (AVX512-BF16
+// `vdpbf16ps`, fp32 accumulation), each beside a scalar reference. Single-threaded: callers split the output
+// across threads (BLAS.sgemm in Swift does, see sqs_gemm_splits). Row-major, C = alpha * op(A) * op(B) + beta * C.
+//
+// Blocking (Goto / BLIS order): for each NC-wide column panel of op(B), for each KC-deep slice of k, pack the
+// slice of op(B) into NR-wide strips; for each MC-high row block of op(A), pack it into MR-high strips; then the
+// MR x NR micro-kernel runs over every (strip of A, strip of B) pair, its B strip (KC x NR) staying in L1 and the
+// packed A block in L2. MR = 12, NR = 32: 24 zmm accumulators, two B loads and twelve broadcasts per k step.
+// The bf16 kernel packs pairs of k (so one `vdpbf16ps` does two multiply-adds a lane) and rounds op(A) and op(B)
+// to bf16 (round to nearest even) while packing: its inputs are fp32 like every other product in SwiftQuant.
+#include "sq_support.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define SQS_X86 1
+#else
+#define SQS_X86 0
+#endif
+
+enum { MR = 12, NR = 32, MC = 96, NC = 4096, KC_MAX = 320 };
+
+// k split into equal slices of at most KC_MAX (576 -> 2 x 288, 1536 -> 5 x 308): no thin last slice.
+static int k_slice(int k) {
+    int slices = (k + KC_MAX - 1) / KC_MAX;
+    int kc = (k + slices - 1) / slices;
+    return (kc + 1) & ~1;  // even, for the bf16 pairs
+}
+
+// Per-thread packing buffers, grown on demand and kept (no page faults per call).
+static __thread void *pack_a = NULL, *pack_b = NULL;
+static __thread size_t pack_a_size = 0, pack_b_size = 0;
+
+static void *grow(void **buffer, size_t *size, size_t need) {
+    if (need <= *size) return *buffer;
+    free(*buffer);
+    size_t bytes = (need + 63) & ~(size_t)63;
+    *buffer = aligned_alloc(64, bytes);
+    *size = *buffer ? bytes : 0;
+    return *buffer;
+}
+
+static inline float at(const float *x, long ld, int trans, long row, long col) {
+    return trans ? x[col * ld + row] : x[row * ld + col];
+}
+
+uint16_t sqs_bf16_from_float(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float sqs_bf16_round(float f) {
+    uint32_t u = (uint32_t)sqs_bf16_from_float(f) << 16;
+    float r;
+    memcpy(&r, &u, 4);
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scalar references: the definition, in k order.
+
+void sqs_gemm_f32_reference(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                            const float *b, int ldb, float beta, float *c, int ldc) {
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < n; j++) {
+            float acc = 0;
+            for (long p = 0; p < k; p++) acc += at(a, lda, ta, i, p) * at(b, ldb, tb, p, j);
+            float *out = c + i * ldc + j;
+            *out = alpha * acc + (beta == 0 ? 0 : beta * *out);
+        }
+}
+
+void sqs_gemm_bf16_reference(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                             const float *b, int ldb, float beta, float *c, int ldc) {
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < n; j++) {
+            float acc = 0;  // bf16 x bf16 products are exact in fp32
+            for (long p = 0; p < k; p++)
+                acc += sqs_bf16_round(at(a, lda, ta, i, p)) * sqs_bf16_round(at(b, ldb, tb, p, j));
+            float *out = c + i * ldc + j;
+            *out = alpha * acc + (beta == 0 ? 0 : beta * *out);
+        }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Packing. fp32: A strips hold MR rows interleaved per k ([p][MR]), B strips NR columns per k ([p][NR]).
+// bf16: the same with k in pairs ([q][MR][2], [q][NR][2]). Rows, columns and k beyond the matrix are zero.
+
+static void pack_b_f32(int kc, int nc, const float *b, long ldb, int tb, long p0, long j0, float *out) {
+    for (int jr = 0; jr < nc; jr += NR) {
+        int w = nc - jr < NR ? nc - jr : NR;
+        float *strip = out + (long)jr * kc;
+        if (!tb) {
+            for (int p = 0; p < kc; p++) {
+                float *o = strip + (long)p * NR;
+                memcpy(o, b + (p0 + p) * ldb + j0 + jr, sizeof(float) * (size_t)w);
+                for (int j = w; j < NR; j++) o[j] = 0;
+            }
+        } else {
+            for (int j = 0; j < w; j++) {
+                const float *src = b + (j0 + jr + j) * ldb + p0;
+                for (int p = 0; p < kc; p++) strip[(long)p * NR + j] = src[p];
+            }
+            for (int j = w; j < NR; j++)
+                for (int p = 0; p < kc; p++) strip[(long)p * NR + j] = 0;
+        }
+    }
+}
+
+static void pack_a_f32(int mc, int kc, const float *a, long lda, int ta, long i0, long p0, float *out) {
+    for (int ir = 0; ir < mc; ir += MR) {
+        int h = mc - ir < MR ? mc - ir : MR;
+        float *strip = out + (long)ir * kc;
+        if (!ta) {
+            for (int i = 0; i < h; i++) {
+                const float *src = a + (i0 + ir + i) * lda + p0;
+                for (int p = 0; p < kc; p++) strip[(long)p * MR + i] = src[p];
+            }
+        } else {
+            for (int p = 0; p < kc; p++) {
+                const float *src = a + (p0 + p) * lda + i0 + ir;
+                for (int i = 0; i < h; i++) strip[(long)p * MR + i] = src[i];
+            }
+        }
+        for (int i = h; i < MR; i++)
+            for (int p = 0; p < kc; p++) strip[(long)p * MR + i] = 0;
+    }
+}
+
+static void pack_b_bf16(int kc, int nc, const float *b, long ldb, int tb, long p0, long j0, uint16_t *out) {
+    int kp = (kc + 1) / 2;
+    for (int jr = 0; jr < nc; jr += NR) {
+        int w = nc - jr < NR ? nc - jr : NR;
+        uint16_t *strip = out + (long)jr * kp * 2;
+        if (!tb) {
+            for (int p = 0; p < 2 * kp; p++) {
+                uint16_t *o = strip + (long)(p >> 1) * NR * 2 + (p & 1);
+                const float *src = b + (p0 + p) * ldb + j0 + jr;
+                if (p < kc)
+                    for (int j = 0; j < w; j++) o[2 * j] = sqs_bf16_from_float(src[j]);
+                for (int j = p < kc ? w : 0; j < NR; j++) o[2 * j] = 0;
+            }
+        } else {
+            for (int j = 0; j < NR; j++) {
+                const float *src = b + (j0 + jr + j) * ldb + p0;
+                for (int p = 0; p < 2 * kp; p++)
+                    strip[(long)(p >> 1) * NR * 2 + 2 * j + (p & 1)] =
+                        (j < w && p < kc) ? sqs_bf16_from_float(src[p]) : 0;
+            }
+        }
+    }
+}
+
+static void pack_a_bf16(int mc, int kc, const float *a, long lda, int ta, long i0, long p0, uint16_t *out) {
+    int kp = (kc + 1) / 2;
+    for (int ir = 0; ir < mc; ir += MR) {
+        int h = mc - ir < MR ? mc - ir : MR;
+        uint16_t *strip = out + (long)ir * kp * 2;
+        for (int i = 0; i < MR; i++) {
+            for (int p = 0; p < 2 * kp; p++) {
+                float v = (i < h && p < kc) ? at(a, lda, ta, i0 + ir + i, p0 + p) : 0;
+                strip[(long)(p >> 1) * MR * 2 + 2 * i + (p & 1)] = sqs_bf16_from_float(v);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Micro-kernels
+
+#if SQS_X86
+#define SQS_STORE_TILE()                                                                                          \
+    do {                                                                                                          \
+        __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                                             \
+        __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);                                           \
+        __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);                     \
+        for (int i = 0; i < mr; i++) {                                                                            \
+            float *row = c + (long)i * ldc;                                                                       \
+            __m512 x0 = _mm512_mul_ps(va, acc[i][0]), x1 = _mm512_mul_ps(va, acc[i][1]);                          \
+            if (beta != 0) {                                                                                      \
+                x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, row), x0);                                     \
+                x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, row + 16), x1);                                \
+            }                                                                                                     \
+            _mm512_mask_storeu_ps(row, m0, x0);                                                                   \
+            _mm512_mask_storeu_ps(row + 16, m1, x1);                                                              \
+        }                                                                                                         \
+    } while (0)
+
+__attribute__((target("avx512f,fma"))) static void kernel_f32(int kc, const float *a, const float *b, float *c,
+                                                               long ldc, float alpha, float beta, int mr, int nr) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            __m512 x = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    SQS_STORE_TILE();
+}
+
+__attribute__((target("avx512f,avx512bf16,fma"))) static void kernel_bf16(int kc, const uint16_t *a,
+                                                                           const uint16_t *b, float *c, long ldc,
+                                                                           float alpha, float beta, int mr, int nr) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    int kp = (kc + 1) / 2;
+    for (int q = 0; q < kp; q++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
+        _mm_prefetch((const char *)(b + 16 * NR), _MM_HINT_T0);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            int32_t pair;
+            memcpy(&pair, a + 2 * i, 4);
+            __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x, b1);
+        }
+        a += 2 * MR;
+        b += 2 * NR;
+    }
+    SQS_STORE_TILE();
+}
+#endif
+
+int sqs_gemm_builtin_available(int bf16) {
+#if SQS_X86
+    sqs_cpu_features f;
+    sqs_cpu_detect(&f);
+    return f.avx512f && f.fma && (!bf16 || f.avx512bf16);
+#else
+    (void)bf16;
+    return 0;
+#endif
+}
+
+// The blocked driver, shared by both element types. Returns -1 when the CPU cannot run the kernel or memory
+// for the packing buffers is missing (the caller falls back), 0 when done.
+static int gemm_blocked(int bf16, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                        const float *b, int ldb, float beta, float *c, int ldc) {
+#if SQS_X86
+    if (!sqs_gemm_builtin_available(bf16)) return -1;
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) {  // alpha * 0 + beta * C
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+        return 0;
+    }
+    int kcMax = k_slice(k);
+    size_t elem = bf16 ? 2 : 4;
+    int ncMax = n < NC ? n : NC;
+    size_t bNeed = elem * (size_t)kcMax * (size_t)((ncMax + NR - 1) / NR * NR);
+    size_t aNeed = elem * (size_t)kcMax * MC;
+    void *pb = grow(&pack_b, &pack_b_size, bNeed), *pa = grow(&pack_a, &pack_a_size, aNeed);
+    if (!pb || !pa) return -1;
+    for (long j0 = 0; j0 < n; j0 += NC) {
+        int nc = n - j0 < NC ? (int)(n - j0) : NC;
+        for (long p0 = 0; p0 < k; p0 += kcMax) {
+            int kc = k - p0 < kcMax ? (int)(k - p0) : kcMax;
+            float be = p0 == 0 ? beta : 1;
+            long strideK = bf16 ? 2L * ((kc + 1) / 2) : kc;  // elements per k-row of a packed strip
+            if (bf16) pack_b_bf16(kc, nc, b, ldb, tb, p0, j0, pb);
+            else pack_b_f32(kc, nc, b, ldb, tb, p0, j0, pb);
+            for (long i0 = 0; i0 < m; i0 += MC) {
+                int mc = m - i0 < MC ? (int)(m - i0) : MC;
+                if (bf16) pack_a_bf16(mc, kc, a, lda, ta, i0, p0, pa);
+                else pack_a_f32(mc, kc, a, lda, ta, i0, p0, pa);
+                for (int jr = 0; jr < nc; jr += NR) {
+                    int nr = nc - jr < NR ? nc - jr : NR;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        int mr = mc - ir < MR ? mc - ir : MR;
+                        float *tile = c + (i0 + ir) * ldc + j0 + jr;
+                        if (bf16)
+                            kernel_bf16(kc, (const uint16_t *)pa + ir * strideK, (const uint16_t *)pb + jr * strideK,
+                                        tile, ldc, alpha, be, mr, nr);
+                        else
+                            kernel_f32(kc, (const float *)pa + ir * strideK, (const float *)pb + jr * strideK, tile,
+                                       ldc, alpha, be, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+#else
+    (void)bf16, (void)ta, (void)tb, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda, (void)b, (void)ldb;
+    (void)beta, (void)c, (void)ldc;
+    return -1;
+#endif
+}
+
+int sqs_gemm_f32_avx512(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                        int ldb, float beta, float *c, int ldc) {
+    return gemm_blocked(0, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+int sqs_gemm_bf16_avx512(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                         const float *b, int ldb, float beta, float *c, int ldc) {
+    return gemm_blocked(1, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
