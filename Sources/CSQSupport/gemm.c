@@ -11,6 +11,7 @@
 #include "sq_support.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,43 +134,94 @@ static void pack_a_f32(int mc, int kc, const float *a, long lda, int ta, long i0
     }
 }
 
-static void pack_b_bf16(int kc, int nc, const float *b, long ldb, int tb, long p0, long j0, uint16_t *out) {
+#if SQS_X86
+// bf16 rounding of 16 floats, as sqs_bf16_from_float: the bf16 bits in the high half of each 32-bit lane.
+__attribute__((target("avx512f"))) static inline __m512i bf16_high(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+}
+
+// Pairs (even k in the low half, odd k in the high half) from two rows of 16 values.
+__attribute__((target("avx512f"))) static inline __m512i bf16_pairs(__m512 even, __m512 odd) {
+    return _mm512_or_si512(_mm512_and_si512(bf16_high(odd), _mm512_set1_epi32((int)0xffff0000u)),
+                           _mm512_srli_epi32(bf16_high(even), 16));
+}
+
+static __thread uint16_t row_bf16[KC_MAX + 2];
+
+// n consecutive floats to bf16, padded with a zero to an even count (pairs along k).
+__attribute__((target("avx512f"))) static void row_to_bf16(const float *src, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(row_bf16 + i),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(_mm512_loadu_ps(src + i)), 16)));
+    for (; i < n; i++) row_bf16[i] = sqs_bf16_from_float(src[i]);
+    row_bf16[n] = 0;
+}
+
+// A strip row (`width` lanes of a packed strip, 32-bit pair words at `stride` words) from one matrix row that is
+// contiguous along k: the row converted once, then its pair words spread over the strip.
+__attribute__((target("avx512f"))) static void spread_row(const float *src, int kc, uint32_t *strip, int lane,
+                                                           int stride) {
+    row_to_bf16(src, kc);
+    const uint32_t *pairs = (const uint32_t *)row_bf16;
+    int kp = (kc + 1) / 2;
+    for (int q = 0; q < kp; q++) strip[(long)q * stride + lane] = pairs[q];
+}
+
+__attribute__((target("avx512f"))) static void pack_b_bf16(int kc, int nc, const float *b, long ldb, int tb, long p0,
+                                                            long j0, uint16_t *out) {
     int kp = (kc + 1) / 2;
     for (int jr = 0; jr < nc; jr += NR) {
         int w = nc - jr < NR ? nc - jr : NR;
-        uint16_t *strip = out + (long)jr * kp * 2;
-        if (!tb) {
-            for (int p = 0; p < 2 * kp; p++) {
-                uint16_t *o = strip + (long)(p >> 1) * NR * 2 + (p & 1);
-                const float *src = b + (p0 + p) * ldb + j0 + jr;
-                if (p < kc)
-                    for (int j = 0; j < w; j++) o[2 * j] = sqs_bf16_from_float(src[j]);
-                for (int j = p < kc ? w : 0; j < NR; j++) o[2 * j] = 0;
-            }
-        } else {
+        uint32_t *strip = (uint32_t *)(out + (long)jr * kp * 2);
+        if (tb) {  // B stored [n, k]: each column of op(B) is a contiguous row
             for (int j = 0; j < NR; j++) {
-                const float *src = b + (j0 + jr + j) * ldb + p0;
-                for (int p = 0; p < 2 * kp; p++)
-                    strip[(long)(p >> 1) * NR * 2 + 2 * j + (p & 1)] =
-                        (j < w && p < kc) ? sqs_bf16_from_float(src[p]) : 0;
+                if (j < w) spread_row(b + (j0 + jr + j) * ldb + p0, kc, strip, j, NR);
+                else for (int q = 0; q < kp; q++) strip[(long)q * NR + j] = 0;
+            }
+        } else {  // B stored [k, n]: rows p and p + 1 interleave
+            for (int q = 0; q < kp; q++) {
+                const float *even = b + (p0 + 2 * q) * ldb + j0 + jr;
+                for (int half = 0; half < 2; half++) {
+                    int cols = w - 16 * half;
+                    __mmask16 m = cols >= 16 ? 0xffff : cols <= 0 ? 0 : (__mmask16)((1u << cols) - 1);
+                    __m512 e = _mm512_maskz_loadu_ps(m, even + 16 * half);
+                    __m512 o = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(m, even + ldb + 16 * half) : _mm512_setzero_ps();
+                    _mm512_storeu_si512(strip + (long)q * NR + 16 * half, bf16_pairs(e, o));
+                }
             }
         }
     }
 }
 
-static void pack_a_bf16(int mc, int kc, const float *a, long lda, int ta, long i0, long p0, uint16_t *out) {
+__attribute__((target("avx512f"))) static void pack_a_bf16(int mc, int kc, const float *a, long lda, int ta, long i0,
+                                                            long p0, uint16_t *out) {
     int kp = (kc + 1) / 2;
     for (int ir = 0; ir < mc; ir += MR) {
         int h = mc - ir < MR ? mc - ir : MR;
-        uint16_t *strip = out + (long)ir * kp * 2;
-        for (int i = 0; i < MR; i++) {
-            for (int p = 0; p < 2 * kp; p++) {
-                float v = (i < h && p < kc) ? at(a, lda, ta, i0 + ir + i, p0 + p) : 0;
-                strip[(long)(p >> 1) * MR * 2 + 2 * i + (p & 1)] = sqs_bf16_from_float(v);
+        uint32_t *strip = (uint32_t *)(out + (long)ir * kp * 2);
+        if (!ta) {  // A stored [m, k]: each row contiguous along k
+            for (int i = 0; i < MR; i++) {
+                if (i < h) spread_row(a + (i0 + ir + i) * lda + p0, kc, strip, i, MR);
+                else for (int q = 0; q < kp; q++) strip[(long)q * MR + i] = 0;
+            }
+        } else {  // A stored [k, m]: rows p and p + 1 interleave, MR (12) lanes of 16
+            __mmask16 m = (__mmask16)((1u << h) - 1);
+            for (int q = 0; q < kp; q++) {
+                const float *even = a + (p0 + 2 * q) * lda + i0 + ir;
+                __m512 e = _mm512_maskz_loadu_ps(m, even);
+                __m512 o = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(m, even + lda) : _mm512_setzero_ps();
+                _mm512_mask_storeu_epi32(strip + (long)q * MR, (__mmask16)0x0fff, bf16_pairs(e, o));
             }
         }
     }
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------------------
 // Micro-kernels
@@ -235,15 +287,22 @@ __attribute__((target("avx512f,avx512bf16,fma"))) static void kernel_bf16(int kc
 }
 #endif
 
-int sqs_gemm_builtin_available(int bf16) {
+// CPUID is slow under a hypervisor (a VM exit): detect once.
+static pthread_once_t builtin_once = PTHREAD_ONCE_INIT;
+static int builtin_f32 = 0, builtin_bf16 = 0;
+
+static void builtin_detect(void) {
 #if SQS_X86
     sqs_cpu_features f;
     sqs_cpu_detect(&f);
-    return f.avx512f && f.fma && (!bf16 || f.avx512bf16);
-#else
-    (void)bf16;
-    return 0;
+    builtin_f32 = f.avx512f && f.fma;
+    builtin_bf16 = builtin_f32 && f.avx512bf16;
 #endif
+}
+
+int sqs_gemm_builtin_available(int bf16) {
+    pthread_once(&builtin_once, builtin_detect);
+    return bf16 ? builtin_bf16 : builtin_f32;
 }
 
 // The blocked driver, shared by both element types. Returns -1 when the CPU cannot run the kernel or memory

@@ -16,7 +16,7 @@
 // ---------------------------------------------------------------------------------------------------------
 // CPU features
 
-void sqs_cpu_detect(sqs_cpu_features *out) {
+static void cpu_detect_uncached(sqs_cpu_features *out) {
     memset(out, 0, sizeof(*out));
 #if defined(__x86_64__) || defined(__i386__)
     unsigned a, b, c, d;
@@ -62,6 +62,16 @@ void sqs_cpu_detect(sqs_cpu_features *out) {
         if (p != out->brand) memmove(out->brand, p, strlen(p) + 1);
     }
 #endif
+}
+
+// CPUID traps to the hypervisor in a VM (microseconds a call): detected once, copied after.
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+static sqs_cpu_features cpu_cached;
+static void cpu_detect_once(void) { cpu_detect_uncached(&cpu_cached); }
+
+void sqs_cpu_detect(sqs_cpu_features *out) {
+    pthread_once(&cpu_once, cpu_detect_once);
+    *out = cpu_cached;
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ enum BlockStepBenchmark {
     /// `abits`: INT activation and KV quantization (per token, per head); `useLET`: LET trained with LWC, scales
     /// starting at 1 (the PyTorch side starts there too), its transform recomputed at every step.
     static func run(model: TransformerModel, block index: Int, tokens: Int, wbits: Int, groupSize: GroupSize,
-                    iterations: Int, abits: Int? = nil, useLET: Bool = false, seed: UInt64 = 7) throws -> Result {
+                    iterations: Int, abits: Int? = nil, useLET: Bool = false, precision: GEMMPrecision = .fp32,
+                    seed: UInt64 = 7) throws -> Result {
         let block = try model.loadBlock(index)
         var state = seed
         let ids = (0..<tokens).map { _ -> Int32 in
@@ -35,6 +36,7 @@ enum BlockStepBenchmark {
         let scheme = try abits.map { try ActivationScheme(linear: "int\($0)", kv: "int\($0)") }
         let graph = try model.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: tokens,
                                          activations: scheme)
+        graph.precision = precision
         let letp = useLET ? try LETParameters(spec: spec, shifts: false) : nil
         graph.parameterGradients = useLET
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: 1e-2)

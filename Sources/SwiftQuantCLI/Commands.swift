@@ -107,6 +107,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant LET: learning rate of the scales and shifts (default 5e-3).")
     var letLr: Float = 5e-3
 
+    @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16).")
+    var precision = "fp32"
+
     @Option(help: "Group size along the input dimension: a number of columns, or per-row for one group per output row.")
     var groupSize: GroupSize = 128
 
@@ -167,6 +170,9 @@ struct Quantize: ParsableCommand {
             if let a = abits, !(2...8).contains(a) {
                 throw SwiftQuantError.invalidArgument("--abits must be in 2...8, got \(a)")
             }
+            guard let gemmPrecision = GEMMPrecision(rawValue: precision.lowercased()) else {
+                throw SwiftQuantError.invalidArgument("--precision must be fp32 or bf16, got '\(precision)'")
+            }
             let act = aformat ?? abits.map { "int\($0)" }
             var kv: String?? = .none
             if let k = kvBits {
@@ -186,7 +192,7 @@ struct Quantize: ParsableCommand {
                                          }
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
-                                     let: useLET, alpha: alpha, letLr: letLr)
+                                     let: useLET, alpha: alpha, letLr: letLr, precision: gemmPrecision)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -53,10 +53,10 @@ def token_ids(tokens, vocab, seed=7):
     return ids
 
 
-def run_swiftquant(binary, model, args):
+def run_swiftquant(binary, model, args, precision=None):
     cmd = [binary, "bench", "block-step", "--model", model, "--block", str(args.block), "--tokens", str(args.tokens),
            "--wbits", str(args.wbits), "--group-size", str(args.group_size) if args.group_size > 0 else "per-row", "--iterations", str(args.iterations),
-           "--json"] + (["--abits", str(args.abits)] if args.abits else []) + (["--let"] if args.let else [])
+           "--json", "--precision", precision or args.precision] + (["--abits", str(args.abits)] if args.abits else []) + (["--let"] if args.let else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
@@ -262,17 +262,25 @@ def run_pytorch(torch, model_path, args):
     # Same work as SwiftQuant's backward, which also produces ∂L/∂x (the q/k/v input-gradient GEMMs and the norm).
     x.requires_grad_(not args.no_input_grad)
 
+    import contextlib
+
+    # bf16: the matrix products under CPU autocast (bf16 operands, fp32 accumulation), everything else fp32, as
+    # SwiftQuant's --precision bf16.
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" \
+        else contextlib.nullcontext
+
     def step():
         opt.zero_grad(set_to_none=True)
         if x.grad is not None:
             x.grad = None
-        if let is not None:
-            opt_let.zero_grad(set_to_none=True)
-            norms, ws = let()
-            out = block(x, [q(w) for q, w in zip(quant, ws)], norms=norms, aq=aq)
-        else:
-            out = block(x, [q() for q in quant], aq=aq)
-        loss = torch.nn.functional.mse_loss(out, target)
+        with autocast():
+            if let is not None:
+                opt_let.zero_grad(set_to_none=True)
+                norms, ws = let()
+                out = block(x, [q(w) for q, w in zip(quant, ws)], norms=norms, aq=aq)
+            else:
+                out = block(x, [q() for q in quant], aq=aq)
+            loss = torch.nn.functional.mse_loss(out.float(), target)
         loss.backward()
         opt.step()
         if opt_let is not None:
@@ -306,6 +314,9 @@ def main():
                     help="INT activation bits: every linear input per token, Q/K/V per head (the W4A4 step: --wbits 4 "
                          "--abits 4 --let)")
     ap.add_argument("--let", action="store_true", help="train OmniQuant's LET with LWC (scales from 1)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: SwiftQuant --precision bf16 against PyTorch under torch.autocast('cpu', bfloat16), "
+                         "and SwiftQuant's fp32 step in the same rounds")
     ap.add_argument("--input-grad", action="store_true",
                     help="PyTorch: also compute ∂L/∂x of the block input (SwiftQuant's calibration step does not)")
     args = ap.parse_args()
@@ -334,6 +345,9 @@ def main():
     for _ in range(max(1, args.rounds)):
         time.sleep(1)  # lets PyTorch's idle OpenMP threads stop spinning before the other side runs
         sq_r, cmd = run_swiftquant(args.swiftquant, model, args)
+        if args.precision == "bf16":
+            time.sleep(1)
+            sq_r["fp32"] = run_swiftquant(args.swiftquant, model, args, precision="fp32")[0]
         time.sleep(1)
         pt_r = run_pytorch(torch, model, args)
         rounds.append((sq_r, pt_r))
@@ -353,7 +367,7 @@ def main():
     print(f"step:        block {args.block}, {args.tokens} tokens, W{args.wbits}"
           f"{f'A{args.abits} (KV {args.abits})' if args.abits else ''} g{args.group_size} asym LWC"
           f"{' + LET' if args.let else ''}, "
-          f"MSE, AdamW lr 1e-2; best of {args.iterations} steps × {len(rounds)} alternating rounds")
+          f"MSE, AdamW lr 1e-2, matrix products {args.precision}; best of {args.iterations} steps × {len(rounds)} alternating rounds")
     print(f"command:     {' '.join(cmd)}")
     print(f"SwiftQuant:  {sq['step_ms']:8.1f} ms/step   {sq_gflops:6.1f} GFLOP/s")
     print(f"PyTorch:     {pt['step_ms']:8.1f} ms/step   {pt_gflops:6.1f} GFLOP/s"
@@ -362,6 +376,11 @@ def main():
           + " (SwiftQuant / PyTorch, best step of each round)")
     print(f"ratio:       {pt['step_ms'] / sq['step_ms']:.2f}× (PyTorch / SwiftQuant, best of all rounds; "
           f"> 1: SwiftQuant faster)")
+    if args.precision == "bf16":
+        f32 = min(r[0]["fp32"]["step_ms"] for r in rounds)
+        print(f"bf16 vs fp32: SwiftQuant fp32 step {f32:.1f} ms -> bf16 {sq['step_ms']:.1f} ms = "
+              f"{f32 / sq['step_ms']:.2f}× (same rounds)")
+    print(f"SwiftQuant GEMM: {sq.get('blas', '?')}")
     print(f"GFLOP/step:  {gflop:.3f} (matrix products: forward, input and weight gradients)")
     print(f"GEMM peak:   {sq['gemm_peak_gflops']:.1f} GFLOP/s (SwiftQuant 1024³ in this run); "
           f"SwiftQuant step at {sq_gflops / sq['gemm_peak_gflops'] * 100:.0f}% of it")

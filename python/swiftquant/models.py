@@ -308,7 +308,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
               kv_bits=_FOLLOW, let: bool | None = None, let_lr: float | None = None, let_shifts: bool | None = None,
-              alpha: float | None = None) -> OmniQuantResult:
+              alpha: float | None = None, precision: str = "fp32") -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -322,15 +322,19 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     (scales initialised SmoothQuant-style with ``alpha``, default 0.5; learning rate ``let_lr``, default 5e-3;
     shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
     ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for
-    W2 weight-only and W4A4 with ``preset="paper"``, off otherwise.
+    W2 weight-only and W4A4 with ``preset="paper"``, off otherwise. ``precision="bf16"`` trains with the block's
+    matrix products in bf16 (fp32 accumulation; parameters, norms, softmax and the loss fp32) on CPUs with
+    AVX512-BF16, about twice the products' speed; elsewhere it raises ``ValueError``.
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     for k, v in (("epochs", epochs), ("nsamples", nsamples), ("seqlen", seqlen)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     r = recipe("omniquant", None, group_size, wbits=wbits, symmetric=bool(symmetric), preset=preset, epochs=epochs,
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
                seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
-               let_shifts=let_shifts, alpha=None if alpha is None else float(alpha),
+               let_shifts=let_shifts, alpha=None if alpha is None else float(alpha), precision=precision,
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 

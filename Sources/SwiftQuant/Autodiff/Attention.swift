@@ -23,6 +23,8 @@ extension Autodiff {
         private let workerScratch: [Tensor], workerDK: [Tensor], workerDV: [Tensor]
         private let workers: Int
         private var lastRows = 0
+        /// The arithmetic of the four products (the softmax and its backward stay fp32).
+        public var precision: GEMMPrecision = .fp32
 
         public init(heads: Int, kvHeads: Int, headDim: Int, maxRows: Int, blockRows: Int = 64) throws {
             try require(blockRows > 0, "attention: blockRows must be positive")
@@ -63,16 +65,16 @@ extension Autodiff {
             precondition(rows <= maxRows && rows > 0, "attention: \(rows) rows, capacity \(maxRows)")
             lastRows = rows
             let d = headDim, qw = heads * d, kw = kvHeads * d, rep = heads / kvHeads, T = rows
-            let scale = self.scale, probs = self.probs.pointer
+            let scale = self.scale, probs = self.probs.pointer, precision = self.precision
             forEachItem(T) { _, h, r0, r1 in
                 let g = h / rep, p = probs + h * T * T
                 // S = scale · Q·Kᵀ for query rows r0..<r1 and keys 0..<r1; row softmax over 0...t, zeros up to r1
                 BLAS.sgemm(transB: true, m: r1 - r0, n: r1, k: d, alpha: scale, a: q + r0 * qw + h * d, lda: qw,
-                           b: k + g * d, ldb: kw, c: p + r0 * T, ldc: T)
+                           b: k + g * d, ldb: kw, c: p + r0 * T, ldc: T, precision: precision)
                 for t in r0..<r1 { Kernels.softmaxRow(p + t * T, valid: t + 1, total: r1) }
                 // O = P·V
                 BLAS.sgemm(m: r1 - r0, n: d, k: r1, a: p + r0 * T, lda: T, b: v + g * d, ldb: kw,
-                           c: out + r0 * qw + h * d, ldc: qw)
+                           c: out + r0 * qw + h * d, ldc: qw, precision: precision)
             }
         }
 
@@ -85,7 +87,7 @@ extension Autodiff {
             dK.update(repeating: 0, count: T * kw)
             dV.update(repeating: 0, count: T * kw)
             for t in workerDK + workerDV { t.pointer.update(repeating: 0, count: T * kw) }
-            let scale = self.scale, probs = self.probs.pointer
+            let scale = self.scale, probs = self.probs.pointer, precision = self.precision
             let scratch = workerScratch.map { $0.pointer }
             let accK = [dK] + workerDK.map { $0.pointer }, accV = [dV] + workerDV.map { $0.pointer }
             forEachItem(T) { w, h, r0, r1 in
@@ -93,9 +95,9 @@ extension Autodiff {
                 let dKw = accK[w], dVw = accV[w]
                 // dP = dO·Vᵀ (block rows, keys 0..<r1, row stride r1) ; dV += Pᵀ·dO
                 BLAS.sgemm(transB: true, m: m, n: r1, k: d, a: dOut + r0 * qw + h * d, lda: qw,
-                           b: v + g * d, ldb: kw, c: dp, ldc: r1)
+                           b: v + g * d, ldb: kw, c: dp, ldc: r1, precision: precision)
                 BLAS.sgemm(transA: true, m: r1, n: d, k: m, a: p + r0 * T, lda: T,
-                           b: dOut + r0 * qw + h * d, ldb: qw, beta: 1, c: dVw + g * d, ldc: kw)
+                           b: dOut + r0 * qw + h * d, ldb: qw, beta: 1, c: dVw + g * d, ldc: kw, precision: precision)
                 // dS = scale · P ⊙ (dP − Σ_j P·dP)   (masked entries have P = 0)
                 for t in r0..<r1 {
                     let pr = p + t * T, gr = dp + (t - r0) * r1, n = t + 1
@@ -112,9 +114,9 @@ extension Autodiff {
                 }
                 // dQ = dS·K ; dK += dSᵀ·Q
                 BLAS.sgemm(m: m, n: d, k: r1, a: dp, lda: r1, b: k + g * d, ldb: kw,
-                           c: dQ + r0 * qw + h * d, ldc: qw)
+                           c: dQ + r0 * qw + h * d, ldc: qw, precision: precision)
                 BLAS.sgemm(transA: true, m: r1, n: d, k: m, a: dp, lda: r1,
-                           b: q + r0 * qw + h * d, ldb: qw, beta: 1, c: dKw + g * d, ldc: kw)
+                           b: q + r0 * qw + h * d, ldb: qw, beta: 1, c: dKw + g * d, ldc: kw, precision: precision)
             }
             for (a, b) in zip(workerDK, workerDV) {
                 Autodiff.Residual.forward(a: dK, b: a.pointer, y: dK, count: T * kw)

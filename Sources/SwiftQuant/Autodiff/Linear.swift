@@ -32,16 +32,17 @@ extension Autodiff {
             dY: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
             dX: UnsafeMutablePointer<Float>?, accumulate: Bool = false,
             dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>? = nil,
-            overwriteWeightGradient: Bool = false, rows: Int, inFeatures: Int, outFeatures: Int
+            overwriteWeightGradient: Bool = false, rows: Int, inFeatures: Int, outFeatures: Int,
+            precision: GEMMPrecision = .fp32
         ) {
             if let dX {
                 BLAS.sgemm(m: rows, n: inFeatures, k: outFeatures, a: dY, lda: outFeatures, b: weight,
-                           ldb: inFeatures, beta: accumulate ? 1 : 0, c: dX, ldc: inFeatures)
+                           ldb: inFeatures, beta: accumulate ? 1 : 0, c: dX, ldc: inFeatures, precision: precision)
             }
             if let dWeight {
                 BLAS.sgemm(transA: true, m: outFeatures, n: inFeatures, k: rows, a: dY, lda: outFeatures,
                            b: x, ldb: inFeatures, beta: overwriteWeightGradient ? 0 : 1, c: dWeight,
-                           ldc: inFeatures)
+                           ldc: inFeatures, precision: precision)
             }
             if let dBias {
                 for r in 0..<rows {

@@ -63,6 +63,9 @@ public final class BlockGraph {
     /// biases (`normGradients`: attention norm, MLP norm) and of every linear's bias (`biasGradients`, zeros for a
     /// linear without one): what an equivalent transformation (LET) back-propagates into its scales and shifts.
     public var parameterGradients = false
+    /// The arithmetic of the block's matrix products, forward and backward (`--precision bf16`: bf16 operands, fp32
+    /// accumulation). Norms, RoPE, softmax, activation quantizers, the loss and every parameter stay fp32.
+    public var precision: GEMMPrecision = .fp32
     public let normGradients: [(weight: Tensor, bias: Tensor)]
     public let biasGradients: [Tensor]
     private let tape: Tape
@@ -184,7 +187,9 @@ public final class BlockGraph {
             if let t = hooks[i].weight { try t.apply(weight: linears[i].weight, into: tape.weights[i]) }
         }
         let w = linears.indices.map { hooks[$0].weight == nil ? linears[$0].weight.pointer : tape.weights[$0].pointer }
-        BlockForward(spec: spec, linears: linears, hooks: hooks, kv: kvQuantizer, norm1: norm1, norm2: norm2, rope: rope)
+        attention.precision = precision
+        BlockForward(spec: spec, linears: linears, hooks: hooks, kv: kvQuantizer, norm1: norm1, norm2: norm2, rope: rope,
+                     precision: precision)
             .run(T: T, x: tape.xIn.pointer, buffers: tape.buffers, weights: w, ws: nil, attention: attention)
         return Tensor(shape: [T, H], storage: tape.out.storage, byteOffset: tape.out.byteOffset)
     }
@@ -257,7 +262,8 @@ public final class BlockGraph {
                         accumulate: Bool) {
             let l = s.linears[i]
             A.Linear.backward(dY: dY, x: x, weight: w[i], dX: dX, accumulate: accumulate, dWeight: dW(i),
-                              overwriteWeightGradient: true, rows: T, inFeatures: l.inFeatures, outFeatures: l.outFeatures)
+                              overwriteWeightGradient: true, rows: T, inFeatures: l.inFeatures, outFeatures: l.outFeatures,
+                              precision: precision)
         }
         // MLP
         linearBack(idown, dY: g, x: input(idown, site: 3, b.m), dX: d.dm, accumulate: false)
@@ -354,6 +360,7 @@ private struct BlockForward {
     let kv: ActivationQuantizer?
     let norm1: (weight: Tensor, bias: Tensor?), norm2: (weight: Tensor, bias: Tensor?)
     let rope: RopeTables?
+    var precision: GEMMPrecision = .fp32
     /// Capture only: stop as soon as this linear's input hooks have run (the rest of the block is not computed).
     var stopAt: Int? = nil
     /// `x·Vᵀ` of a low-rank term, `[rows, rank]` (inference only: a recording graph has no low-rank terms).
@@ -464,7 +471,7 @@ private struct BlockForward {
         }
         if i == stopAt { return true }
         BLAS.sgemm(transB: true, m: T, n: l.outFeatures, k: l.inFeatures, a: input, lda: l.inFeatures, b: w[i],
-                   ldb: l.inFeatures, beta: accumulate ? 1 : 0, c: y, ldc: l.outFeatures)
+                   ldb: l.inFeatures, beta: accumulate ? 1 : 0, c: y, ldc: l.outFeatures, precision: precision)
         if let lr = linears[i].lowRank {  // + (x·Vᵀ)·Uᵀ
             BLAS.sgemm(transB: true, m: T, n: lr.rank, k: l.inFeatures, a: input, lda: l.inFeatures, b: lr.v.pointer,
                        ldb: l.inFeatures, c: lowRankScratch, ldc: lr.rank)

@@ -72,13 +72,18 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var alpha: Float
     /// LET's AdamW learning rate (LWC's is `lr`).
     public var letLr: Float
+    /// Arithmetic of the matrix products while OmniQuant trains a block: `fp32`, or `bf16` (bf16 operands, fp32
+    /// accumulation, on CPUs with AVX512-BF16); parameters, norms, softmax and the loss stay fp32. The fused result
+    /// is computed in fp32 either way.
+    public var precision: GEMMPrecision
 
     /// `kvFormat`: not given (`.none`), the KV cache follows `aformat`; `.some(nil)` keeps attention FP.
     public init(method: Method, wformat: String, groupSize: GroupSize = 128, symmetric: Bool = false,
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
                 lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
-                `let` let_: Bool? = nil, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3) {
+                `let` let_: Bool? = nil, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3,
+                precision: GEMMPrecision = .fp32) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
@@ -92,7 +97,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         self.actOrder = actOrder; self.lorcRank = lorcRank
         // OmniQuant's weight-activation mode is LWC + LET (ALGORITHMS.md §3); weight-only is LWC alone.
         self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
-        self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr
+        self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr; self.precision = precision
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
     }
@@ -113,7 +118,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case method, wformat, wbits, groupSize = "group_size", symmetric, preset, epochs, nsamples, seqlen, lr
         case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
         case aformat, abits, kvFormat = "kv_format", kvBits = "kv_bits", actOrder = "act_order", lorcRank = "lorc_rank"
-        case let_ = "let", letShifts = "let_shifts", alpha, letLr = "let_lr"
+        case let_ = "let", letShifts = "let_shifts", alpha, letLr = "let_lr", precision
     }
 
     /// `abits: N` is a spelling of `aformat: "intN"`; both together are refused.
@@ -186,7 +191,17 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   let: try c.decodeIfPresent(Bool.self, forKey: .let_),
                   letShifts: try c.decodeIfPresent(Bool.self, forKey: .letShifts),
                   alpha: try c.decodeIfPresent(Float.self, forKey: .alpha) ?? 0.5,
-                  letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3)
+                  letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3,
+                  precision: try Self.decodePrecision(c))
+    }
+
+    private static func decodePrecision(_ c: KeyedDecodingContainer<CodingKeys>) throws -> GEMMPrecision {
+        guard try c.contains(.precision) && !c.decodeNil(forKey: .precision) else { return .fp32 }
+        let name = try c.decode(String.self, forKey: .precision)
+        guard let p = GEMMPrecision(rawValue: name.lowercased()) else {
+            throw SwiftQuantError.invalidArgument("recipe: precision must be fp32 or bf16, got '\(name)'")
+        }
+        return p
     }
 
     private static func decodeConstraint(_ c: KeyedDecodingContainer<CodingKeys>) throws -> ScaleConstraint {
@@ -220,6 +235,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try c.encode(actOrder, forKey: .actOrder); try c.encode(lorcRank, forKey: .lorcRank)
         try c.encode(let_, forKey: .let_); try c.encode(letShifts, forKey: .letShifts)
         try c.encode(alpha, forKey: .alpha); try c.encode(letLr, forKey: .letLr)
+        try c.encode(precision.rawValue, forKey: .precision)
     }
 
     /// The activation quantization of the quantized path and of the result's inference (nil: FP).
@@ -292,6 +308,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
         try require(letLr > 0 && letLr.isFinite, "let_lr must be a positive number, got \(letLr)")
+        if precision == .bf16 {
+            try require(method == .omniquant,
+                        "precision bf16 applies to OmniQuant's training (the block's products while LWC/LET learn); "
+                            + "\(method.rawValue) trains nothing")
+            try require(precision.isSupported,
+                        "precision bf16 needs a CPU with AVX512-BF16 (this one: \(SwiftQuantInfo.cpu)); "
+                            + "use precision fp32")
+        }
         if needsCalibrationData {
             try require(nsamples > 0, "nsamples must be positive, got \(nsamples)")
             try require(seqlen >= 2, "seqlen must be at least 2, got \(seqlen)")

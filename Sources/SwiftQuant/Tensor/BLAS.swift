@@ -1,6 +1,16 @@
 import CSQSupport
 import Dispatch
 
+/// The arithmetic of a matrix product. `bf16`: both operands rounded to bfloat16 (nearest even), products
+/// accumulated in fp32 (AVX512-BF16 `vdpbf16ps`), output fp32: what `torch.autocast(dtype=torch.bfloat16)` does
+/// to a matmul on the CPU.
+public enum GEMMPrecision: String, Sendable, CaseIterable {
+    case fp32, bf16
+
+    /// Whether this CPU has a fast kernel for the precision (bf16: AVX512-BF16).
+    public var isSupported: Bool { self == .fp32 || sqs_gemm_builtin_available(1) != 0 }
+}
+
 /// The matrix-product façade. Products go to the GEMM backend chosen once per process (`sqs_gemm_backend`):
 /// the CBLAS loaded at run time (OpenBLAS by default, its kernel chosen from the CPU's features), MKL, or
 /// SwiftQuant's own AVX-512 kernel, whichever measured fastest on this machine ($SWIFTQUANT_GEMM overrides);
@@ -22,10 +32,11 @@ public enum BLAS {
     public static func sgemm(
         transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, precision: GEMMPrecision = .fp32
     ) {
         if m == 0 || n == 0 { return }
-        let splits = Int(sqs_gemm_splits())
+        // bf16 always runs SwiftQuant's kernel (no BLAS here has one for fp32 inputs), split like the builtin fp32.
+        let splits = precision == .bf16 ? Int(sqs_blas_threads()) : Int(sqs_gemm_splits())
         let work = m * n * max(k, 1)
         if splits > 1 && work >= 1 << 21 {
             // Rows in multiples of the micro-kernel's 12, else columns in multiples of its 32.
@@ -41,24 +52,36 @@ public enum BLAS {
                     if byRows {
                         one(transA: transA, transB: transB, m: end - start, n: n, k: k, alpha: alpha,
                             a: transA ? a + start : a + start * lda, lda: lda, b: b, ldb: ldb, beta: beta,
-                            c: c + start * ldc, ldc: ldc)
+                            c: c + start * ldc, ldc: ldc, precision: precision)
                     } else {
                         one(transA: transA, transB: transB, m: m, n: end - start, k: k, alpha: alpha, a: a, lda: lda,
-                            b: transB ? b + start * ldb : b + start, ldb: ldb, beta: beta, c: c + start, ldc: ldc)
+                            b: transB ? b + start * ldb : b + start, ldb: ldb, beta: beta, c: c + start, ldc: ldc,
+                            precision: precision)
                     }
                 }
                 return
             }
         }
         one(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-            beta: beta, c: c, ldc: ldc)
+            beta: beta, c: c, ldc: ldc, precision: precision)
     }
 
     @inline(__always)
     static func one(
         transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
-        b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+        b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+        precision: GEMMPrecision
     ) {
+        if precision == .bf16 {
+            let ta: Int32 = transA ? 1 : 0, tb: Int32 = transB ? 1 : 0
+            if KernelDispatch.reference
+                || sqs_gemm_bf16_avx512(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
+                                        c, Int32(ldc)) != 0 {
+                sqs_gemm_bf16_reference(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
+                                        c, Int32(ldc))
+            }
+            return
+        }
         let done = sqs_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
                              b, Int32(ldb), beta, c, Int32(ldc))
         if done != 0 {

@@ -93,6 +93,7 @@ public struct OmniQuantLWC: BlockAlgorithm {
         }
         let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen,
                                              activations: try r.activationScheme)
+        graph.precision = r.precision
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let gradients = lwc.map(\.gradU) + lwc.map(\.gradL)
         var first = 0.0, last = 0.0, skipped = 0

@@ -80,6 +80,7 @@ public struct OmniQuantLET: BlockAlgorithm {
         }
         let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen,
                                              activations: try r.activationScheme)
+        graph.precision = r.precision
         graph.parameterGradients = true
         let adamLWC = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let adamLET = try AdamW(parameters: letp.parameters, learningRate: r.letLr)
