@@ -151,26 +151,33 @@ __attribute__((target("avx512f"))) static inline __m512i bf16_pairs(__m512 even,
                            _mm512_srli_epi32(bf16_high(even), 16));
 }
 
-static __thread uint16_t row_bf16[KC_MAX + 2];
+// Rows of a strip converted to bf16 (each padded to an even length), then interleaved into the strip: the
+// conversion runs along the contiguous rows, the interleave writes the strip in order (reads stay in L1).
+enum { ROW_PAD = KC_MAX + 2 };
+static __thread uint16_t rows_bf16[NR * ROW_PAD];
 
-// n consecutive floats to bf16, padded with a zero to an even count (pairs along k).
-__attribute__((target("avx512f"))) static void row_to_bf16(const float *src, int n) {
+__attribute__((target("avx512f"))) static void row_to_bf16(const float *src, int n, uint16_t *dst) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i *)(row_bf16 + i),
+        _mm256_storeu_si256((__m256i *)(dst + i),
                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(_mm512_loadu_ps(src + i)), 16)));
-    for (; i < n; i++) row_bf16[i] = sqs_bf16_from_float(src[i]);
-    row_bf16[n] = 0;
+    for (; i < n; i++) dst[i] = sqs_bf16_from_float(src[i]);
+    dst[n] = 0;
 }
 
-// A strip row (`width` lanes of a packed strip, 32-bit pair words at `stride` words) from one matrix row that is
-// contiguous along k: the row converted once, then its pair words spread over the strip.
-__attribute__((target("avx512f"))) static void spread_row(const float *src, int kc, uint32_t *strip, int lane,
-                                                           int stride) {
-    row_to_bf16(src, kc);
-    const uint32_t *pairs = (const uint32_t *)row_bf16;
+// A strip of `lanes` (NR or MR) matrix rows contiguous along k (the first `rows` real, the rest zero): pair word
+// (q, lane) = the lane's row at k = 2q, 2q + 1.
+__attribute__((target("avx512f"))) static void pack_rows_bf16(const float *src, long ld, int rows, int lanes, int kc,
+                                                               uint32_t *strip) {
     int kp = (kc + 1) / 2;
-    for (int q = 0; q < kp; q++) strip[(long)q * stride + lane] = pairs[q];
+    for (int r = 0; r < rows; r++) row_to_bf16(src + r * ld, kc, rows_bf16 + r * ROW_PAD);
+    const uint32_t *words = (const uint32_t *)rows_bf16;
+    const int rowWords = ROW_PAD / 2;
+    for (int q = 0; q < kp; q++) {
+        uint32_t *out = strip + (long)q * lanes;
+        for (int r = 0; r < rows; r++) out[r] = words[r * rowWords + q];
+        for (int r = rows; r < lanes; r++) out[r] = 0;
+    }
 }
 
 __attribute__((target("avx512f"))) static void pack_b_bf16(int kc, int nc, const float *b, long ldb, int tb, long p0,
@@ -180,10 +187,7 @@ __attribute__((target("avx512f"))) static void pack_b_bf16(int kc, int nc, const
         int w = nc - jr < NR ? nc - jr : NR;
         uint32_t *strip = (uint32_t *)(out + (long)jr * kp * 2);
         if (tb) {  // B stored [n, k]: each column of op(B) is a contiguous row
-            for (int j = 0; j < NR; j++) {
-                if (j < w) spread_row(b + (j0 + jr + j) * ldb + p0, kc, strip, j, NR);
-                else for (int q = 0; q < kp; q++) strip[(long)q * NR + j] = 0;
-            }
+            pack_rows_bf16(b + (j0 + jr) * ldb + p0, ldb, w, NR, kc, strip);
         } else {  // B stored [k, n]: rows p and p + 1 interleave
             for (int q = 0; q < kp; q++) {
                 const float *even = b + (p0 + 2 * q) * ldb + j0 + jr;
@@ -206,10 +210,7 @@ __attribute__((target("avx512f"))) static void pack_a_bf16(int mc, int kc, const
         int h = mc - ir < MR ? mc - ir : MR;
         uint32_t *strip = (uint32_t *)(out + (long)ir * kp * 2);
         if (!ta) {  // A stored [m, k]: each row contiguous along k
-            for (int i = 0; i < MR; i++) {
-                if (i < h) spread_row(a + (i0 + ir + i) * lda + p0, kc, strip, i, MR);
-                else for (int q = 0; q < kp; q++) strip[(long)q * MR + i] = 0;
-            }
+            pack_rows_bf16(a + (i0 + ir) * lda + p0, lda, h, MR, kc, strip);
         } else {  // A stored [k, m]: rows p and p + 1 interleave, MR (12) lanes of 16
             __mmask16 m = (__mmask16)((1u << h) - 1);
             for (int q = 0; q < kp; q++) {

@@ -39,8 +39,9 @@ public enum BLAS {
         let splits = precision == .bf16 ? Int(sqs_blas_threads()) : Int(sqs_gemm_splits())
         let work = m * n * max(k, 1)
         if splits > 1 && work >= 1 << 21 {
-            // Rows in multiples of the micro-kernel's 12, else columns in multiples of its 32.
-            let byRows = m >= 96
+            // Each piece packs all of the operand it does not split: split the longer side (rows in multiples of
+            // the micro-kernel's 12, columns in multiples of its 32), so the smaller operand is the one packed twice.
+            let byRows = m >= 96 && (m >= n || n < 64)
             let unit = byRows ? 12 : 32
             let extent = byRows ? m : n
             let pieces = min(splits, extent / unit)
