@@ -377,7 +377,9 @@ static void gemm_choose(void) {
     const char *want = getenv("SWIFTQUANT_GEMM");
     char why[600] = "";
     int chosen = -1;
-    if (want && want[0] && strcmp(want, "auto") != 0) {
+    // "measure": the automatic choice, measured again and re-cached (after a measurement under load, say).
+    int remeasure = want && strcmp(want, "measure") == 0;
+    if (want && want[0] && strcmp(want, "auto") != 0 && !remeasure) {
         for (int b = SQS_GEMM_REFERENCE; b <= SQS_GEMM_BUILTIN; b++)
             if (strcmp(want, backend_name(b)) == 0 || (b == SQS_GEMM_CBLAS && strcmp(want, "openblas") == 0))
                 chosen = b;
@@ -387,7 +389,7 @@ static void gemm_choose(void) {
         } else if (chosen >= 0) {
             snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s", want);
         } else {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s is unknown (cblas, mkl, builtin, reference, auto); ", want);
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s is unknown (cblas, mkl, builtin, reference, auto, measure); ", want);
         }
     }
     if (chosen < 0 && getenv("SWIFTQUANT_BLAS") && getenv("SWIFTQUANT_BLAS")[0] && available[SQS_GEMM_CBLAS]) {
@@ -411,7 +413,7 @@ static void gemm_choose(void) {
                  blas_core[0] ? blas_core : "?", core && core[0] ? " (OPENBLAS_CORETYPE set)" : "", mkl_loaded,
                  available[SQS_GEMM_BUILTIN]);
         char rates[300] = "";
-        chosen = cache_read(key, rates, sizeof rates);
+        chosen = remeasure ? -1 : cache_read(key, rates, sizeof rates);
         if (chosen >= 0 && available[chosen]) {
             snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s; cached)", rates);
         } else {

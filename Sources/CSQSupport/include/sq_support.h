@@ -51,7 +51,7 @@ const char *sqs_cblas_description(void);
 /// REFERENCE: none (callers use their scalar GEMM).
 enum { SQS_GEMM_REFERENCE = 0, SQS_GEMM_CBLAS = 1, SQS_GEMM_MKL = 2, SQS_GEMM_BUILTIN = 3 };
 /// The backend every sqs_sgemm call uses, chosen once per process: $SWIFTQUANT_GEMM (cblas|openblas, mkl, builtin,
-/// reference, auto) when set and available; the CBLAS when $SWIFTQUANT_BLAS names one; otherwise the fastest of
+/// reference, auto; `measure` re-measures and re-caches) when set and available; the CBLAS when $SWIFTQUANT_BLAS names one; otherwise the fastest of
 /// the available backends on a block's shapes (about 0.1 s), the result cached per machine configuration in
 /// $XDG_CACHE_HOME/swiftquant/gemm-backend-v2 (~/.cache/...).
 int sqs_gemm_backend(void);

@@ -82,28 +82,30 @@ public struct PerplexityResult: Equatable, Sendable {
 
 extension TransformerModel {
     /// Summed NLL of next-token prediction over the window (T − 1 predictions, as transformers' loss with
-    /// `labels = input_ids`, times T − 1). Logits are produced in row chunks so no `[T, vocab]` buffer exists.
+    /// `labels = input_ids`, times T − 1). The LM head runs over blocks of vocabulary columns for all rows at once,
+    /// with a running log-sum-exp per row: the head's weight is packed once per window, and no `[T, vocab]`
+    /// logits tensor exists (one `[T, 4096]` block at a time).
     public func windowLoss(ids: [Int32]) throws -> WindowLoss {
         try require(ids.count >= 2, "a window needs at least 2 tokens to predict one")
         let h = try finalHidden(ids: ids)
         let w = try lmHeadWeight()
         let predicted = ids.count - 1
-        let chunk = 256
-        let buf = Tensor(zeros: [min(chunk, predicted), vocabSize])
+        let block = min(vocabSize, 4096)
+        let buf = Tensor(zeros: [predicted, block])
         let targets = Array(ids.dropFirst())
-        var total: Double = 0
-        try targets.withUnsafeBufferPointer { tp in
-            var r0 = 0
-            while r0 < predicted {
-                let rows = min(chunk, predicted - r0)
-                BLAS.sgemm(transB: true, m: rows, n: vocabSize, k: hiddenSize, a: h.pointer + r0 * hiddenSize,
-                           lda: hiddenSize, b: w.pointer, ldb: hiddenSize, c: buf.pointer, ldc: vocabSize)
-                let s = Kernels.nllRows(buf.pointer, rows: rows, vocab: vocabSize, targets: tp.baseAddress! + r0)
-                guard s.isFinite else { throw SwiftQuantError.nonFinite("NLL is not finite in rows \(r0)..<\(r0 + rows)") }
-                total += s
-                r0 += rows
+        var acc = Kernels.NLLAccumulator(rows: predicted)
+        targets.withUnsafeBufferPointer { tp in
+            var v0 = 0
+            while v0 < vocabSize {
+                let cols = min(block, vocabSize - v0)
+                BLAS.sgemm(transB: true, m: predicted, n: cols, k: hiddenSize, a: h.pointer, lda: hiddenSize,
+                           b: w.pointer + v0 * hiddenSize, ldb: hiddenSize, c: buf.pointer, ldc: block)
+                acc.add(buf.pointer, cols: cols, ld: block, col0: v0, targets: tp.baseAddress!)
+                v0 += cols
             }
         }
+        let total = acc.total
+        guard total.isFinite else { throw SwiftQuantError.nonFinite("NLL is not finite in this window") }
         return WindowLoss(nllSum: total, count: predicted)
     }
 

@@ -278,6 +278,75 @@ public enum Kernels {
         return partial.reduce(0, +)
     }
 
+    /// Running log-sum-exp state of `rows` rows whose logits arrive in column blocks (`NLLAccumulator.add`):
+    /// per row the largest logit so far, the sum of `exp(logit − max)` (float64) and the target's logit.
+    public struct NLLAccumulator {
+        public private(set) var rowMax: [Float], rowSum: [Double], targetLogit: [Float]
+        public init(rows: Int) {
+            rowMax = Array(repeating: -.infinity, count: rows)
+            rowSum = Array(repeating: 0, count: rows)
+            targetLogit = Array(repeating: .nan, count: rows)
+        }
+
+        /// Folds in logits `[rows, cols]` (row stride `ld`) of the vocabulary columns `col0 ..< col0 + cols`.
+        public mutating func add(_ logits: UnsafePointer<Float>, cols: Int, ld: Int, col0: Int,
+                                 targets: UnsafePointer<Int32>) {
+            let rows = rowMax.count
+            let reference = KernelDispatch.reference
+            rowMax.withUnsafeMutableBufferPointer { mp in
+                rowSum.withUnsafeMutableBufferPointer { sp in
+                    targetLogit.withUnsafeMutableBufferPointer { tp in
+                        let m = mp.baseAddress!, s = sp.baseAddress!, t = tp.baseAddress!
+                        parallelFor(rows, minChunk: 1) { range in
+                            for r in range {
+                                let row = logits + r * ld
+                                let (bm, bs) = reference ? Reference.blockSumExp(row, cols)
+                                                         : Kernels.blockSumExp(row, cols)
+                                let newMax = Swift.max(m[r], bm)
+                                if newMax > -.infinity {
+                                    s[r] = s[r] * Foundation.exp(Double(m[r] - newMax))
+                                        + bs * Foundation.exp(Double(bm - newMax))
+                                    m[r] = newMax
+                                }
+                                let target = Int(targets[r]) - col0
+                                if target >= 0 && target < cols { t[r] = row[target] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `Σ_r [logsumexp_r − logit_r[target_r]]`: what `nllRows` gives on the whole rows.
+        public var total: Double {
+            var sum: Double = 0
+            for r in rowMax.indices { sum += Double(rowMax[r]) + Foundation.log(rowSum[r]) - Double(targetLogit[r]) }
+            return sum
+        }
+    }
+
+    /// (max, Σ exp(x − max)) of `n` values: float32 SIMD lanes over blocks of 1024, float64 across blocks.
+    static func blockSumExp(_ row: UnsafePointer<Float>, _ n: Int) -> (Float, Double) {
+        var m8 = SIMD8<Float>(repeating: -.infinity)
+        var j = 0
+        while j + 8 <= n { m8 = pointwiseMax8(m8, loadSIMD8(row + j)); j += 8 }
+        var mx = m8.max()
+        while j < n { mx = Swift.max(mx, row[j]); j += 1 }
+        if mx == -.infinity { return (mx, 0) }
+        let mv = SIMD8<Float>(repeating: mx)
+        var total: Double = 0
+        j = 0
+        while j < n {
+            let end = Swift.min(n, j + 1024)
+            var s8 = SIMD8<Float>()
+            while j + 8 <= end { s8 += simdExp(loadSIMD8(row + j) - mv); j += 8 }
+            var s = s8.sum()
+            while j < end { s += scalarExp(row[j] - mx); j += 1 }
+            total += Double(s)
+        }
+        return (mx, total)
+    }
+
     /// The scalar twins of the SIMD kernels above: the definitions, one element at a time, single-threaded, with
     /// the same signatures. `SWIFTQUANT_KERNELS=reference` makes the kernels above call these.
     public enum Reference {
@@ -352,6 +421,16 @@ public enum Kernels {
                     }
                 }
             }
+        }
+
+        /// `Kernels.blockSumExp` by the definition, one element at a time, float64 sums.
+        static func blockSumExp(_ row: UnsafePointer<Float>, _ n: Int) -> (Float, Double) {
+            var mx = -Float.infinity
+            for j in 0..<n { mx = Swift.max(mx, row[j]) }
+            if mx == -.infinity { return (mx, 0) }
+            var s: Double = 0
+            for j in 0..<n { s += Double(scalarExp(row[j] - mx)) }
+            return (mx, s)
         }
 
         /// `Σ_i [logsumexp(logits_i) − logits_i[target_i]]`, each row's exponentials summed in float64.

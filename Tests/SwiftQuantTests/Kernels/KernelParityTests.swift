@@ -150,6 +150,26 @@ final class KernelParityTests: XCTestCase {
         }
     }
 
+    /// The LM head's column-block accumulation (`NLLAccumulator`, what `windowLoss` uses) gives `nllRows`'s
+    /// result on the whole rows, with blocks that do not divide the vocabulary and targets in every block.
+    func testNLLAccumulatorOverColumnBlocksMatchesWholeRows() {
+        for (rows, vocab, block) in [(3, 49152, 4096), (5, 1000, 96), (2, 7, 3), (4, 50, 50)] {
+            let logits = randoms(rows * vocab, seed: 23, scale: 6)
+            let targets = (0..<rows).map { Int32(($0 * 7919 + 13) % vocab) }
+            let ref = Kernels.Reference.nllRows(logits, rows: rows, vocab: vocab, targets: targets)
+            var acc = Kernels.NLLAccumulator(rows: rows)
+            var v0 = 0
+            while v0 < vocab {
+                let cols = min(block, vocab - v0)
+                var slab = [Float](repeating: 0, count: rows * cols)
+                for r in 0..<rows { for c in 0..<cols { slab[r * cols + c] = logits[r * vocab + v0 + c] } }
+                acc.add(slab, cols: cols, ld: cols, col0: v0, targets: targets)
+                v0 += cols
+            }
+            XCTAssertEqual(acc.total, ref, accuracy: 1e-5 * abs(ref) + 1e-6, "[\(rows), \(vocab)] in blocks of \(block)")
+        }
+    }
+
     // MARK: quantizers
 
     /// `QuantKernels.minMax` / `intCodes` (SIMD) against `QuantKernels.Reference` (exact).
