@@ -93,6 +93,36 @@ void sqs_gemm_bf16_reference(int ta, int tb, int m, int n, int k, float alpha, c
 // Packing. fp32: A strips hold MR rows interleaved per k ([p][MR]), B strips NR columns per k ([p][NR]).
 // bf16: the same with k in pairs ([q][MR][2], [q][NR][2]). Rows, columns and k beyond the matrix are zero.
 
+// `rows` (≤ `lanes`) rows of a matrix contiguous along k, as a strip [k][lanes] (rows beyond `rows` zero): 4 × 4
+// SSE transposes where rows and k come in fours (4 loads and 4 stores of 16 bytes for 16 elements), scalar edges.
+static void pack_rows_f32(const float *src, long ld, int rows, int lanes, int kc, float *strip) {
+    int r = 0;
+#if SQS_X86
+    for (; r + 4 <= rows; r += 4) {
+        const float *s0 = src + r * ld, *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
+        int p = 0;
+        for (; p + 4 <= kc; p += 4) {
+            __m128 a = _mm_loadu_ps(s0 + p), b = _mm_loadu_ps(s1 + p), c = _mm_loadu_ps(s2 + p), d = _mm_loadu_ps(s3 + p);
+            _MM_TRANSPOSE4_PS(a, b, c, d);
+            float *o = strip + (long)p * lanes + r;
+            _mm_storeu_ps(o, a);
+            _mm_storeu_ps(o + lanes, b);
+            _mm_storeu_ps(o + 2 * lanes, c);
+            _mm_storeu_ps(o + 3 * lanes, d);
+        }
+        for (; p < kc; p++) {
+            float *o = strip + (long)p * lanes + r;
+            memcpy(o, s0 + p, 4), memcpy(o + 1, s1 + p, 4), memcpy(o + 2, s2 + p, 4), memcpy(o + 3, s3 + p, 4);
+        }
+    }
+#endif
+    // Scalar edges copy bytes (memcpy): the bf16 packer passes pair words through here as floats.
+    for (; r < rows; r++)
+        for (int p = 0; p < kc; p++) memcpy(strip + (long)p * lanes + r, src + r * ld + p, 4);
+    for (; r < lanes; r++)
+        for (int p = 0; p < kc; p++) memset(strip + (long)p * lanes + r, 0, 4);
+}
+
 static void pack_b_f32(int kc, int nc, const float *b, long ldb, int tb, long p0, long j0, float *out) {
     for (int jr = 0; jr < nc; jr += NR) {
         int w = nc - jr < NR ? nc - jr : NR;
@@ -104,12 +134,7 @@ static void pack_b_f32(int kc, int nc, const float *b, long ldb, int tb, long p0
                 for (int j = w; j < NR; j++) o[j] = 0;
             }
         } else {
-            for (int j = 0; j < w; j++) {
-                const float *src = b + (j0 + jr + j) * ldb + p0;
-                for (int p = 0; p < kc; p++) strip[(long)p * NR + j] = src[p];
-            }
-            for (int j = w; j < NR; j++)
-                for (int p = 0; p < kc; p++) strip[(long)p * NR + j] = 0;
+            pack_rows_f32(b + (j0 + jr) * ldb + p0, ldb, w, NR, kc, strip);
         }
     }
 }
@@ -119,18 +144,15 @@ static void pack_a_f32(int mc, int kc, const float *a, long lda, int ta, long i0
         int h = mc - ir < MR ? mc - ir : MR;
         float *strip = out + (long)ir * kc;
         if (!ta) {
-            for (int i = 0; i < h; i++) {
-                const float *src = a + (i0 + ir + i) * lda + p0;
-                for (int p = 0; p < kc; p++) strip[(long)p * MR + i] = src[p];
-            }
+            pack_rows_f32(a + (i0 + ir) * lda + p0, lda, h, MR, kc, strip);
         } else {
             for (int p = 0; p < kc; p++) {
                 const float *src = a + (p0 + p) * lda + i0 + ir;
                 for (int i = 0; i < h; i++) strip[(long)p * MR + i] = src[i];
             }
+            for (int i = h; i < MR; i++)
+                for (int p = 0; p < kc; p++) strip[(long)p * MR + i] = 0;
         }
-        for (int i = h; i < MR; i++)
-            for (int p = 0; p < kc; p++) strip[(long)p * MR + i] = 0;
     }
 }
 
@@ -171,13 +193,8 @@ __attribute__((target("avx512f"))) static void pack_rows_bf16(const float *src, 
                                                                uint32_t *strip) {
     int kp = (kc + 1) / 2;
     for (int r = 0; r < rows; r++) row_to_bf16(src + r * ld, kc, rows_bf16 + r * ROW_PAD);
-    const uint32_t *words = (const uint32_t *)rows_bf16;
-    const int rowWords = ROW_PAD / 2;
-    for (int q = 0; q < kp; q++) {
-        uint32_t *out = strip + (long)q * lanes;
-        for (int r = 0; r < rows; r++) out[r] = words[r * rowWords + q];
-        for (int r = rows; r < lanes; r++) out[r] = 0;
-    }
+    // The pair words are 32-bit: the fp32 strip transpose moves them unchanged.
+    pack_rows_f32((const float *)rows_bf16, ROW_PAD / 2, rows, lanes, kp, (float *)strip);
 }
 
 __attribute__((target("avx512f"))) static void pack_b_bf16(int kc, int nc, const float *b, long ldb, int tb, long p0,
