@@ -197,46 +197,33 @@ __attribute__((target("avx512f"))) static void pack_rows_bf16(const float *src, 
     pack_rows_f32((const float *)rows_bf16, ROW_PAD / 2, rows, lanes, kp, (float *)strip);
 }
 
-__attribute__((target("avx512f"))) static void pack_b_bf16(int kc, int nc, const float *b, long ldb, int tb, long p0,
-                                                            long j0, uint16_t *out) {
+// A strip of `lanes` (NR or MR) columns of a matrix stored [k, cols] (the first `cols` real, the rest zero): pair
+// word (q, lane) = rows 2q and 2q + 1 of the lane's column, 16 lanes at a time.
+__attribute__((target("avx512f"))) static void pack_pairs_bf16(const float *src, long ld, int cols, int lanes, int kc,
+                                                                uint32_t *strip) {
     int kp = (kc + 1) / 2;
-    for (int jr = 0; jr < nc; jr += NR) {
-        int w = nc - jr < NR ? nc - jr : NR;
-        uint32_t *strip = (uint32_t *)(out + (long)jr * kp * 2);
-        if (tb) {  // B stored [n, k]: each column of op(B) is a contiguous row
-            pack_rows_bf16(b + (j0 + jr) * ldb + p0, ldb, w, NR, kc, strip);
-        } else {  // B stored [k, n]: rows p and p + 1 interleave
-            for (int q = 0; q < kp; q++) {
-                const float *even = b + (p0 + 2 * q) * ldb + j0 + jr;
-                for (int half = 0; half < 2; half++) {
-                    int cols = w - 16 * half;
-                    __mmask16 m = cols >= 16 ? 0xffff : cols <= 0 ? 0 : (__mmask16)((1u << cols) - 1);
-                    __m512 e = _mm512_maskz_loadu_ps(m, even + 16 * half);
-                    __m512 o = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(m, even + ldb + 16 * half) : _mm512_setzero_ps();
-                    _mm512_storeu_si512(strip + (long)q * NR + 16 * half, bf16_pairs(e, o));
-                }
-            }
+    for (int q = 0; q < kp; q++) {
+        const float *even = src + 2L * q * ld;
+        for (int c0 = 0; c0 < lanes; c0 += 16) {
+            int n = cols - c0, out = lanes - c0 < 16 ? lanes - c0 : 16;
+            __mmask16 m = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+            __m512 e = _mm512_maskz_loadu_ps(m, even + c0);
+            __m512 o = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(m, even + ld + c0) : _mm512_setzero_ps();
+            _mm512_mask_storeu_epi32(strip + (long)q * lanes + c0, (__mmask16)((1u << out) - 1), bf16_pairs(e, o));
         }
     }
 }
 
-__attribute__((target("avx512f"))) static void pack_a_bf16(int mc, int kc, const float *a, long lda, int ta, long i0,
-                                                            long p0, uint16_t *out) {
+// `count` rows of op(A) (lanes MR) or columns of op(B) (lanes NR), from index i0 and k = p0, as bf16 strips.
+// `alongK`: element (i, p) is at x[i * ld + p] (A not transposed, B transposed); else at x[p * ld + i].
+__attribute__((target("avx512f"))) static void pack_bf16(const float *x, long ld, int alongK, long i0, long p0,
+                                                          int count, int lanes, int kc, uint16_t *out) {
     int kp = (kc + 1) / 2;
-    for (int ir = 0; ir < mc; ir += MR) {
-        int h = mc - ir < MR ? mc - ir : MR;
-        uint32_t *strip = (uint32_t *)(out + (long)ir * kp * 2);
-        if (!ta) {  // A stored [m, k]: each row contiguous along k
-            pack_rows_bf16(a + (i0 + ir) * lda + p0, lda, h, MR, kc, strip);
-        } else {  // A stored [k, m]: rows p and p + 1 interleave, MR (12) lanes of 16
-            __mmask16 m = (__mmask16)((1u << h) - 1);
-            for (int q = 0; q < kp; q++) {
-                const float *even = a + (p0 + 2 * q) * lda + i0 + ir;
-                __m512 e = _mm512_maskz_loadu_ps(m, even);
-                __m512 o = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(m, even + lda) : _mm512_setzero_ps();
-                _mm512_mask_storeu_epi32(strip + (long)q * MR, (__mmask16)0x0fff, bf16_pairs(e, o));
-            }
-        }
+    for (int s = 0; s < count; s += lanes) {
+        int n = count - s < lanes ? count - s : lanes;
+        uint32_t *strip = (uint32_t *)(out + (long)s * kp * 2);
+        if (alongK) pack_rows_bf16(x + (i0 + s) * ld + p0, ld, n, lanes, kc, strip);
+        else pack_pairs_bf16(x + p0 * ld + i0 + s, ld, n, lanes, kc, strip);
     }
 }
 #endif
@@ -348,11 +335,11 @@ static int gemm_blocked(int bf16, int ta, int tb, int m, int n, int k, float alp
             int kc = k - p0 < kcMax ? (int)(k - p0) : kcMax;
             float be = p0 == 0 ? beta : 1;
             long strideK = bf16 ? 2L * ((kc + 1) / 2) : kc;  // elements per k-row of a packed strip
-            if (bf16) pack_b_bf16(kc, nc, b, ldb, tb, p0, j0, pb);
+            if (bf16) pack_bf16(b, ldb, tb, j0, p0, nc, NR, kc, pb);
             else pack_b_f32(kc, nc, b, ldb, tb, p0, j0, pb);
             for (long i0 = 0; i0 < m; i0 += MC) {
                 int mc = m - i0 < MC ? (int)(m - i0) : MC;
-                if (bf16) pack_a_bf16(mc, kc, a, lda, ta, i0, p0, pa);
+                if (bf16) pack_bf16(a, lda, !ta, i0, p0, mc, MR, kc, pa);
                 else pack_a_f32(mc, kc, a, lda, ta, i0, p0, pa);
                 for (int jr = 0; jr < nc; jr += NR) {
                     int nr = nc - jr < NR ? nc - jr : NR;

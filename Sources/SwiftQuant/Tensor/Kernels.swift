@@ -253,23 +253,7 @@ public enum Kernels {
             parallelFor(rows, minChunk: 1) { range in
                 for r in range {
                     let row = logits + r * vocab
-                    var m8 = SIMD8<Float>(repeating: -.infinity)
-                    var j = 0
-                    while j + 8 <= vocab { m8 = pointwiseMax8(m8, loadSIMD8(row + j)); j += 8 }
-                    var mx = m8.max()
-                    while j < vocab { mx = Swift.max(mx, row[j]); j += 1 }
-                    let mv = SIMD8<Float>(repeating: mx)
-                    var total: Double = 0
-                    j = 0
-                    // Sum in float32 SIMD lanes over blocks of 1024, then into a float64 total.
-                    while j < vocab {
-                        let end = Swift.min(vocab, j + 1024)
-                        var s8 = SIMD8<Float>()
-                        while j + 8 <= end { s8 += simdExp(loadSIMD8(row + j) - mv); j += 8 }
-                        var s = s8.sum()
-                        while j < end { s += scalarExp(row[j] - mx); j += 1 }
-                        total += Double(s)
-                    }
+                    let (mx, total) = blockSumExp(row, vocab)
                     let lse = Double(mx) + Foundation.log(total)
                     outp[r] = lse - Double(row[Int(targets[r])])
                 }
