@@ -59,7 +59,7 @@ def main():
         sys.exit("WikiText-2 text not found: pass --data FILE (expected ../shared/data/wikitext-2-raw/test.joined.txt)")
     limit = None if args.full else args.windows
 
-    print(f"SwiftQuant {sq.__version__}  BLAS: {sq.blas_info().split(' (')[0]}")
+    print(f"SwiftQuant {sq.__version__}  GEMM: {sq.gemm_backend()} ({sq.blas_info().split(' (')[0]})")
     t = time.perf_counter()
     model = sq.load_model(model_path)
     ids = model.tokenizer.encode(data.read_text(encoding="utf-8"))
