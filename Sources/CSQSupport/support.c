@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,7 +371,9 @@ static void cache_write(const char *key, int backend, const char *rates) {
 static void gemm_choose(void) {
     sqs_blas_load();
     mkl_load();
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    // The cores this process may run on (a container's CPU set), as the Swift side's parallel loops use.
+    cpu_set_t set;
+    long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
     gemm_split_threads = cores > 0 ? (int)cores : 1;
     int available[4] = {1, blas_sgemm != NULL, mkl_sgemm != NULL,
                         sqs_gemm_builtin_available(0) && sqs_kernels_level() != SQS_KERNELS_REFERENCE};
@@ -476,6 +479,7 @@ void sqs_blas_set_threads(int n) {
 int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc) {
     int backend = sqs_gemm_backend();
+    if (backend == SQS_GEMM_REFERENCE) return -1;  // the caller runs its scalar GEMM
     if (run_backend(backend, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0) return 0;
     // A backend that cannot run this call (e.g. out of memory for packing) hands it to the CBLAS.
     return backend != SQS_GEMM_CBLAS ? run_backend(SQS_GEMM_CBLAS, transA, transB, m, n, k, alpha, a, lda, b, ldb,

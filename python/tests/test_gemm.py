@@ -52,6 +52,8 @@ def test_swiftquant_gemm_forces_a_backend_and_results_agree():
     out = _in_subprocess({"SWIFTQUANT_GEMM": "builtin"}, code).split()
     # builtin where the CPU has AVX-512; elsewhere the choice says so and falls back to a measured backend
     assert out[0] in BACKENDS and float(out[1]) < 1e-3
+    out = _in_subprocess({"SWIFTQUANT_GEMM": "reference"}, code).split()  # the scalar GEMM, by the definition
+    assert out[0] == "reference" and float(out[1]) < 1e-3
     info = _in_subprocess({"SWIFTQUANT_GEMM": "no-such-backend"}, "import swiftquant as sq; print(sq.blas_info())")
     assert "unknown" in info
 
