@@ -22,7 +22,7 @@
 #define SQS_X86 0
 #endif
 
-enum { MR = 12, NR = 32, MC = 96, NC = 4096, KC_MAX = 320 };
+enum { MR = 12, NR = 32, MC = 96, NC = 512, KC_MAX = 320 };
 
 // k split into equal slices of at most KC_MAX (576 -> 2 x 288, 1536 -> 5 x 308): no thin last slice.
 static int k_slice(int k) {
