@@ -365,6 +365,32 @@ static int gemm_blocked(int bf16, int ta, int tb, int m, int n, int k, float alp
 #endif
 }
 
+#if SQS_X86
+__attribute__((target("avx512f"))) static void convert_bf16_avx512(const float *src, long ld, long rows, long cols,
+                                                                   uint16_t *dst) {
+    for (long r = 0; r < rows; r++) {
+        const float *x = src + r * ld;
+        uint16_t *y = dst + r * cols;
+        long i = 0;
+        for (; i + 16 <= cols; i += 16)
+            _mm256_storeu_si256((__m256i *)(y + i),
+                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(_mm512_loadu_ps(x + i)), 16)));
+        for (; i < cols; i++) y[i] = sqs_bf16_from_float(x[i]);
+    }
+}
+#endif
+
+void sqs_bf16_convert(const float *src, long ld, long rows, long cols, uint16_t *dst) {
+#if SQS_X86
+    if (sqs_gemm_builtin_available(0) && sqs_kernels_level() != SQS_KERNELS_REFERENCE) {
+        convert_bf16_avx512(src, ld, rows, cols, dst);
+        return;
+    }
+#endif
+    for (long r = 0; r < rows; r++)
+        for (long i = 0; i < cols; i++) dst[r * cols + i] = sqs_bf16_from_float(src[r * ld + i]);
+}
+
 int sqs_gemm_f32_avx512(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                         int ldb, float beta, float *c, int ldc) {
     return gemm_blocked(0, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

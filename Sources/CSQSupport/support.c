@@ -47,6 +47,8 @@ static void cpu_detect_uncached(sqs_cpu_features *out) {
         out->avx512cd = zmm && ((b >> 28) & 1);
         out->avx512bw = zmm && ((b >> 30) & 1);
         out->avx512vl = zmm && ((b >> 31) & 1);
+        // AMX-BF16 and AMX-TILE, with the tile state enabled by the OS (XCR0 bits 17, 18).
+        out->amxbf16 = ((d >> 22) & 1) && ((d >> 24) & 1) && (xcr0 & 0x60000) == 0x60000;
         __cpuid_count(7, 1, a, b, c, d);
         out->avx512bf16 = zmm && ((a >> 5) & 1);
     }
@@ -199,7 +201,12 @@ const char *sqs_blas_core(void) {
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
 static int gemm_backend = SQS_GEMM_REFERENCE;
 static sgemm_fn mkl_sgemm = NULL;
+// cblas_gemm_bf16bf16f32: row-major (101), transposes 111/112, MKL_BF16 operands (uint16), fp32 C.
+typedef void (*gemm_bf16_fn)(int, int, int, int, int, int, float, const uint16_t *, int, const uint16_t *, int, float,
+                             float *, int);
+static gemm_bf16_fn mkl_gemm_bf16 = NULL;
 static char mkl_loaded[512] = "";
+static pthread_once_t mkl_once = PTHREAD_ONCE_INIT;
 static char gemm_desc[1024] = "";
 static int gemm_split_threads = 1;  // threads callers split over (backends that do not thread themselves)
 
@@ -213,7 +220,7 @@ static const char *backend_name(int b) {
 }
 
 // MKL from the PyPI `mkl` package (libmkl_rt): $SWIFTQUANT_MKL, then the active venv's lib/, then the loader path.
-static void mkl_load(void) {
+static void mkl_load_once(void) {
     char venv[600] = "";
     const char *env = getenv("VIRTUAL_ENV");
     if (env && env[0]) snprintf(venv, sizeof venv, "%s/lib/libmkl_rt.so.2", env);
@@ -232,9 +239,43 @@ static void mkl_load(void) {
         }
         layer(1);  // MKL_THREADING_SEQUENTIAL: SwiftQuant splits the work over its own threads
         mkl_sgemm = f;
+        mkl_gemm_bf16 = (gemm_bf16_fn)dlsym(h, "cblas_gemm_bf16bf16f32");
         snprintf(mkl_loaded, sizeof mkl_loaded, "%s", candidates[i]);
         return;
     }
+}
+
+static void mkl_load(void) { pthread_once(&mkl_once, mkl_load_once); }
+
+// MKL's bf16 GEMM takes bf16 operands: op(A) and op(B) are rounded into thread-local compact copies first (the
+// same rounding as the builtin kernel's packing), then multiplied as stored (the transposes passed on).
+static __thread uint16_t *bf16_a = NULL, *bf16_b = NULL;
+static __thread size_t bf16_a_size = 0, bf16_b_size = 0;
+
+static uint16_t *bf16_buffer(uint16_t **buffer, size_t *size, size_t count) {
+    if (count > *size) {
+        uint16_t *grown = realloc(*buffer, count * sizeof(uint16_t));
+        if (!grown) return NULL;
+        *buffer = grown, *size = count;
+    }
+    return *buffer;
+}
+
+int sqs_gemm_bf16_mkl(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                      int ldb, float beta, float *c, int ldc) {
+    mkl_load();
+    if (!mkl_gemm_bf16) return -1;
+    if (m <= 0 || n <= 0) return 0;
+    // Stored shapes: A is m x k (k x m when transposed), B is k x n (n x k when transposed).
+    long aRows = ta ? k : m, aCols = ta ? m : k, bRows = tb ? n : k, bCols = tb ? k : n;
+    uint16_t *a16 = bf16_buffer(&bf16_a, &bf16_a_size, (size_t)(aRows * aCols > 0 ? aRows * aCols : 1));
+    uint16_t *b16 = bf16_buffer(&bf16_b, &bf16_b_size, (size_t)(bRows * bCols > 0 ? bRows * bCols : 1));
+    if (!a16 || !b16) return -1;
+    sqs_bf16_convert(a, lda, aRows, aCols, a16);
+    sqs_bf16_convert(b, ldb, bRows, bCols, b16);
+    mkl_gemm_bf16(101, ta ? 112 : 111, tb ? 112 : 111, m, n, k, alpha, a16, aCols > 0 ? (int)aCols : 1, b16,
+                  bCols > 0 ? (int)bCols : 1, beta, c, ldc);
+    return 0;
 }
 
 static int run_backend(int backend, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
@@ -253,28 +294,41 @@ static int run_backend(int backend, int ta, int tb, int m, int n, int k, float a
     }
 }
 
+static int run_bf16_backend(int backend, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                            const float *b, int ldb, float beta, float *c, int ldc) {
+    switch (backend) {
+    case SQS_GEMM_MKL: return sqs_gemm_bf16_mkl(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    case SQS_GEMM_BUILTIN: return sqs_gemm_bf16_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    default: return -1;
+    }
+}
+
 // The measurement: y = x W^T on a block's shapes (x: 2048 tokens x 576, W: 576 x 576 and 1536 x 576), split over
 // the threads as BLAS.sgemm does for the backends that do not thread themselves. Two warm-up calls (a threaded
 // BLAS wakes its threads), then the best of at least 5 calls and 40 ms per shape. About 0.1 s a backend.
 typedef struct {
-    int backend, m, n, k;
+    int bf16, backend, m, n, k;
     const float *a, *b;
     float *c;
 } probe_job;
 
 static void *probe_part(void *arg) {
     probe_job *j = arg;
-    run_backend(j->backend, 0, 1, j->m, j->n, j->k, 1, j->a, j->k, j->b, j->k, 0, j->c, j->n);
+    (j->bf16 ? run_bf16_backend : run_backend)(j->backend, 0, 1, j->m, j->n, j->k, 1, j->a, j->k, j->b, j->k, 0, j->c,
+                                               j->n);
     return NULL;
 }
 
-static void probe_once(int backend, int threads, int m, int n, int k, const float *a, const float *b, float *c) {
-    if (backend == SQS_GEMM_CBLAS || threads <= 1) {
-        run_backend(backend, 0, 1, m, n, k, 1, a, k, b, k, 0, c, n);
+static void probe_once(int bf16, int backend, int threads, int m, int n, int k, const float *a, const float *b,
+                       float *c) {
+    probe_job j0 = {bf16, backend, m, n, k, a, b, c};
+    if ((backend == SQS_GEMM_CBLAS && !bf16) || threads <= 1) {
+        probe_part(&j0);
         return;
     }
     int half = (m / 2 + 11) / 12 * 12;
-    probe_job j0 = {backend, half, n, k, a, b, c}, j1 = {backend, m - half, n, k, a + (long)half * k, b, c + (long)half * n};
+    j0.m = half;
+    probe_job j1 = {bf16, backend, m - half, n, k, a + (long)half * k, b, c + (long)half * n};
     pthread_t t;
     int spawned = pthread_create(&t, NULL, probe_part, &j1) == 0;
     probe_part(&j0);
@@ -282,7 +336,7 @@ static void probe_once(int backend, int threads, int m, int n, int k, const floa
     else probe_part(&j1);
 }
 
-static double probe(int backend, int threads) {
+static double probe(int bf16, int backend, int threads) {
     const int m = 2048, k = 576, ns[2] = {576, 1536};
     float *a = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * 1536 * k), *c = malloc(sizeof(float) * m * 1536);
     if (!a || !b || !c) return free(a), free(b), free(c), 0;
@@ -291,11 +345,11 @@ static double probe(int backend, int threads) {
     double seconds = 0, flops = 0;
     for (int s = 0; s < 2; s++) {
         int n = ns[s];
-        for (int w = 0; w < 2; w++) probe_once(backend, threads, m, n, k, a, b, c);
+        for (int w = 0; w < 2; w++) probe_once(bf16, backend, threads, m, n, k, a, b, c);
         double best = 1e30, start = sqs_now();
         for (int rep = 0; rep < 5 || sqs_now() - start < 0.04; rep++) {
             double t0 = sqs_now();
-            probe_once(backend, threads, m, n, k, a, b, c);
+            probe_once(bf16, backend, threads, m, n, k, a, b, c);
             double dt = sqs_now() - t0;
             if (dt < best) best = dt;
             if (rep > 200) break;
@@ -424,7 +478,7 @@ static void gemm_choose(void) {
             rates[0] = 0;
             for (int b = SQS_GEMM_CBLAS; b <= SQS_GEMM_BUILTIN; b++) {
                 if (!available[b]) continue;
-                double r = probe(b, gemm_split_threads);
+                double r = probe(0, b, gemm_split_threads);
                 snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %.0f GFLOP/s", rates[0] ? ", " : "",
                          backend_name(b), r);
                 if (r > best) best = r, chosen = b;
@@ -475,6 +529,112 @@ void sqs_blas_set_threads(int n) {
     else if (blas_set_threads) blas_set_threads(n);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// bf16 GEMM backend: SwiftQuant's AVX512-BF16 kernel or MKL's cblas_gemm_bf16bf16f32 (AMX on the CPUs that have
+// it), both single-threaded and split by the callers. Chosen once like the fp32 backend, cached on its own line.
+
+static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
+static int bf16_backend = SQS_GEMM_REFERENCE;
+static char bf16_desc[1024] = "";
+
+int sqs_cpu_amx_bf16(void) {
+    sqs_cpu_features f;
+    sqs_cpu_detect(&f);
+    return f.amxbf16;
+}
+
+static void bf16_choose(void) {
+    sqs_gemm_backend();  // the split thread count, the CBLAS and MKL loaded
+    mkl_load();
+    sqs_cpu_features f;
+    sqs_cpu_detect(&f);
+    int reference = sqs_kernels_level() == SQS_KERNELS_REFERENCE;
+    // MKL's bf16 GEMM runs anywhere, but bf16 calibration is offered only on CPUs with bf16 arithmetic.
+    int available[4] = {1, 0, mkl_gemm_bf16 != NULL && (f.avx512bf16 || f.amxbf16) && !reference,
+                        sqs_gemm_builtin_available(1) && !reference};
+    const char *want = getenv("SWIFTQUANT_GEMM_BF16");
+    char why[600] = "";
+    int chosen = -1;
+    int remeasure = want && strcmp(want, "measure") == 0;
+    if (want && want[0] && strcmp(want, "auto") != 0 && !remeasure) {
+        for (int b = SQS_GEMM_REFERENCE; b <= SQS_GEMM_BUILTIN; b++)
+            if (b != SQS_GEMM_CBLAS && strcmp(want, backend_name(b)) == 0) chosen = b;
+        if (chosen >= 0 && !available[chosen]) {
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM_BF16=%s is not available here; ", want);
+            chosen = -1;
+        } else if (chosen >= 0) {
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM_BF16=%s", want);
+        } else {
+            snprintf(why, sizeof why, "SWIFTQUANT_GEMM_BF16=%s is unknown (builtin, mkl, reference, auto, measure); ",
+                     want);
+        }
+    }
+    if (chosen < 0 && reference) {
+        chosen = SQS_GEMM_REFERENCE;
+        snprintf(why + strlen(why), sizeof why - strlen(why), "SWIFTQUANT_KERNELS=reference");
+    }
+    if (chosen < 0 && available[SQS_GEMM_MKL] + available[SQS_GEMM_BUILTIN] <= 1) {
+        chosen = available[SQS_GEMM_BUILTIN] ? SQS_GEMM_BUILTIN : available[SQS_GEMM_MKL] ? SQS_GEMM_MKL
+                                                                                          : SQS_GEMM_REFERENCE;
+        snprintf(why + strlen(why), sizeof why - strlen(why), "%s",
+                 chosen == SQS_GEMM_REFERENCE ? "no bf16 arithmetic on this CPU" : "the only bf16 backend here");
+    }
+    if (chosen < 0) {
+        char key[400];
+        snprintf(key, sizeof key, "%s|%d threads|bf16|amx=%d|mkl=%s", f.brand, gemm_split_threads, f.amxbf16,
+                 mkl_loaded);
+        char rates[300] = "";
+        chosen = remeasure ? -1 : cache_read(key, rates, sizeof rates);
+        if (chosen >= 0 && available[chosen]) {
+            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s; cached)", rates);
+        } else {
+            double best = -1;
+            rates[0] = 0;
+            for (int b = SQS_GEMM_MKL; b <= SQS_GEMM_BUILTIN; b++) {
+                if (!available[b]) continue;
+                double r = probe(1, b, gemm_split_threads);
+                snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %.0f GFLOP/s", rates[0] ? ", " : "",
+                         backend_name(b), r);
+                if (r > best) best = r, chosen = b;
+            }
+            cache_write(key, chosen, rates);
+            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s)", rates);
+        }
+    }
+    bf16_backend = chosen;
+    switch (chosen) {
+    case SQS_GEMM_MKL:
+        snprintf(bf16_desc, sizeof bf16_desc, "MKL cblas_gemm_bf16bf16f32 [%s] (%s; split over %d threads); chosen: %s",
+                 mkl_loaded, f.amxbf16 ? "AMX-BF16" : "AVX512-BF16", gemm_split_threads, why);
+        break;
+    case SQS_GEMM_BUILTIN:
+        snprintf(bf16_desc, sizeof bf16_desc,
+                 "SwiftQuant AVX512-BF16 GEMM (12x32 vdpbf16ps micro-kernel, split over %d threads); chosen: %s",
+                 gemm_split_threads, why);
+        break;
+    default: snprintf(bf16_desc, sizeof bf16_desc, "none: scalar bf16 reference GEMM (%s)", why); break;
+    }
+}
+
+int sqs_gemm_bf16_backend(void) {
+    pthread_once(&bf16_once, bf16_choose);
+    return bf16_backend;
+}
+
+const char *sqs_gemm_bf16_backend_name(void) { return backend_name(sqs_gemm_bf16_backend()); }
+
+const char *sqs_gemm_bf16_description(void) {
+    sqs_gemm_bf16_backend();
+    return bf16_desc;
+}
+
+int sqs_gemm_bf16(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
+                  float beta, float *c, int ldc) {
+    int backend = sqs_gemm_bf16_backend();
+    if (backend == SQS_GEMM_REFERENCE) return -1;
+    if (run_bf16_backend(backend, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0) return 0;
+    return backend == SQS_GEMM_MKL ? sqs_gemm_bf16_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) : -1;
+}
 
 int sqs_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc) {

@@ -17,6 +17,7 @@ public enum SwiftQuantInfo {
         if f.fma != 0 { feats.append("FMA") }
         if f.avx512f != 0 { feats.append("AVX-512") }
         if f.avx512bf16 != 0 { feats.append("AVX512-BF16") }
+        if f.amxbf16 != 0 { feats.append("AMX-BF16") }
         return "\(brand.isEmpty ? "unknown CPU" : brand) (\(feats.isEmpty ? "no AVX" : feats.joined(separator: ", ")))"
     }
 }

@@ -96,6 +96,12 @@ public func cabi_blas_info() -> UnsafePointer<CChar> { sqs_blas_description() }
 @_cdecl("sq_gemm_backend")
 public func cabi_gemm_backend() -> UnsafePointer<CChar> { sqs_gemm_backend_name() }
 
+@_cdecl("sq_blas_bf16_info")
+public func cabi_blas_bf16_info() -> UnsafePointer<CChar> { sqs_gemm_bf16_description() }
+
+@_cdecl("sq_gemm_bf16_backend")
+public func cabi_gemm_bf16_backend() -> UnsafePointer<CChar> { sqs_gemm_bf16_backend_name() }
+
 private func strdupConstant(_ s: String) -> UnsafePointer<CChar> {
     let bytes = Array(s.utf8CString)
     let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count)

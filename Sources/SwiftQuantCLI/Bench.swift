@@ -79,7 +79,7 @@ extension Bench {
         var abits: Int?
         @Flag(name: .customLong("let"), help: "Train OmniQuant's LET (scales from 1) together with LWC.")
         var useLET = false
-        @Option(help: "Arithmetic of the block's matrix products: fp32 or bf16 (AVX512-BF16 CPUs).")
+        @Option(help: "Arithmetic of the block's matrix products: fp32 or bf16 (AVX512-BF16 or AMX CPUs).")
         var precision = "fp32"
 
         @Flag(help: "Print one JSON object.")
@@ -92,7 +92,7 @@ extension Bench {
                     throw SwiftQuantError.unsupported("block-step needs a Llama-family model")
                 }
                 guard let p = GEMMPrecision(rawValue: precision), p.isSupported else {
-                    throw SwiftQuantError.invalidArgument("--precision must be fp32 or bf16 (bf16 needs AVX512-BF16; this CPU: \(SwiftQuantInfo.cpu))")
+                    throw SwiftQuantError.invalidArgument("--precision must be fp32 or bf16 (bf16 needs AVX512-BF16 or AMX-BF16; this CPU: \(SwiftQuantInfo.cpu))")
                 }
                 let r = try BlockStepBenchmark.run(model: llama, block: block, tokens: tokens, wbits: wbits,
                                                    groupSize: groupSize, iterations: iterations, abits: abits,
@@ -100,7 +100,8 @@ extension Bench {
                 if json {
                     let o: [String: Any] = ["step_ms": r.stepSeconds * 1e3, "gflop_per_step": r.flops / 1e9,
                                             "gemm_peak_gflops": r.peakGFLOPS, "losses": r.losses.map(Double.init),
-                                            "precision": p.rawValue, "blas": BLAS.description]
+                                            "precision": p.rawValue,
+                                            "blas": p == .bf16 ? BLAS.bf16Description : BLAS.description]
                     print(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
                 } else {
                     print(String(format: "block %d, %d tokens, W%d g%@: %.1f ms per step (best of %d), %.2f GFLOP, %.0f GFLOP/s = %.0f%% of the GEMM peak (%.0f GFLOP/s, 1024³ in this run)",

@@ -107,7 +107,7 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant LET: learning rate of the scales and shifts (default 5e-3).")
     var letLr: Float = 5e-3
 
-    @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16).")
+    @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16 or AMX).")
     var precision = "fp32"
 
     @Option(help: "Group size along the input dimension: a number of columns, or per-row for one group per output row.")

@@ -84,24 +84,33 @@ _POLICIES = {"minmax": 0, "gptq": 1}
 _SCALE_CONSTRAINTS = {None: 0, "none": 0, "m1": 1, "m2": 2}
 
 
-def blas_info() -> str:
+def _precision(precision: str) -> str:
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
+def blas_info(precision: str = "fp32") -> str:
     """The GEMM backend SwiftQuant uses for matrix products, its kernel, and why it was chosen.
 
     The choice is made once per process, at the first product: ``$SWIFTQUANT_GEMM`` (``cblas``, ``mkl``,
     ``builtin``, ``reference``, ``auto``) when set; the library named by ``$SWIFTQUANT_BLAS``; otherwise the
     fastest of the backends present on a transformer block's shapes (about 0.1 s), cached per machine in
-    ``~/.cache/swiftquant/gemm-backend-v2``.
+    ``~/.cache/swiftquant/gemm-backend-v2``. ``precision="bf16"``: the backend of bf16 calibration
+    (``omniquant(..., precision="bf16")``), SwiftQuant's AVX512-BF16 kernel or MKL's ``cblas_gemm_bf16bf16f32``
+    (AMX where the CPU has it), chosen the same way (``$SWIFTQUANT_GEMM_BF16``).
 
     >>> sq.blas_info()  # doctest: +SKIP
     'SwiftQuant AVX-512 GEMM (12x32 micro-kernel, split over 2 threads); chosen: fastest when measured (cblas 263 GFLOP/s, builtin 389 GFLOP/s)'
     """
-    return _native.blas_info()
+    return _native.blas_bf16_info() if _precision(precision) == "bf16" else _native.blas_info()
 
 
-def gemm_backend() -> str:
+def gemm_backend(precision: str = "fp32") -> str:
     """The GEMM backend's short name: ``"cblas"`` (OpenBLAS), ``"mkl"``, ``"builtin"`` (SwiftQuant's AVX-512
-    kernel) or ``"reference"``. See :func:`blas_info`."""
-    return _native.gemm_backend()
+    kernel) or ``"reference"``; with ``precision="bf16"`` the bf16 backend (``"builtin"``, ``"mkl"`` or
+    ``"reference"``). See :func:`blas_info`."""
+    return _native.gemm_bf16_backend() if _precision(precision) == "bf16" else _native.gemm_backend()
 
 
 # ---- argument checking ---------------------------------------------------------------------------------

@@ -432,6 +432,10 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args) {
 
 static PyObject *py_blas_info(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_blas_info()); }
 static PyObject *py_gemm_backend(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_gemm_backend()); }
+static PyObject *py_blas_bf16_info(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_blas_bf16_info()); }
+static PyObject *py_gemm_bf16_backend(PyObject *self, PyObject *noargs) {
+    return PyUnicode_FromString(sq_gemm_bf16_backend());
+}
 
 static PyObject *py_version(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(sq_version()); }
 
@@ -840,6 +844,8 @@ static PyMethodDef methods[] = {
     {"sgemm", py_sgemm, METH_VARARGS, "sgemm(a, b, c, m, n, k, trans_a, trans_b)"},
     {"blas_info", py_blas_info, METH_NOARGS, "the GEMM backend in use and why it was chosen"},
     {"gemm_backend", py_gemm_backend, METH_NOARGS, "the GEMM backend's short name"},
+    {"blas_bf16_info", py_blas_bf16_info, METH_NOARGS, "the bf16 GEMM backend in use and why it was chosen"},
+    {"gemm_bf16_backend", py_gemm_bf16_backend, METH_NOARGS, "the bf16 GEMM backend's short name"},
     {"version", py_version, METH_NOARGS, "library version"},
     {NULL, NULL, 0, NULL},
 };

@@ -35,6 +35,22 @@ def test_backend_is_named_with_its_reason():
     assert "chosen:" in sq.blas_info()
 
 
+def test_bf16_backend_is_named_with_its_reason():
+    assert sq.gemm_backend("bf16") in ("builtin", "mkl", "reference")
+    info = sq.blas_info(precision="bf16")
+    assert "chosen:" in info or "no bf16 arithmetic" in info, info
+    with pytest.raises(ValueError, match="precision"):
+        sq.blas_info("fp16")
+
+
+def test_swiftquant_gemm_bf16_forces_a_backend():
+    code = "import swiftquant as sq; print(sq.gemm_backend('bf16')); print(sq.blas_info('bf16'))"
+    name, info = _in_subprocess({"SWIFTQUANT_GEMM_BF16": "reference"}, code).splitlines()
+    assert name == "reference" and "SWIFTQUANT_GEMM_BF16=reference" in info
+    name, info = _in_subprocess({"SWIFTQUANT_GEMM_BF16": "bogus"}, code).splitlines()
+    assert "unknown" in info
+
+
 def _in_subprocess(env_updates, code):
     env = dict(os.environ, **env_updates)
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

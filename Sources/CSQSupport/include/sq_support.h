@@ -12,7 +12,7 @@ extern "C" {
 
 /// CPU features that decide kernels (x86-64; all false elsewhere).
 typedef struct {
-    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512cd, avx512bf16;
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512cd, avx512bf16, amxbf16;
     char vendor[13];
     char brand[49];
 } sqs_cpu_features;
@@ -75,6 +75,25 @@ void sqs_gemm_f32_reference(int ta, int tb, int m, int n, int k, float alpha, co
                             const float *b, int ldb, float beta, float *c, int ldc);
 void sqs_gemm_bf16_reference(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                              const float *b, int ldb, float beta, float *c, int ldc);
+/// `rows` rows of `cols` floats (row stride `ld`) rounded to bf16 as sqs_bf16_from_float, stored compact
+/// (row stride `cols`). AVX-512 when available.
+void sqs_bf16_convert(const float *src, long ld, long rows, long cols, uint16_t *dst);
+/// The bf16 GEMM backend (chosen once per process like sqs_gemm_backend, among BUILTIN: the AVX512-BF16 kernel,
+/// and MKL: `cblas_gemm_bf16bf16f32` on operands converted to bf16 first, AMX where the CPU has it):
+/// $SWIFTQUANT_GEMM_BF16 (builtin, mkl, reference, auto, measure) or a cached measurement. REFERENCE: none.
+int sqs_gemm_bf16_backend(void);
+const char *sqs_gemm_bf16_backend_name(void);
+/// Which bf16 backend and why, e.g. "SwiftQuant AVX512-BF16 GEMM ...; chosen: fastest when measured (...)".
+const char *sqs_gemm_bf16_description(void);
+/// bf16 products with fp32 accumulation on the chosen bf16 backend (single-threaded: callers split): 0 when done,
+/// -1 when no backend can run it (the caller runs sqs_gemm_bf16_reference).
+int sqs_gemm_bf16(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
+                  float beta, float *c, int ldc);
+/// MKL's bf16 GEMM on operands rounded as sqs_bf16_from_float: 0 when done, -1 without MKL (for the parity tests).
+int sqs_gemm_bf16_mkl(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                      int ldb, float beta, float *c, int ldc);
+/// Whether the CPU has AMX tiles with bf16 (Sapphire Rapids and later), usable by the OS.
+int sqs_cpu_amx_bf16(void);
 /// bf16 rounding (nearest even; NaN stays NaN): the bits, and the value back as a float.
 uint16_t sqs_bf16_from_float(float f);
 float sqs_bf16_round(float f);

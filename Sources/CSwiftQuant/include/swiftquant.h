@@ -59,6 +59,14 @@ const char *sq_blas_info(void);
  * $SWIFTQUANT_MKL, $VIRTUAL_ENV/lib or the loader path), "builtin" (SwiftQuant's AVX-512 kernel) or "reference". */
 const char *sq_gemm_backend(void);
 
+/* The bf16 GEMM backend of bf16 calibration (precision "bf16") and why, for example "SwiftQuant AVX512-BF16 GEMM
+ * (...); chosen: fastest when measured (mkl 310 GFLOP/s, builtin 690 GFLOP/s)" or "MKL cblas_gemm_bf16bf16f32
+ * [...] (AMX-BF16; ...)". Chosen once per process: $SWIFTQUANT_GEMM_BF16 (builtin, mkl, reference, auto, measure),
+ * else the fastest on a block's shapes (cached per machine). "none: ..." on CPUs without bf16 arithmetic. */
+const char *sq_blas_bf16_info(void);
+/* Its short name: "builtin", "mkl" or "reference". */
+const char *sq_gemm_bf16_backend(void);
+
 /* Bit width of a format name ("int4" -> 4, "e4m3fn" -> 8, "e2m1" -> 4) in *bits. */
 int sq_format_bits(const char *format, int *bits);
 

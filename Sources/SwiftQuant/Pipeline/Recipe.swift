@@ -73,7 +73,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// LET's AdamW learning rate (LWC's is `lr`).
     public var letLr: Float
     /// Arithmetic of the matrix products while OmniQuant trains a block: `fp32`, or `bf16` (bf16 operands, fp32
-    /// accumulation, on CPUs with AVX512-BF16); parameters, norms, softmax and the loss stay fp32. The fused result
+    /// accumulation, on CPUs with AVX512-BF16 or AMX-BF16); parameters, norms, softmax and the loss stay fp32. The fused result
     /// is computed in fp32 either way.
     public var precision: GEMMPrecision
 
@@ -313,7 +313,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                         "precision bf16 applies to OmniQuant's training (the block's products while LWC/LET learn); "
                             + "\(method.rawValue) trains nothing")
             try require(precision.isSupported,
-                        "precision bf16 needs a CPU with AVX512-BF16 (this one: \(SwiftQuantInfo.cpu)); "
+                        "precision bf16 needs a CPU with AVX512-BF16 or AMX-BF16 (this one: \(SwiftQuantInfo.cpu)); "
                             + "use precision fp32")
         }
         if needsCalibrationData {

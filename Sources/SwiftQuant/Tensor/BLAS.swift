@@ -7,8 +7,8 @@ import Dispatch
 public enum GEMMPrecision: String, Sendable, CaseIterable {
     case fp32, bf16
 
-    /// Whether this CPU has a fast kernel for the precision (bf16: AVX512-BF16).
-    public var isSupported: Bool { self == .fp32 || sqs_gemm_builtin_available(1) != 0 }
+    /// Whether this CPU has bf16 arithmetic for the precision (bf16: AVX512-BF16 or AMX-BF16).
+    public var isSupported: Bool { self == .fp32 || sqs_gemm_builtin_available(1) != 0 || sqs_cpu_amx_bf16() != 0 }
 }
 
 /// The matrix-product façade. Products go to the GEMM backend chosen once per process (`sqs_gemm_backend`):
@@ -25,6 +25,10 @@ public enum BLAS {
     /// The OpenBLAS kernel name, "" when unknown.
     public static var core: String { String(cString: sqs_blas_core()) }
     public static var isAvailable: Bool { sqs_gemm_backend() != Int32(SQS_GEMM_REFERENCE) }
+    /// The bf16 backend (`--precision bf16`) and why: SwiftQuant's AVX512-BF16 kernel or MKL's bf16 GEMM.
+    public static var bf16Description: String { String(cString: sqs_gemm_bf16_description()) }
+    /// "builtin", "mkl" or "reference".
+    public static var bf16Backend: String { String(cString: sqs_gemm_bf16_backend_name()) }
     public static var threads: Int { Int(sqs_blas_threads()) }
 
     /// Row-major `C = alpha · op(A) · op(B) + beta · C`, with `op(A)` of shape m×k and `op(B)` k×n.
@@ -35,7 +39,7 @@ public enum BLAS {
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, precision: GEMMPrecision = .fp32
     ) {
         if m == 0 || n == 0 { return }
-        // bf16 always runs SwiftQuant's kernel (no BLAS here has one for fp32 inputs), split like the builtin fp32.
+        // Both bf16 backends (SwiftQuant's kernel, MKL's) run sequentially: split like the builtin fp32.
         let splits = precision == .bf16 ? Int(sqs_blas_threads()) : Int(sqs_gemm_splits())
         let work = m * n * max(k, 1)
         if splits > 1 && work >= 1 << 21 {
@@ -76,8 +80,8 @@ public enum BLAS {
         if precision == .bf16 {
             let ta: Int32 = transA ? 1 : 0, tb: Int32 = transB ? 1 : 0
             if KernelDispatch.reference
-                || sqs_gemm_bf16_avx512(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
-                                        c, Int32(ldc)) != 0 {
+                || sqs_gemm_bf16(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
+                                 c, Int32(ldc)) != 0 {
                 sqs_gemm_bf16_reference(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
                                         c, Int32(ldc))
             }

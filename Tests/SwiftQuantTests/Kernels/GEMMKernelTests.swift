@@ -84,6 +84,57 @@ final class GEMMKernelTests: XCTestCase {
         }
     }
 
+    /// MKL's bf16 GEMM (`cblas_gemm_bf16bf16f32`, AMX where present) on operands rounded by `sqs_bf16_convert`:
+    /// the same product as the twin. Runs where MKL is found (`make mkl`, or $SWIFTQUANT_MKL).
+    func testMKLBF16GEMMMatchesScalarTwin() throws {
+        var probe: Float = 0
+        let one: [Float] = [1]
+        try XCTSkipUnless(sqs_gemm_bf16_mkl(0, 0, 1, 1, 1, 1, one, 1, one, 1, 0, &probe, 1) == 0,
+                          "MKL is not installed here (make mkl, or SWIFTQUANT_MKL=.../libmkl_rt.so.2)")
+        XCTAssertEqual(probe, 1)
+        for (i, c) in cases.enumerated() {
+            compare(c, seed: UInt64(60 + i), fast: { _ = sqs_gemm_bf16_mkl($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) },
+                    reference: { sqs_gemm_bf16_reference($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) },
+                    roundInputs: true)
+        }
+    }
+
+    /// The bulk conversion (AVX-512 where available) is `sqs_bf16_from_float` on every element: ties, NaN,
+    /// infinities, subnormals, overflow, rows of odd length with a padded stride.
+    func testBF16ConvertMatchesScalarRounding() {
+        var rng = SplitMix64(seed: 11)
+        let specials: [Float] = [0, -0, 1 + 0x1p-8, 1 + 3 * 0x1p-8, .infinity, -.infinity, .nan,
+                                 Float(bitPattern: 0x7fff_ffff), Float(bitPattern: 0xff80_0001), .greatestFiniteMagnitude,
+                                 .leastNonzeroMagnitude, Float.leastNormalMagnitude.nextDown, -0x1p-140]
+        let rows = 5, cols = 37, ld = 41
+        var src = (0..<(rows * ld)).map { _ in rng.gaussian() * 100 }
+        for (i, v) in specials.enumerated() { src[i * 3] = v }
+        var out = [UInt16](repeating: 0xdead, count: rows * cols)
+        sqs_bf16_convert(src, ld, rows, cols, &out)
+        for r in 0..<rows {
+            for j in 0..<cols {
+                XCTAssertEqual(out[r * cols + j], sqs_bf16_from_float(src[r * ld + j]), "row \(r) column \(j): \(src[r * ld + j])")
+            }
+        }
+    }
+
+    /// The bf16 façade path (`BLAS.sgemm(precision: .bf16)`, the chosen bf16 backend split over threads) against
+    /// the bf16 twin.
+    func testBF16FacadeMatchesTwinOnTheChosenBackend() throws {
+        try XCTSkipUnless(GEMMPrecision.bf16.isSupported, "this CPU has no bf16 arithmetic")
+        print("bf16 GEMM backend: \(BLAS.bf16Description)")
+        XCTAssertTrue(["builtin", "mkl", "reference"].contains(BLAS.bf16Backend), BLAS.bf16Backend)
+        let shapes = [Case(m: 300, n: 96, k: 130, ta: false, tb: true, alpha: 1, beta: 0),
+                      Case(m: 40, n: 700, k: 90, ta: true, tb: false, alpha: 0.5, beta: 1)]
+        for (i, c) in shapes.enumerated() {
+            compare(c, seed: UInt64(120 + i), fast: { ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc in
+                BLAS.sgemm(transA: ta != 0, transB: tb != 0, m: Int(m), n: Int(n), k: Int(k), alpha: alpha, a: a!,
+                           lda: Int(lda), b: b!, ldb: Int(ldb), beta: beta, c: c!, ldc: Int(ldc), precision: .bf16)
+            }, reference: { sqs_gemm_bf16_reference($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) },
+                    roundInputs: true)
+        }
+    }
+
     /// The bf16 twin is a different product from fp32: its error against fp32 is the inputs' rounding (2⁻⁸
     /// relative each), far above the summation bound, so the comparison above would catch a kernel that forgot
     /// to round (or rounded one operand only).
