@@ -56,11 +56,12 @@ build: deps
 
 python: build venv
 	SWIFTQUANT_SWIFT_BIN="$(BIN)" $(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall ./python
+	@scripts/offer_mkl.sh $(PY)
 
-# MKL (PyPI `mkl`, 1 GB) as a fourth GEMM candidate: not installed by demo/test (on the AMD machines measured it was
-# the slowest backend); after this the first product measures it beside the others (README "GEMM backends").
+# MKL (PyPI `mkl`, 1 GB) as a GEMM candidate on any CPU: demo/test install it on Intel x86-64 only (rule in
+# scripts/offer_mkl.sh); after this the first product measures it beside the others (README "GEMM backends").
 mkl: python
-	$(PY) -m pip install -q mkl
+	SWIFTQUANT_MKL_INSTALL=1 scripts/offer_mkl.sh $(PY)
 	$(PY) -c "import swiftquant as sq; print(sq.blas_info())"
 
 # llama-cpp-python in the venv, from a wheel built once from its PyPI source and cached outside the checkout

@@ -97,8 +97,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "LoRC: rank of the low-rank compensation of every quantized linear (ZeroQuant-FP uses 8; 0 = off).")
     var lorc = 0
 
-    @Option(help: "SmoothQuant and LET initialisation: migration strength alpha (default 0.5).")
-    var alpha: Float = 0.5
+    @Option(help: "SmoothQuant and LET initialisation: migration strength alpha (default 0.5; OmniQuant W4A4, INT activations of 4 bits or fewer: 0.75, as the paper's scripts).")
+    var alpha: Float?
 
     @Flag(name: .customLong("let"), inversion: .prefixedNo,
           help: "OmniQuant: train the Learnable Equivalent Transformation with LWC (default: on when activations are quantized, as the paper's weight-activation runs).")

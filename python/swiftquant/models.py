@@ -319,7 +319,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     ``abits``/``aformat``/``kv_bits`` quantize activations on the quantized path during training and at
     inference, as in ``sq.rtn``. ``let=True`` (the default when activations are quantized; ``let=False`` for LWC
     alone) trains OmniQuant's Learnable Equivalent Transformation with LWC
-    (scales initialised SmoothQuant-style with ``alpha``, default 0.5; learning rate ``let_lr``, default 5e-3;
+    (scales initialised SmoothQuant-style with ``alpha``, default 0.5, 0.75 for INT activations of 4 bits or fewer
+    as the paper's W4A4 scripts; learning rate ``let_lr``, default 5e-3;
     shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
     ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for
     W2 weight-only and W4A4 with ``preset="paper"``, off otherwise. ``precision="bf16"`` trains with the block's

@@ -68,7 +68,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var let_: Bool
     /// LET and SmoothQuant shifts (δ); nil: the family's default (on for OPT, off for Llama/Qwen2).
     public var letShifts: Bool?
-    /// SmoothQuant / LET initialisation migration strength α.
+    /// SmoothQuant / LET initialisation migration strength α; default 0.5, and 0.75 for OmniQuant with INT
+    /// activations of 4 bits or fewer (W4A4), as the paper's scripts (ALGORITHMS.md §2).
     public var alpha: Float
     /// LET's AdamW learning rate (LWC's is `lr`).
     public var letLr: Float
@@ -82,7 +83,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
                 lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
-                `let` let_: Bool? = nil, letShifts: Bool? = nil, alpha: Float = 0.5, letLr: Float = 5e-3,
+                `let` let_: Bool? = nil, letShifts: Bool? = nil, alpha: Float? = nil, letLr: Float = 5e-3,
                 precision: GEMMPrecision = .fp32) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
@@ -97,7 +98,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         self.actOrder = actOrder; self.lorcRank = lorcRank
         // OmniQuant's weight-activation mode is LWC + LET (ALGORITHMS.md §3); weight-only is LWC alone.
         self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
-        self.letShifts = letShifts; self.alpha = alpha; self.letLr = letLr; self.precision = precision
+        self.letShifts = letShifts; self.letLr = letLr; self.precision = precision
+        self.alpha = alpha ?? Self.paperAlpha(method: method, aformat: self.aformat)
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
     }
@@ -107,6 +109,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     static func paperAugLoss(method: Method, preset: Preset, wformat: String, aformat: String?) -> Bool {
         guard method == .omniquant, preset == .paper else { return false }
         return aformat == nil ? wformat.lowercased() == "int2" : aformat!.lowercased() == "int4"
+    }
+
+    /// α when not given: 0.75 for OmniQuant's LET with INT activations of ≤ 4 bits (the paper's W4A4 scripts use it for
+    /// OPT and Llama-2; SwiftQuant applies it to every family), 0.5 otherwise (SmoothQuant keeps its paper's 0.5).
+    static func paperAlpha(method: Method, aformat: String?) -> Float {
+        guard method == .omniquant, let a = aformat?.lowercased(), a.hasPrefix("int"), let bits = Int(a.dropFirst(3)),
+              bits <= 4 else { return 0.5 }
+        return 0.75
     }
 
     /// Integer weights of `bits` bits.
@@ -190,7 +200,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   lorcRank: try c.decodeIfPresent(Int.self, forKey: .lorcRank) ?? 0,
                   let: try c.decodeIfPresent(Bool.self, forKey: .let_),
                   letShifts: try c.decodeIfPresent(Bool.self, forKey: .letShifts),
-                  alpha: try c.decodeIfPresent(Float.self, forKey: .alpha) ?? 0.5,
+                  alpha: try c.decodeIfPresent(Float.self, forKey: .alpha),
                   letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3,
                   precision: try Self.decodePrecision(c))
     }

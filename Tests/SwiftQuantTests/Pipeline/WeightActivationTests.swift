@@ -288,5 +288,14 @@ final class WeightActivationTests: XCTestCase {
         XCTAssertFalse(try QuantRecipe.fromJSON(#"{"method":"gptq","wbits":4,"abits":8}"#).let_)
         let r = try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":4}"#)
         XCTAssertEqual(try QuantRecipe.fromJSON(r.json), r, "the resolved value is written out")
+        // α: 0.75 for OmniQuant W4A4 (INT activations of ≤ 4 bits), 0.5 otherwise and for SmoothQuant; explicit wins.
+        func alpha(_ json: String) throws -> Float { try QuantRecipe.fromJSON(json).alpha }
+        XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":4,"abits":4}"#), 0.75)
+        XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":4,"abits":4,"preset":"cpu"}"#), 0.75)
+        XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":4,"abits":6}"#), 0.5)
+        XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":4,"aformat":"e4m3fn"}"#), 0.5)
+        XCTAssertEqual(try alpha(#"{"method":"smoothquant","wbits":4,"abits":4}"#), 0.5)
+        XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":4,"abits":4,"alpha":0.5}"#), 0.5)
+        XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":3}"#), 0.5)
     }
 }
