@@ -422,6 +422,53 @@ static void cache_write(const char *key, int backend, const char *rates) {
     else remove(tmp);
 }
 
+// $var when set: the backend it names among `available` (cblas also spelled openblas; cblas refused for bf16), or -1
+// with the reason in `why` ("auto", "measure" and unknown names: -1). *remeasure: the value was "measure".
+static int forced_backend(const char *var, int bf16, const int available[4], char *why, size_t size, int *remeasure) {
+    const char *want = getenv(var);
+    *remeasure = want && strcmp(want, "measure") == 0;
+    if (!want || !want[0] || strcmp(want, "auto") == 0 || *remeasure) return -1;
+    int chosen = -1;
+    for (int b = SQS_GEMM_REFERENCE; b <= SQS_GEMM_BUILTIN; b++)
+        if ((strcmp(want, backend_name(b)) == 0 || (b == SQS_GEMM_CBLAS && strcmp(want, "openblas") == 0)) &&
+            !(bf16 && b == SQS_GEMM_CBLAS))
+            chosen = b;
+    if (chosen < 0) {
+        snprintf(why, size, "%s=%s is unknown (%s, reference, auto, measure); ", var, want,
+                 bf16 ? "builtin, mkl" : "cblas, mkl, builtin");
+        return -1;
+    }
+    if (!available[chosen]) {
+        snprintf(why, size, "%s=%s is not available here; ", var, want);
+        return -1;
+    }
+    snprintf(why, size, "%s=%s", var, want);
+    return chosen;
+}
+
+// The fastest of the available backends on a block's products, from the cache line `key` unless `remeasure`;
+// appends the rates to `why`.
+static int measured_backend(const char *key, int bf16, const int available[4], int remeasure, char *why, size_t size) {
+    char rates[300] = "";
+    int chosen = remeasure ? -1 : cache_read(key, rates, sizeof rates);
+    if (chosen >= 0 && available[chosen]) {
+        snprintf(why + strlen(why), size - strlen(why), "fastest when measured (%s; cached)", rates);
+        return chosen;
+    }
+    double best = -1;
+    rates[0] = 0;
+    for (int b = SQS_GEMM_CBLAS; b <= SQS_GEMM_BUILTIN; b++) {
+        if (!available[b]) continue;
+        double r = probe(bf16, b, gemm_split_threads);
+        snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %.0f GFLOP/s", rates[0] ? ", " : "",
+                 backend_name(b), r);
+        if (r > best) best = r, chosen = b;
+    }
+    cache_write(key, chosen, rates);
+    snprintf(why + strlen(why), size - strlen(why), "fastest when measured (%s)", rates);
+    return chosen;
+}
+
 static void gemm_choose(void) {
     sqs_blas_load();
     mkl_load();
@@ -431,24 +478,9 @@ static void gemm_choose(void) {
     gemm_split_threads = cores > 0 ? (int)cores : 1;
     int available[4] = {1, blas_sgemm != NULL, mkl_sgemm != NULL,
                         sqs_gemm_builtin_available(0) && sqs_kernels_level() != SQS_KERNELS_REFERENCE};
-    const char *want = getenv("SWIFTQUANT_GEMM");
     char why[600] = "";
-    int chosen = -1;
-    // "measure": the automatic choice, measured again and re-cached (after a measurement under load, say).
-    int remeasure = want && strcmp(want, "measure") == 0;
-    if (want && want[0] && strcmp(want, "auto") != 0 && !remeasure) {
-        for (int b = SQS_GEMM_REFERENCE; b <= SQS_GEMM_BUILTIN; b++)
-            if (strcmp(want, backend_name(b)) == 0 || (b == SQS_GEMM_CBLAS && strcmp(want, "openblas") == 0))
-                chosen = b;
-        if (chosen >= 0 && !available[chosen]) {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s is not available here; ", want);
-            chosen = -1;
-        } else if (chosen >= 0) {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s", want);
-        } else {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM=%s is unknown (cblas, mkl, builtin, reference, auto, measure); ", want);
-        }
-    }
+    int remeasure;
+    int chosen = forced_backend("SWIFTQUANT_GEMM", 0, available, why, sizeof why, &remeasure);
     if (chosen < 0 && getenv("SWIFTQUANT_BLAS") && getenv("SWIFTQUANT_BLAS")[0] && available[SQS_GEMM_CBLAS]) {
         chosen = SQS_GEMM_CBLAS;
         snprintf(why + strlen(why), sizeof why - strlen(why), "SWIFTQUANT_BLAS names the library");
@@ -469,23 +501,7 @@ static void gemm_choose(void) {
         snprintf(key, sizeof key, "%s|%d threads|cblas=%s%s|mkl=%s|builtin=%d", f.brand, gemm_split_threads,
                  blas_core[0] ? blas_core : "?", core && core[0] ? " (OPENBLAS_CORETYPE set)" : "", mkl_loaded,
                  available[SQS_GEMM_BUILTIN]);
-        char rates[300] = "";
-        chosen = remeasure ? -1 : cache_read(key, rates, sizeof rates);
-        if (chosen >= 0 && available[chosen]) {
-            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s; cached)", rates);
-        } else {
-            double best = -1;
-            rates[0] = 0;
-            for (int b = SQS_GEMM_CBLAS; b <= SQS_GEMM_BUILTIN; b++) {
-                if (!available[b]) continue;
-                double r = probe(0, b, gemm_split_threads);
-                snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %.0f GFLOP/s", rates[0] ? ", " : "",
-                         backend_name(b), r);
-                if (r > best) best = r, chosen = b;
-            }
-            cache_write(key, chosen, rates);
-            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s)", rates);
-        }
+        chosen = measured_backend(key, 0, available, remeasure, why, sizeof why);
     }
     gemm_backend = chosen;
     switch (chosen) {
@@ -545,30 +561,15 @@ int sqs_cpu_amx_bf16(void) {
 
 static void bf16_choose(void) {
     sqs_gemm_backend();  // the split thread count, the CBLAS and MKL loaded
-    mkl_load();
     sqs_cpu_features f;
     sqs_cpu_detect(&f);
     int reference = sqs_kernels_level() == SQS_KERNELS_REFERENCE;
     // MKL's bf16 GEMM runs anywhere, but bf16 calibration is offered only on CPUs with bf16 arithmetic.
     int available[4] = {1, 0, mkl_gemm_bf16 != NULL && (f.avx512bf16 || f.amxbf16) && !reference,
                         sqs_gemm_builtin_available(1) && !reference};
-    const char *want = getenv("SWIFTQUANT_GEMM_BF16");
     char why[600] = "";
-    int chosen = -1;
-    int remeasure = want && strcmp(want, "measure") == 0;
-    if (want && want[0] && strcmp(want, "auto") != 0 && !remeasure) {
-        for (int b = SQS_GEMM_REFERENCE; b <= SQS_GEMM_BUILTIN; b++)
-            if (b != SQS_GEMM_CBLAS && strcmp(want, backend_name(b)) == 0) chosen = b;
-        if (chosen >= 0 && !available[chosen]) {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM_BF16=%s is not available here; ", want);
-            chosen = -1;
-        } else if (chosen >= 0) {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM_BF16=%s", want);
-        } else {
-            snprintf(why, sizeof why, "SWIFTQUANT_GEMM_BF16=%s is unknown (builtin, mkl, reference, auto, measure); ",
-                     want);
-        }
-    }
+    int remeasure;
+    int chosen = forced_backend("SWIFTQUANT_GEMM_BF16", 1, available, why, sizeof why, &remeasure);
     if (chosen < 0 && reference) {
         chosen = SQS_GEMM_REFERENCE;
         snprintf(why + strlen(why), sizeof why - strlen(why), "SWIFTQUANT_KERNELS=reference");
@@ -583,23 +584,7 @@ static void bf16_choose(void) {
         char key[400];
         snprintf(key, sizeof key, "%s|%d threads|bf16|amx=%d|mkl=%s", f.brand, gemm_split_threads, f.amxbf16,
                  mkl_loaded);
-        char rates[300] = "";
-        chosen = remeasure ? -1 : cache_read(key, rates, sizeof rates);
-        if (chosen >= 0 && available[chosen]) {
-            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s; cached)", rates);
-        } else {
-            double best = -1;
-            rates[0] = 0;
-            for (int b = SQS_GEMM_MKL; b <= SQS_GEMM_BUILTIN; b++) {
-                if (!available[b]) continue;
-                double r = probe(1, b, gemm_split_threads);
-                snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %.0f GFLOP/s", rates[0] ? ", " : "",
-                         backend_name(b), r);
-                if (r > best) best = r, chosen = b;
-            }
-            cache_write(key, chosen, rates);
-            snprintf(why + strlen(why), sizeof why - strlen(why), "fastest when measured (%s)", rates);
-        }
+        chosen = measured_backend(key, 1, available, remeasure, why, sizeof why);
     }
     bf16_backend = chosen;
     switch (chosen) {

@@ -107,6 +107,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant LET: learning rate of the scales and shifts (default 5e-3).")
     var letLr: Float = 5e-3
 
+    @Flag(help: "OmniQuant LET: also train an up → down scale (gated MLPs; beyond the paper, which leaves the down projection's input untransformed).")
+    var letDown = false
+
     @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16 or AMX).")
     var precision = "fp32"
 
@@ -192,7 +195,7 @@ struct Quantize: ParsableCommand {
                                          }
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
-                                     let: useLET, alpha: alpha, letLr: letLr, precision: gemmPrecision)
+                                     let: useLET, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -308,7 +308,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
               kv_bits=_FOLLOW, let: bool | None = None, let_lr: float | None = None, let_shifts: bool | None = None,
-              alpha: float | None = None, precision: str = "fp32") -> OmniQuantResult:
+              alpha: float | None = None, precision: str = "fp32", let_down: bool = False) -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -322,6 +322,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     (scales initialised SmoothQuant-style with ``alpha``, default 0.5, 0.75 for INT activations of 4 bits or fewer
     as the paper's W4A4 scripts; learning rate ``let_lr``, default 5e-3;
     shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
+    ``let_down=True`` adds an up -> down scale pair (gated MLPs: Llama, Qwen2), beyond the paper, which leaves the
+    down projection's input untransformed: exact in FP, it moves that input's outliers into the down weights.
     ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for
     W2 weight-only and W4A4 with ``preset="paper"``, off otherwise. ``precision="bf16"`` trains with the block's
     matrix products in bf16 (fp32 accumulation; parameters, norms, softmax and the loss fp32) on CPUs with
@@ -336,6 +338,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
                seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha), precision=precision,
+               let_down=bool(let_down) or None,
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 

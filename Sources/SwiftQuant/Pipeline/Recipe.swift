@@ -68,6 +68,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var let_: Bool
     /// LET and SmoothQuant shifts (δ); nil: the family's default (on for OPT, off for Llama/Qwen2).
     public var letShifts: Bool?
+    /// LET also on the up → down pair (`down_scale`, gated MLPs): an extension beyond the paper (AWQ's pair),
+    /// off by default.
+    public var letDown: Bool
     /// SmoothQuant / LET initialisation migration strength α; default 0.5, and 0.75 for OmniQuant with INT
     /// activations of 4 bits or fewer (W4A4), as the paper's scripts (ALGORITHMS.md §2).
     public var alpha: Float
@@ -83,7 +86,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                 preset: Preset = .paper, epochs: Int? = nil, nsamples: Int? = nil, seqlen: Int? = nil,
                 lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
-                `let` let_: Bool? = nil, letShifts: Bool? = nil, alpha: Float? = nil, letLr: Float = 5e-3,
+                `let` let_: Bool? = nil, letShifts: Bool? = nil, letDown: Bool = false, alpha: Float? = nil, letLr: Float = 5e-3,
                 precision: GEMMPrecision = .fp32) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
@@ -98,7 +101,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         self.actOrder = actOrder; self.lorcRank = lorcRank
         // OmniQuant's weight-activation mode is LWC + LET (ALGORITHMS.md §3); weight-only is LWC alone.
         self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
-        self.letShifts = letShifts; self.letLr = letLr; self.precision = precision
+        self.letShifts = letShifts; self.letDown = letDown; self.letLr = letLr; self.precision = precision
         self.alpha = alpha ?? Self.paperAlpha(method: method, aformat: self.aformat)
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
@@ -128,7 +131,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case method, wformat, wbits, groupSize = "group_size", symmetric, preset, epochs, nsamples, seqlen, lr
         case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
         case aformat, abits, kvFormat = "kv_format", kvBits = "kv_bits", actOrder = "act_order", lorcRank = "lorc_rank"
-        case let_ = "let", letShifts = "let_shifts", alpha, letLr = "let_lr", precision
+        case let_ = "let", letShifts = "let_shifts", letDown = "let_down", alpha, letLr = "let_lr", precision
     }
 
     /// `abits: N` is a spelling of `aformat: "intN"`; both together are refused.
@@ -200,6 +203,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   lorcRank: try c.decodeIfPresent(Int.self, forKey: .lorcRank) ?? 0,
                   let: try c.decodeIfPresent(Bool.self, forKey: .let_),
                   letShifts: try c.decodeIfPresent(Bool.self, forKey: .letShifts),
+                  letDown: try c.decodeIfPresent(Bool.self, forKey: .letDown) ?? false,
                   alpha: try c.decodeIfPresent(Float.self, forKey: .alpha),
                   letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3,
                   precision: try Self.decodePrecision(c))
@@ -244,6 +248,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try c.encode(aformat, forKey: .aformat); try c.encode(kvFormat, forKey: .kvFormat)
         try c.encode(actOrder, forKey: .actOrder); try c.encode(lorcRank, forKey: .lorcRank)
         try c.encode(let_, forKey: .let_); try c.encode(letShifts, forKey: .letShifts)
+        if letDown { try c.encode(letDown, forKey: .letDown) }  // written only when on: older work dirs still resume
         try c.encode(alpha, forKey: .alpha); try c.encode(letLr, forKey: .letLr)
         try c.encode(precision.rawValue, forKey: .precision)
     }
@@ -314,6 +319,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try require(lorcRank >= 0, "lorc_rank must be 0 (off) or a positive rank, got \(lorcRank)")
         try require(!actOrder || method == .gptq, "act_order is a GPTQ option (method \(method.rawValue))")
         try require(!let_ || method == .omniquant, "let (the learnable equivalent transformation) is an OmniQuant option")
+        try require(!letDown || let_, "let_down adds a pair to LET: it needs let (OmniQuant with let true)")
         try require(method != .smoothquant || aformat != nil,
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
@@ -355,6 +361,12 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
             if let_ || method == .smoothquant {
                 try require(!m.letPairs.isEmpty,
                             "\(method == .smoothquant ? "smoothquant" : "let") needs norm → linear pairs; \(m.modelType) declares none")
+            }
+            if letDown {
+                let spec = m.blockSpec
+                try require(spec.index(of: .gate) != nil && spec.index(of: .down) != nil,
+                            "let_down: the up → down pair is exact only for gated MLPs (silu(gate) ⊙ up → down); "
+                                + "\(m.modelType) has none")
             }
             if let_ && usesShifts(m) {
                 let spec = m.blockSpec

@@ -25,7 +25,7 @@ final class LETTests: XCTestCase {
     func randomize(_ p: LETParameters, seed: UInt64, truncated: Bool = false) {
         var rng = SplitMix64(seed: seed)
         func u() -> Float { Float(rng.next() % 100_000) / 100_000 }
-        for t in [p.qkvScale, p.fc1Scale, p.outScale, p.qktScale] {
+        for t in [p.qkvScale, p.fc1Scale, p.outScale, p.qktScale, p.downScale] {
             for k in 0..<t.count {
                 var s = 0.25 + 3.75 * u()
                 if u() < 0.2 { s = -s }
@@ -39,13 +39,21 @@ final class LETTests: XCTestCase {
     /// With every quantizer off, the transformed block computes the original block's output (1e-5 relative), for
     /// random scales (negative ones and ones below the truncation bound included), shifts on OPT, per-kv-head
     /// out/qkt scales on GQA and RoPE-tied qkt scales.
+    /// The up → down pair (`downPair`, gated MLPs) included; OPT (fc1 → ReLU → fc2) refuses it.
     func testTransformIsExactInFP() throws {
         for family in Self.families {
             let loaded = try tiny(family)
             let m = loaded.model, spec = m.blockSpec
+            let gated = !family.hasSuffix("opt")
+            if !gated {
+                XCTAssertThrowsError(try LETParameters(spec: spec, shifts: true, downPair: true)) { e in
+                    XCTAssertTrue("\(e)".contains("gated"), "\(e)")
+                }
+            }
             for b in 0..<m.numBlocks {
                 let block = try m.block(b)
-                let p = try LETParameters(spec: spec, shifts: family.hasSuffix("opt"))
+                let p = try LETParameters(spec: spec, shifts: !gated, downPair: gated)
+                XCTAssertEqual(p.downScale.count, gated ? spec.linears[spec.index(of: .down)!].inFeatures : 0)
                 randomize(p, seed: UInt64(7 + b), truncated: true)
                 let t = try p.apply(to: block)
                 let x = try m.embed(try windows(m, count: 1, length: 24)[0])
@@ -58,13 +66,14 @@ final class LETTests: XCTestCase {
     }
 
     /// `LETParameters.backward` through the recording graph (norm and bias gradients, the graph's `∂L/∂Ŵ`) agrees
-    /// with central finite differences of the loss in float64 sums, for a sample of every parameter kind.
+    /// with central finite differences of the loss in float64 sums, for a sample of every parameter kind (the up →
+    /// down `down_scale` on the gated families).
     func testGradientsMatchFiniteDifferences() throws {
         for family in Self.families {
             let loaded = try tiny(family)
             let m = loaded.model, spec = m.blockSpec
             let block = try m.block(0)
-            let p = try LETParameters(spec: spec, shifts: family.hasSuffix("opt"))
+            let p = try LETParameters(spec: spec, shifts: family.hasSuffix("opt"), downPair: !family.hasSuffix("opt"))
             randomize(p, seed: 3)
             let T = 16
             let x = try m.embed(try windows(m, count: 1, length: T)[0])
@@ -154,7 +163,7 @@ final class LETTests: XCTestCase {
         let before = try m.logits(ids: ids)
         for b in 0..<m.numBlocks {
             let block = try m.loadBlock(b)
-            let p = try LETParameters(spec: spec, shifts: false)
+            let p = try LETParameters(spec: spec, shifts: false, downPair: b % 2 == 0)  // with and without up → down
             randomize(p, seed: UInt64(100 + b))
             let t = try p.apply(to: block)
             if b == 0 {

@@ -297,5 +297,15 @@ final class WeightActivationTests: XCTestCase {
         XCTAssertEqual(try alpha(#"{"method":"smoothquant","wbits":4,"abits":4}"#), 0.5)
         XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":4,"abits":4,"alpha":0.5}"#), 0.5)
         XCTAssertEqual(try alpha(#"{"method":"omniquant","wbits":3}"#), 0.5)
+        // let_down (the up → down pair): off by default and then absent from the JSON (older work dirs resume);
+        // it needs LET.
+        let plain = try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":6}"#)
+        XCTAssertFalse(plain.letDown)
+        XCTAssertFalse(plain.json.contains("let_down"))
+        let down = try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"abits":6,"let_down":true}"#)
+        XCTAssertTrue(down.letDown)
+        XCTAssertEqual(try QuantRecipe.fromJSON(down.json), down)
+        XCTAssertThrowsError(try QuantRecipe.fromJSON(#"{"method":"omniquant","wbits":4,"let":false,"let_down":true}"#)
+            .validate()) { e in XCTAssertTrue("\(e)".contains("let_down"), "\(e)") }
     }
 }

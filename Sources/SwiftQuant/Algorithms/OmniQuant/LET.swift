@@ -14,7 +14,11 @@ import Foundation
 /// have `kv_dim` entries, repeated over each query group for the o_proj columns and the q rows. RoPE rotates
 /// channel pairs (j, j + head_dim/2): `qkt_scale` is one parameter per pair (`kv_dim/2` of them), so the
 /// transform commutes with the rotation and stays exact. Before every use a scale with `|s| < 1e-2` becomes
-/// `±1e-2` (identity backward). The down projection has no pair (weight-quantized only).
+/// `±1e-2` (identity backward). The paper gives the down projection no pair (weight-quantized only); with
+/// `downPair` (an extension, off by default: AWQ's up → down pair, exact for gated MLPs because
+/// `silu(gate·x) ⊙ (diag(1/s₅)·up·x) = diag(1/s₅)·(silu(gate·x) ⊙ up·x)`):
+///
+/// | up rows → down columns | `down_scale` s₅ `[intermediate]` | `W_up' = diag(1/s₅)·W_up`, `c_up' = c_up/s₅`, `W_down' = W_down·diag(s₅)` |
 public final class LETParameters {
     public let spec: BlockSpec
     public let shifts: Bool
@@ -22,16 +26,19 @@ public final class LETParameters {
     public let outScale: Tensor, outShift: Tensor, qktScale: Tensor
     public let qkvScaleGrad: Tensor, qkvShiftGrad: Tensor, fc1ScaleGrad: Tensor, fc1ShiftGrad: Tensor
     public let outScaleGrad: Tensor, outShiftGrad: Tensor, qktScaleGrad: Tensor
+    /// The up → down pair (`downPair`; empty otherwise).
+    public let downPair: Bool
+    public let downScale: Tensor, downScaleGrad: Tensor
     public static let minScale: Float = 1e-2
 
-    let iq: Int, ik: Int, iv: Int, io: Int, iup: Int, igate: Int?
+    let iq: Int, ik: Int, iv: Int, io: Int, iup: Int, igate: Int?, idown: Int
     let attentionNorm: String, mlpNorm: String
 
-    /// Scales 1, shifts 0, or the given initial values (`[hidden]`, `[hidden]`, `[kv_dim]`; shifts only with
-    /// `shifts`).
+    /// Scales 1, shifts 0, or the given initial values (`[hidden]`, `[hidden]`, `[kv_dim]`, `[intermediate]`;
+    /// shifts only with `shifts`, `downScale` only with `downPair`).
     public init(spec: BlockSpec, shifts: Bool, qkvScale: [Float]? = nil, qkvShift: [Float]? = nil,
                 fc1Scale: [Float]? = nil, fc1Shift: [Float]? = nil, outScale: [Float]? = nil,
-                outShift: [Float]? = nil) throws {
+                outShift: [Float]? = nil, downPair: Bool = false, downScale: [Float]? = nil) throws {
         try spec.validate()
         self.spec = spec
         self.shifts = shifts
@@ -40,6 +47,13 @@ public final class LETParameters {
             throw SwiftQuantError.unsupported("let: the block has no q/k/v/o/up linears")
         }
         self.iq = iq; self.ik = ik; self.iv = iv; self.io = io; self.iup = iup; igate = spec.index(of: .gate)
+        idown = spec.index(of: .down) ?? -1
+        self.downPair = downPair
+        if downPair {
+            try require(igate != nil && idown >= 0,
+                        "let_down: the up → down pair is exact only for gated MLPs (silu(gate) ⊙ up → down); this "
+                            + "block has no gate projection")
+        }
         attentionNorm = spec.attentionNorm.name
         mlpNorm = spec.mlpNorm.name
         let H = spec.hidden, K = spec.kvDim
@@ -58,21 +72,25 @@ public final class LETParameters {
         fc1ScaleGrad = Tensor(zeros: [H]); fc1ShiftGrad = Tensor(zeros: [H])
         outScaleGrad = Tensor(zeros: [K]); outShiftGrad = Tensor(zeros: [K])
         qktScaleGrad = Tensor(zeros: [qktScale.count])
+        let I = downPair ? spec.linears[idown].inFeatures : 0
+        self.downScale = try vec(downPair ? downScale : nil, I, 1, "down_scale")
+        downScaleGrad = Tensor(zeros: [I])
     }
 
     /// The trained tensors (shifts only when used), and their gradients in the same order.
     public var parameters: [Tensor] {
-        shifts ? [qkvScale, qkvShift, fc1Scale, fc1Shift, outScale, outShift, qktScale]
-            : [qkvScale, fc1Scale, outScale, qktScale]
+        (shifts ? [qkvScale, qkvShift, fc1Scale, fc1Shift, outScale, outShift, qktScale]
+            : [qkvScale, fc1Scale, outScale, qktScale]) + (downPair ? [downScale] : [])
     }
     public var gradients: [Tensor] {
-        shifts ? [qkvScaleGrad, qkvShiftGrad, fc1ScaleGrad, fc1ShiftGrad, outScaleGrad, outShiftGrad, qktScaleGrad]
-            : [qkvScaleGrad, fc1ScaleGrad, outScaleGrad, qktScaleGrad]
+        (shifts ? [qkvScaleGrad, qkvShiftGrad, fc1ScaleGrad, fc1ShiftGrad, outScaleGrad, outShiftGrad, qktScaleGrad]
+            : [qkvScaleGrad, fc1ScaleGrad, outScaleGrad, qktScaleGrad]) + (downPair ? [downScaleGrad] : [])
     }
     /// By the names the work directory keeps them under.
     public var named: [String: Tensor] {
         var d = ["let.qkv_scale": qkvScale, "let.fc1_scale": fc1Scale, "let.out_scale": outScale, "let.qkt_scale": qktScale]
         if shifts { d["let.qkv_shift"] = qkvShift; d["let.fc1_shift"] = fc1Shift; d["let.out_shift"] = outShift }
+        if downPair { d["let.down_scale"] = downScale }
         return d
     }
 
@@ -97,10 +115,13 @@ public final class LETParameters {
         abs(s) >= minScale ? s : (s < 0 ? -minScale : minScale)
     }
 
-    /// Effective (truncated) scales: s₁, s₂ `[hidden]`, s₃, s₄ `[kv_dim]`.
-    func effective() -> (s1: [Float], s2: [Float], s3: [Float], s4: [Float]) {
+    typealias Scales = (s1: [Float], s2: [Float], s3: [Float], s4: [Float], s5: [Float])
+
+    /// Effective (truncated) scales: s₁, s₂ `[hidden]`, s₃, s₄ `[kv_dim]`, s₅ `[intermediate]` (empty without the
+    /// down pair).
+    func effective() -> Scales {
         (qkvScale.buffer.map(Self.truncate), fc1Scale.buffer.map(Self.truncate), outScale.buffer.map(Self.truncate),
-         (0..<spec.kvDim).map { Self.truncate(qktScale.pointer[qktParameter($0)]) })
+         (0..<spec.kvDim).map { Self.truncate(qktScale.pointer[qktParameter($0)]) }, downScale.buffer.map(Self.truncate))
     }
 
     /// How one linear is transformed: `W'[i,j] = W[i,j]·col[j]·row[i]`,
@@ -109,7 +130,7 @@ public final class LETParameters {
         var col: [Float]?, colShift: [Float]?, row: [Float]?, rowShift: [Float]?
     }
 
-    func maps(_ e: (s1: [Float], s2: [Float], s3: [Float], s4: [Float])) -> [Int: LinearMap] {
+    func maps(_ e: Scales) -> [Int: LinearMap] {
         let qRows = (0..<spec.qDim).map { 1 / e.s4[kvChannel(ofQuery: $0)] }
         let oCols = (0..<spec.qDim).map { e.s3[kvChannel(ofQuery: $0)] }
         let oShift = shifts ? (0..<spec.qDim).map { outShift.pointer[kvChannel(ofQuery: $0)] } : nil
@@ -119,9 +140,10 @@ public final class LETParameters {
             ik: LinearMap(col: e.s1, colShift: d1, row: e.s4, rowShift: nil),
             iv: LinearMap(col: e.s1, colShift: d1, row: e.s3.map { 1 / $0 }, rowShift: shifts ? outShift.array : nil),
             io: LinearMap(col: oCols, colShift: oShift, row: nil, rowShift: nil),
-            iup: LinearMap(col: e.s2, colShift: d2, row: nil, rowShift: nil),
+            iup: LinearMap(col: e.s2, colShift: d2, row: downPair ? e.s5.map { 1 / $0 } : nil, rowShift: nil),
         ]
         if let g = igate { m[g] = LinearMap(col: e.s2, colShift: d2, row: nil, rowShift: nil) }
+        if downPair { m[idown] = LinearMap(col: e.s5, colShift: nil, row: nil, rowShift: nil) }
         return m
     }
 
@@ -191,7 +213,7 @@ public final class LETParameters {
         var ds1 = [Double](repeating: 0, count: H), dd1 = [Double](repeating: 0, count: H)
         var ds2 = [Double](repeating: 0, count: H), dd2 = [Double](repeating: 0, count: H)
         var ds3 = [Double](repeating: 0, count: K), dd3 = [Double](repeating: 0, count: K)
-        var ds4 = [Double](repeating: 0, count: K)
+        var ds4 = [Double](repeating: 0, count: K), ds5 = [Double](repeating: 0, count: e.s5.count)
         for (i, map) in maps(e) {
             let l = block.linear(spec.linears[i].name)
             let rows = l.outFeatures, cols = l.inFeatures
@@ -246,6 +268,14 @@ public final class LETParameters {
                 }
             case io:
                 for j in 0..<cols { let c = kvChannel(ofQuery: j); ds3[c] += dcol[j]; dd3[c] += dcolShift[j] }
+            case idown:
+                for j in 0..<cols { ds5[j] += dcol[j] }
+            case iup where downPair:
+                for j in 0..<cols { ds2[j] += dcol[j]; dd2[j] += dcolShift[j] }
+                for r in 0..<rows {  // row = 1/s₅
+                    let s = Double(e.s5[r])
+                    ds5[r] -= drow[r] / (s * s)
+                }
             default:  // gate, up (fc1)
                 for j in 0..<cols { ds2[j] += dcol[j]; dd2[j] += dcolShift[j] }
             }
@@ -269,7 +299,7 @@ public final class LETParameters {
             }
         }
         func add(_ t: Tensor, _ v: [Double]) { for j in 0..<v.count { t.pointer[j] += Float(v[j]) } }
-        add(qkvScaleGrad, ds1); add(fc1ScaleGrad, ds2); add(outScaleGrad, ds3)
+        add(qkvScaleGrad, ds1); add(fc1ScaleGrad, ds2); add(outScaleGrad, ds3); add(downScaleGrad, ds5)
         if shifts { add(qkvShiftGrad, dd1); add(fc1ShiftGrad, dd2); add(outShiftGrad, dd3) }
         for c in 0..<K { qktScaleGrad.pointer[qktParameter(c)] += Float(ds4[c]) }
     }

@@ -48,7 +48,8 @@ public struct OmniQuantLET: BlockAlgorithm {
         let spec = job.model.blockSpec, r = job.recipe
         let shifts = r.usesShifts(job.model)
         let iq = spec.index(of: .q)!, io = spec.index(of: .o)!, ifc = spec.index(of: .gate) ?? spec.index(of: .up)!
-        let (a, mid) = try statistics(job, [iq, ifc, io])
+        let idown = r.letDown ? spec.index(of: .down) : nil
+        let (a, mid) = try statistics(job, [iq, ifc, io] + (idown.map { [$0] } ?? []))
         func colMax(_ i: Int) -> [Float] { EquivalentTransform.weightAbsMax(job.weights, [spec.linears[i].name]) }
         let alpha = r.alpha
         let s1 = EquivalentTransform.smoothingScales(activation: a[0], weight: colMax(iq), alpha: alpha)
@@ -62,8 +63,11 @@ public struct OmniQuantLET: BlockAlgorithm {
             a3[kv] = max(a3[kv], a[2][c]); w3[kv] = max(w3[kv], wo[c]); m3[kv] += mid[2][c] / Float(group)
         }
         let s3 = EquivalentTransform.smoothingScales(activation: a3, weight: w3, alpha: alpha)
+        // up → down (the extension): the down projection's input channels against its columns.
+        let s5 = idown.map { EquivalentTransform.smoothingScales(activation: a[3], weight: colMax($0), alpha: alpha) }
         return try LETParameters(spec: spec, shifts: shifts, qkvScale: s1, qkvShift: shifts ? mid[0] : nil,
-                                 fc1Scale: s2, fc1Shift: shifts ? mid[1] : nil, outScale: s3, outShift: shifts ? m3 : nil)
+                                 fc1Scale: s2, fc1Shift: shifts ? mid[1] : nil, outScale: s3, outShift: shifts ? m3 : nil,
+                                 downPair: r.letDown, downScale: s5)
     }
 
     public func quantize(_ job: BlockJob) throws -> BlockOutcome {
