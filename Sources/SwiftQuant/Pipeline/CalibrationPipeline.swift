@@ -123,7 +123,10 @@ public final class CalibrationPipeline {
         if data {
             log("\(recipe.method.rawValue): \(n) blocks, \(try recipe.quantizerConfig)\(scheme.map { ", \($0)" } ?? ""), "
                 + "\(windows.count) × \(recipe.seqlen) tokens, "
-                + "\(recipe.epochs) epochs, lr \(recipe.lr)\(recipe.augLoss ? ", aug_loss" : "")")
+                + "\(recipe.epochs) epochs, lr \(recipe.lr)"
+                + (recipe.augLoss ? ", aug_loss (training losses against the mean of the FP block's outputs on the FP and the "
+                    + "quantized inputs; fused and RTN losses against the FP path: about 4x the training loss where a "
+                    + "block adds little error of its own)" : ""))
         }
         for i in 0..<n {
             let t0 = sqs_now()
