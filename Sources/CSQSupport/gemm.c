@@ -178,12 +178,18 @@ __attribute__((target("avx512f"))) static inline __m512i bf16_pairs(__m512 even,
 enum { ROW_PAD = KC_MAX + 2 };
 static __thread uint16_t rows_bf16[NR * ROW_PAD];
 
-__attribute__((target("avx512f"))) static void row_to_bf16(const float *src, int n, uint16_t *dst) {
-    int i = 0;
+// n floats rounded to bf16 (as sqs_bf16_from_float), 16 at a time.
+__attribute__((target("avx512f"))) static void floats_to_bf16(const float *src, long n, uint16_t *dst) {
+    long i = 0;
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(dst + i),
                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(_mm512_loadu_ps(src + i)), 16)));
     for (; i < n; i++) dst[i] = sqs_bf16_from_float(src[i]);
+}
+
+// A row padded with a zero to an even length (the pair words of the strip).
+__attribute__((target("avx512f"))) static void row_to_bf16(const float *src, int n, uint16_t *dst) {
+    floats_to_bf16(src, n, dst);
     dst[n] = 0;
 }
 
@@ -365,25 +371,10 @@ static int gemm_blocked(int bf16, int ta, int tb, int m, int n, int k, float alp
 #endif
 }
 
-#if SQS_X86
-__attribute__((target("avx512f"))) static void convert_bf16_avx512(const float *src, long ld, long rows, long cols,
-                                                                   uint16_t *dst) {
-    for (long r = 0; r < rows; r++) {
-        const float *x = src + r * ld;
-        uint16_t *y = dst + r * cols;
-        long i = 0;
-        for (; i + 16 <= cols; i += 16)
-            _mm256_storeu_si256((__m256i *)(y + i),
-                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(_mm512_loadu_ps(x + i)), 16)));
-        for (; i < cols; i++) y[i] = sqs_bf16_from_float(x[i]);
-    }
-}
-#endif
-
 void sqs_bf16_convert(const float *src, long ld, long rows, long cols, uint16_t *dst) {
 #if SQS_X86
     if (sqs_gemm_builtin_available(0) && sqs_kernels_level() != SQS_KERNELS_REFERENCE) {
-        convert_bf16_avx512(src, ld, rows, cols, dst);
+        for (long r = 0; r < rows; r++) floats_to_bf16(src + r * ld, cols, dst + r * cols);
         return;
     }
 #endif

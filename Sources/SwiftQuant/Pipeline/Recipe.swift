@@ -117,8 +117,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// α when not given: 0.75 for OmniQuant's LET with INT activations of ≤ 4 bits (the paper's W4A4 scripts use it for
     /// OPT and Llama-2; SwiftQuant applies it to every family), 0.5 otherwise (SmoothQuant keeps its paper's 0.5).
     static func paperAlpha(method: Method, aformat: String?) -> Float {
-        guard method == .omniquant, let a = aformat?.lowercased(), a.hasPrefix("int"), let bits = Int(a.dropFirst(3)),
-              bits <= 4 else { return 0.5 }
+        guard method == .omniquant, case .int(let bits)? = try? aformat.map(NumberFormat.parse), bits <= 4 else {
+            return 0.5
+        }
         return 0.75
     }
 

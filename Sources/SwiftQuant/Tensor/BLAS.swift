@@ -79,9 +79,9 @@ public enum BLAS {
     ) {
         if precision == .bf16 {
             let ta: Int32 = transA ? 1 : 0, tb: Int32 = transB ? 1 : 0
-            if KernelDispatch.reference
-                || sqs_gemm_bf16(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
-                                 c, Int32(ldc)) != 0 {
+            // The bf16 backend is "reference" (-1 here) under SWIFTQUANT_KERNELS=reference.
+            if sqs_gemm_bf16(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c,
+                             Int32(ldc)) != 0 {
                 sqs_gemm_bf16_reference(ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta,
                                         c, Int32(ldc))
             }

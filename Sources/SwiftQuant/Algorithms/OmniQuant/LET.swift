@@ -270,14 +270,11 @@ public final class LETParameters {
                 for j in 0..<cols { let c = kvChannel(ofQuery: j); ds3[c] += dcol[j]; dd3[c] += dcolShift[j] }
             case idown:
                 for j in 0..<cols { ds5[j] += dcol[j] }
-            case iup where downPair:
-                for j in 0..<cols { ds2[j] += dcol[j]; dd2[j] += dcolShift[j] }
-                for r in 0..<rows {  // row = 1/s₅
-                    let s = Double(e.s5[r])
-                    ds5[r] -= drow[r] / (s * s)
-                }
             default:  // gate, up (fc1)
                 for j in 0..<cols { ds2[j] += dcol[j]; dd2[j] += dcolShift[j] }
+                if i == iup && downPair {  // up's rows: 1/s₅
+                    for r in 0..<rows { let s = Double(e.s5[r]); ds5[r] -= drow[r] / (s * s) }
+                }
             }
         }
         // Norms: g' = g/s, b' = (b − δ)/s.
