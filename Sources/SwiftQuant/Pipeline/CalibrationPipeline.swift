@@ -187,7 +187,7 @@ public final class CalibrationPipeline {
             fpIn = fpOut
             model.setBlock(i, workDir == nil ? fused : nil)
             reports.append(report)
-            if data { logBlock(report, n: n, elapsed: sqs_now() - start) } else { bar.advance() }
+            if data { logBlock(report, n: n, eta: Self.remainingSeconds(reports, total: n)) } else { bar.advance() }
         }
         var quantized = inMemory
         if workDir != nil {
@@ -206,9 +206,18 @@ public final class CalibrationPipeline {
                                   seconds: sqs_now() - start, calibrationPath: nil)
     }
 
-    private func logBlock(_ r: BlockReport, n: Int, elapsed: Double) {
+    /// Seconds left for the blocks after `reports`: their count times the mean time of the blocks this run
+    /// computed. A resumed block costs only its propagation, so it does not count (it would make a resumed run's
+    /// ETA far too short); before the first computed block, the resumed blocks' recorded times stand in.
+    public static func remainingSeconds(_ reports: [BlockReport], total n: Int) -> Double {
+        let computed = reports.filter { !$0.resumed }.map(\.seconds)
+        let basis = computed.isEmpty ? reports.map(\.seconds) : computed
+        guard !basis.isEmpty else { return 0 }
+        return basis.reduce(0, +) / Double(basis.count) * Double(max(n - reports.count, 0))
+    }
+
+    private func logBlock(_ r: BlockReport, n: Int, eta: Double) {
         let i = r.block
-        let eta = elapsed / Double(i + 1) * Double(n - i - 1)
         let mem = residentMemoryMiB().map {
             String(format: "  rss %.0f MiB (anon %.0f, peak %.0f)", $0.current, $0.anonymous, $0.peak)
         } ?? ""

@@ -118,6 +118,24 @@ final class OmniQuantTests: XCTestCase {
         }
     }
 
+    /// The ETA of a resumed run comes from the blocks it computed, not from the resumed ones (which cost only
+    /// their propagation); before the first computed block, from the resumed blocks' recorded times.
+    func testETAOfAResumedRunCountsOnlyComputedBlocks() throws {
+        func report(_ i: Int, _ seconds: Double, resumed: Bool) throws -> BlockReport {
+            try JSONDecoder().decode(BlockReport.self, from: Data(
+                #"{"block": \#(i), "seconds": \#(seconds), "skippedSteps": 0, "resumed": \#(resumed)}"#.utf8))
+        }
+        // Nine blocks resumed (recorded 300 s each), then one computed in 330 s: 20 blocks left at 330 s.
+        var reports = try (0..<9).map { try report($0, 300, resumed: true) }
+        XCTAssertEqual(CalibrationPipeline.remainingSeconds(reports, total: 30), 21 * 300)
+        reports.append(try report(9, 330, resumed: false))
+        XCTAssertEqual(CalibrationPipeline.remainingSeconds(reports, total: 30), 20 * 330)
+        reports.append(try report(10, 350, resumed: false))
+        XCTAssertEqual(CalibrationPipeline.remainingSeconds(reports, total: 30), 19 * 340)
+        XCTAssertEqual(CalibrationPipeline.remainingSeconds([], total: 30), 0)
+        XCTAssertEqual(CalibrationPipeline.remainingSeconds(reports, total: 11), 0)
+    }
+
     /// A run stopped after block 0 and resumed ends bit-identical to an uninterrupted run (every family).
     func testResumeIsBitIdentical() throws {
         for family in Self.families {
