@@ -110,6 +110,12 @@ struct Quantize: ParsableCommand {
     @Flag(help: "OmniQuant LET: also train an up → down scale (gated MLPs; beyond the paper, which leaves the down projection's input untransformed).")
     var letDown = false
 
+    @Flag(help: "OmniQuant: end each block with the parameters of the epoch whose mean training loss was lowest, instead of the last epoch's (beyond the paper; guards long budgets whose loss rises).")
+    var keepBest = false
+
+    @Option(help: "OmniQuant: what training minimises per block: mse (the paper's) or relative (each token's squared error relative to its target's squared norm, so massive-activation tokens do not own the loss; beyond the paper).")
+    var loss = "mse"
+
     @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16 or AMX).")
     var precision = "fp32"
 
@@ -176,6 +182,9 @@ struct Quantize: ParsableCommand {
             guard let gemmPrecision = GEMMPrecision(rawValue: precision.lowercased()) else {
                 throw SwiftQuantError.invalidArgument("--precision must be fp32 or bf16, got '\(precision)'")
             }
+            guard let calibrationLoss = CalibrationLoss(rawValue: loss.lowercased()) else {
+                throw SwiftQuantError.invalidArgument("--loss must be mse or relative, got '\(loss)'")
+            }
             let act = aformat ?? abits.map { "int\($0)" }
             var kv: String?? = .none
             if let k = kvBits {
@@ -195,7 +204,8 @@ struct Quantize: ParsableCommand {
                                          }
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
-                                     let: useLET, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision)
+                                     let: useLET, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision,
+                                     keepBest: keepBest, loss: calibrationLoss)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -308,7 +308,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               calib=None, seed: int = 2, resume=None, progress: bool = True, preset: str = "paper",
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
               kv_bits=_FOLLOW, let: bool | None = None, let_lr: float | None = None, let_shifts: bool | None = None,
-              alpha: float | None = None, precision: str = "fp32", let_down: bool = False) -> OmniQuantResult:
+              alpha: float | None = None, precision: str = "fp32", let_down: bool = False,
+              keep_best: bool = False, loss: str = "mse") -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -327,7 +328,12 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for
     W2 weight-only and W4A4 with ``preset="paper"``, off otherwise. ``precision="bf16"`` trains with the block's
     matrix products in bf16 (fp32 accumulation; parameters, norms, softmax and the loss fp32) on CPUs with
-    AVX512-BF16, about twice the products' speed; elsewhere it raises ``ValueError``.
+    AVX512-BF16, about twice the products' speed; elsewhere it raises ``ValueError``. ``keep_best=True`` ends
+    each block with the parameters of the epoch whose mean training loss was lowest instead of the last epoch's
+    (beyond the paper; the block log names the kept epoch): a guard for long budgets whose loss rises (W4A4).
+    ``loss="relative"`` trains on each token's squared error relative to its target's squared norm instead of the
+    paper's MSE, so a window's massive-activation tokens (SmolLM2's first token: 98% of the MSE from block 12 on)
+    do not own the loss; beyond the paper, it matters at W4A4.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -338,7 +344,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
                seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha), precision=precision,
-               let_down=bool(let_down) or None,
+               let_down=bool(let_down) or None, keep_best=bool(keep_best) or None,
+               loss=None if loss == "mse" else loss,
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 

@@ -57,3 +57,21 @@ def test_gptq_settings_fail_fast_and_tiny_budget_runs(smollm2):
     q = r.weights["model.layers.0.mlp.up_proj.weight"]
     assert q.format == "e2m1" and q.group_size == 64
     assert (q.dequantize() == r.model.weights["model.layers.0.mlp.up_proj.weight"]).all()
+
+
+def test_keep_best_and_loss_are_omniquant_recipe_keys(smollm2):
+    # Their effects are tested in Swift (LETTests.testKeepBestEndsWithTheBestEpochsParameters: the best epoch's
+    # parameters bit for bit; AutodiffGradCheckTests.testRelativeMSE); here: the keys, defaults and refusals.
+    assert "keep_best" not in sq.recipe("omniquant", "int3", preset="cpu")
+    assert sq.recipe("omniquant", "int3", preset="cpu", keep_best=True)["keep_best"] is True
+    with pytest.raises(ValueError, match="keep_best"):
+        sq.recipe("gptq", "int4", keep_best=True)
+    assert "loss" not in sq.recipe("omniquant", "int3", preset="cpu")
+    assert sq.recipe("omniquant", "int3", loss="relative")["loss"] == "relative"
+    with pytest.raises(ValueError, match="mse or relative"):
+        sq.recipe("omniquant", "int3", loss="l1")
+    with pytest.raises(ValueError, match="OmniQuant"):
+        sq.recipe("rtn", "int4", loss="relative")
+    r = sq.omniquant(smollm2, 4, group_size=64, epochs=2, nsamples=1, seqlen=32, keep_best=True, loss="relative",
+                     progress=False)
+    assert r.options["keep_best"] is True and r.options["loss"] == "relative"

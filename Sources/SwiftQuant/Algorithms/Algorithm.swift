@@ -32,6 +32,8 @@ public struct BlockOutcome {
     public var learned: [String: Tensor] = [:]
     public var lossFirstEpoch: Double?
     public var lossLastEpoch: Double?
+    /// With `keep_best`: the epoch (0-based) whose parameters the result holds.
+    public var keptEpoch: Int?
     public var skippedSteps = 0
     /// Per linear, `‖(W − Ŵ)X‖²` on the calibration inputs of the algorithm's result and of plain RTN on the same
     /// grid (algorithms that see the inputs, e.g. GPTQ).

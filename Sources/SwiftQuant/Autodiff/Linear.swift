@@ -92,4 +92,48 @@ extension Autodiff {
             }
         }
     }
+
+    /// Squared error with every token rescaled to the window's mean token energy:
+    /// `(1/n) Σ_t (N̄ / ‖target_t‖²) ‖pred_t − target_t‖²` over `rows` = T tokens of `cols` features (n = T·cols),
+    /// `N̄` the mean of `‖target_t‖²` over the window. It is MSE when every token has the same norm, and each token's
+    /// relative error weighs the same whatever its magnitude, so a window's massive-activation tokens (residual
+    /// norms 100× the others, e.g. SmolLM2's first token from block 12 on, 98% of the plain MSE) do not own the
+    /// loss. `‖target_t‖²` is floored at 1e-6 · N̄.
+    public enum RelativeMSELoss {
+        /// Per row, `N̄ / max(‖target_t‖², 1e-6 N̄) / n`.
+        static func weights(target: UnsafePointer<Float>, rows: Int, cols: Int) -> [Double] {
+            var e = [Double](repeating: 0, count: rows)
+            for t in 0..<rows {
+                var a: Double = 0
+                for j in 0..<cols { let v = Double(target[t * cols + j]); a += v * v }
+                e[t] = a
+            }
+            let mean = e.reduce(0, +) / Double(max(rows, 1))
+            let floor = max(1e-6 * mean, Double(Float.leastNormalMagnitude)), n = Double(max(rows * cols, 1))
+            return e.map { mean / max($0, floor) / n }
+        }
+
+        public static func forward(pred: UnsafePointer<Float>, target: UnsafePointer<Float>, rows: Int, cols: Int) -> Float {
+            let w = weights(target: target, rows: rows, cols: cols)
+            var acc: Double = 0
+            for t in 0..<rows {
+                var e: Double = 0
+                for j in 0..<cols { let d = Double(pred[t * cols + j]) - Double(target[t * cols + j]); e += d * d }
+                acc += e * w[t]
+            }
+            return Float(acc)
+        }
+
+        /// `dPred_t = dLoss · 2 w_t (pred_t − target_t)`, `w_t = N̄ / (n ‖target_t‖²)` (written).
+        public static func backward(pred: UnsafePointer<Float>, target: UnsafePointer<Float>,
+                                    dPred: UnsafeMutablePointer<Float>, rows: Int, cols: Int, dLoss: Float = 1) {
+            let w = weights(target: target, rows: rows, cols: cols)
+            parallelFor(rows, minChunk: max(1, (1 << 16) / max(cols, 1))) { r in
+                for t in r {
+                    let s = dLoss * Float(2 * w[t])
+                    for j in 0..<cols { dPred[t * cols + j] = s * (pred[t * cols + j] - target[t * cols + j]) }
+                }
+            }
+        }
+    }
 }

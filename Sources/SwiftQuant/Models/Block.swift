@@ -66,6 +66,8 @@ public final class BlockGraph {
     /// The arithmetic of the block's matrix products, forward and backward (`--precision bf16`: bf16 operands, fp32
     /// accumulation). Norms, RoPE, softmax, activation quantizers, the loss and every parameter stay fp32.
     public var precision: GEMMPrecision = .fp32
+    /// What `trainStep` minimises: the paper's MSE, or the per-token relative error (`CalibrationLoss`).
+    public var loss: CalibrationLoss = .mse
     public let normGradients: [(weight: Tensor, bias: Tensor)]
     public let biasGradients: [Tensor]
     private let tape: Tape
@@ -334,14 +336,22 @@ public final class BlockGraph {
         }
     }
 
-    /// Zeroes nothing itself: weight transforms own their gradients. Runs forward, `MSE(out, target)` and
-    /// backward (no input gradient); returns the loss.
+    /// Zeroes nothing itself: weight transforms own their gradients. Runs forward, the loss against `target`
+    /// (`loss`: MSE, or the per-token relative error) and backward (no input gradient); returns the loss.
     public func trainStep(input: Tensor, target: Tensor) throws -> Float {
         let y = try forward(input)
         try require(target.shape == y.shape, "block: target \(target.shape), output \(y.shape)")
-        let n = y.count
-        let loss = Autodiff.MSELoss.forward(pred: y.pointer, target: target.pointer, count: n)
-        Autodiff.MSELoss.backward(pred: y.pointer, target: target.pointer, dPred: tape.dLoss.pointer, count: n)
+        let n = y.count, T = y.shape[0], H = y.shape[1]
+        let loss: Float
+        switch self.loss {
+        case .mse:
+            loss = Autodiff.MSELoss.forward(pred: y.pointer, target: target.pointer, count: n)
+            Autodiff.MSELoss.backward(pred: y.pointer, target: target.pointer, dPred: tape.dLoss.pointer, count: n)
+        case .relative:
+            loss = Autodiff.RelativeMSELoss.forward(pred: y.pointer, target: target.pointer, rows: T, cols: H)
+            Autodiff.RelativeMSELoss.backward(pred: y.pointer, target: target.pointer, dPred: tape.dLoss.pointer,
+                                              rows: T, cols: H)
+        }
         try backward(Tensor(shape: y.shape, storage: tape.dLoss.storage, byteOffset: 0), inputGradient: false)
         return loss
     }

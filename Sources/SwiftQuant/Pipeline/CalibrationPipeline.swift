@@ -7,6 +7,8 @@ public struct BlockReport: Sendable, Codable {
     /// Mean training loss of the first and of the last epoch (algorithms that train).
     public var lossFirstEpoch: Double?
     public var lossLastEpoch: Double?
+    /// With `keep_best`: the epoch (1-based) whose parameters the block kept.
+    public var keptEpoch: Int? = nil
     /// MSE against the FP targets of the fused block, and of plain RTN for comparison (calibrated runs).
     public var fusedLoss: Double?
     public var rtnLoss: Double?
@@ -126,7 +128,10 @@ public final class CalibrationPipeline {
                 + "\(recipe.epochs) epochs, lr \(recipe.lr)"
                 + (recipe.augLoss ? ", aug_loss (training losses against the mean of the FP block's outputs on the FP and the "
                     + "quantized inputs; fused and RTN losses against the FP path: about 4x the training loss where a "
-                    + "block adds little error of its own)" : ""))
+                    + "block adds little error of its own)" : "")
+                + (recipe.loss == .relative ? ", relative loss (training losses are per-token relative errors; "
+                    + "fused and RTN losses stay MSE)" : "")
+                + (recipe.keepBest ? ", keep_best" : ""))
         }
         for i in 0..<n {
             let t0 = sqs_now()
@@ -157,6 +162,7 @@ public final class CalibrationPipeline {
                 report = BlockReport(block: i, lossFirstEpoch: outcome.lossFirstEpoch, lossLastEpoch: outcome.lossLastEpoch,
                                      fusedLoss: nil, rtnLoss: nil, seconds: 0, skippedSteps: outcome.skippedSteps,
                                      finalLearningRate: outcome.finalLearningRate, resumed: false)
+                report.keptEpoch = outcome.keptEpoch.map { $0 + 1 }
                 if !outcome.linearErrors.isEmpty {
                     report.linearErrors = outcome.linearErrors.mapValues { [$0.quantized, $0.rtn] }
                     for (name, e) in outcome.linearErrors.sorted(by: { $0.key < $1.key }) where e.quantized > e.rtn {
@@ -222,7 +228,8 @@ public final class CalibrationPipeline {
             String(format: "  rss %.0f MiB (anon %.0f, peak %.0f)", $0.current, $0.anonymous, $0.peak)
         } ?? ""
         let fused = r.fusedLoss ?? .nan, rtn = r.rtnLoss ?? .nan
-        let training = r.lossFirstEpoch.map { String(format: "loss %.3e → %.3e  ", $0, r.lossLastEpoch ?? .nan) } ?? ""
+        let kept = r.keptEpoch.map { " (kept epoch \($0))" } ?? ""
+        let training = r.lossFirstEpoch.map { String(format: "loss %.3e → %.3e%@  ", $0, r.lossLastEpoch ?? .nan, kept) } ?? ""
         log(String(format: "block %2d/%d  %@fused %.3e (RTN %.3e, %+.1f%%)  %5.1f s  ETA %@%@%@%@",
                    i + 1, n, training, fused, rtn, (fused / max(rtn, 1e-30) - 1) * 100, r.seconds,
                    ProgressBar.format(seconds: eta), mem, r.resumed ? "  (resumed)" : "",

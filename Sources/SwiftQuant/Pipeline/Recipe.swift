@@ -76,6 +76,11 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var alpha: Float
     /// LET's AdamW learning rate (LWC's is `lr`).
     public var letLr: Float
+    /// OmniQuant: what training minimises per block (`mse`, the paper's; `relative`, beyond it).
+    public var loss: CalibrationLoss
+    /// OmniQuant: end each block with the LWC (and LET) parameters of the epoch whose mean training loss was the
+    /// lowest, instead of the last epoch's (beyond the paper, whose code keeps the last; off by default).
+    public var keepBest: Bool
     /// Arithmetic of the matrix products while OmniQuant trains a block: `fp32`, or `bf16` (bf16 operands, fp32
     /// accumulation, on CPUs with AVX512-BF16 or AMX-BF16); parameters, norms, softmax and the loss stay fp32. The fused result
     /// is computed in fp32 either way.
@@ -87,7 +92,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                 lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
                 `let` let_: Bool? = nil, letShifts: Bool? = nil, letDown: Bool = false, alpha: Float? = nil, letLr: Float = 5e-3,
-                precision: GEMMPrecision = .fp32) {
+                precision: GEMMPrecision = .fp32, keepBest: Bool = false, loss: CalibrationLoss = .mse) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
@@ -102,6 +107,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         // OmniQuant's weight-activation mode is LWC + LET (ALGORITHMS.md §3); weight-only is LWC alone.
         self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
         self.letShifts = letShifts; self.letDown = letDown; self.letLr = letLr; self.precision = precision
+        self.keepBest = keepBest; self.loss = loss
         self.alpha = alpha ?? Self.paperAlpha(method: method, aformat: self.aformat)
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
@@ -133,6 +139,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
         case aformat, abits, kvFormat = "kv_format", kvBits = "kv_bits", actOrder = "act_order", lorcRank = "lorc_rank"
         case let_ = "let", letShifts = "let_shifts", letDown = "let_down", alpha, letLr = "let_lr", precision
+        case keepBest = "keep_best", loss
     }
 
     /// `abits: N` is a spelling of `aformat: "intN"`; both together are refused.
@@ -207,7 +214,18 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   letDown: try c.decodeIfPresent(Bool.self, forKey: .letDown) ?? false,
                   alpha: try c.decodeIfPresent(Float.self, forKey: .alpha),
                   letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3,
-                  precision: try Self.decodePrecision(c))
+                  precision: try Self.decodePrecision(c),
+                  keepBest: try c.decodeIfPresent(Bool.self, forKey: .keepBest) ?? false,
+                  loss: try Self.decodeLoss(c))
+    }
+
+    private static func decodeLoss(_ c: KeyedDecodingContainer<CodingKeys>) throws -> CalibrationLoss {
+        guard try c.contains(.loss) && !c.decodeNil(forKey: .loss) else { return .mse }
+        let name = try c.decode(String.self, forKey: .loss)
+        guard let l = CalibrationLoss(rawValue: name.lowercased()) else {
+            throw SwiftQuantError.invalidArgument("recipe: loss must be mse or relative, got '\(name)'")
+        }
+        return l
     }
 
     private static func decodePrecision(_ c: KeyedDecodingContainer<CodingKeys>) throws -> GEMMPrecision {
@@ -252,6 +270,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         if letDown { try c.encode(letDown, forKey: .letDown) }  // written only when on: older work dirs still resume
         try c.encode(alpha, forKey: .alpha); try c.encode(letLr, forKey: .letLr)
         try c.encode(precision.rawValue, forKey: .precision)
+        if keepBest { try c.encode(keepBest, forKey: .keepBest) }  // written only when on, as let_down
+        if loss != .mse { try c.encode(loss.rawValue, forKey: .loss) }
     }
 
     /// The activation quantization of the quantized path and of the result's inference (nil: FP).
@@ -321,6 +341,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try require(!actOrder || method == .gptq, "act_order is a GPTQ option (method \(method.rawValue))")
         try require(!let_ || method == .omniquant, "let (the learnable equivalent transformation) is an OmniQuant option")
         try require(!letDown || let_, "let_down adds a pair to LET: it needs let (OmniQuant with let true)")
+        try require(loss == .mse || method == .omniquant, "loss \(loss.rawValue) is what OmniQuant's training minimises (method \(method.rawValue))")
+        try require(!keepBest || method == .omniquant, "keep_best chooses among OmniQuant's training epochs (method \(method.rawValue))")
         try require(method != .smoothquant || aformat != nil,
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
@@ -377,4 +399,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
             }
         }
     }
+}
+
+/// What OmniQuant's block-wise training minimises between the quantized block's output and its target.
+public enum CalibrationLoss: String, Sendable, CaseIterable {
+    /// Mean squared error over every element (the paper's, ALGORITHMS.md §3).
+    case mse
+    /// Each token's squared error rescaled to the window's mean token energy (its relative error counts alike)
+    /// (`Autodiff.RelativeMSELoss`): beyond the paper. Under plain MSE a window's massive-activation tokens own the
+    /// loss (SmolLM2's first token holds 98% of it from block 12 on); relative, every token counts alike.
+    case relative
 }

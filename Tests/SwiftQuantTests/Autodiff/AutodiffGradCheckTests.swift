@@ -151,6 +151,56 @@ final class AutodiffGradCheckTests: XCTestCase {
         check("mse", inputs: [p, t], dY: [1], analytic: [0: dp.array]) { [Ref.mse($0[0], $0[1])] }
     }
 
+    /// The token-rescaled loss (`loss="relative"`): its forward against a Float64 sum written out here, its
+    /// backward against finite differences, and the properties it exists for: scaling one token's prediction and
+    /// target together leaves it unchanged (plain MSE grows with the square of the scale), and with every token of
+    /// the same norm it is MSE.
+    func testRelativeMSE() {
+        let (T, H) = (6, 5)
+        // Token 0: relative error ~1 and massive (300×); the others: relative error ~0.01.
+        let t = rng.floats(T * H), noise = rng.floats(T * H)
+        var p = (0..<(T * H)).map { $0 < H ? noise[$0] : t[$0] + 0.1 * noise[$0] }
+        var t0 = t
+        for j in 0..<H { p[j] *= 300; t0[j] *= 300 }
+        func reference(_ p: [Double], _ t0: [Double]) -> Double {
+            var norms = [Double](repeating: 0, count: T), errors = norms
+            for r in 0..<T {
+                for j in 0..<H {
+                    errors[r] += (p[r * H + j] - t0[r * H + j]) * (p[r * H + j] - t0[r * H + j]); norms[r] += t0[r * H + j] * t0[r * H + j]
+                }
+            }
+            let mean = norms.reduce(0, +) / Double(T)
+            return (0..<T).map { mean / norms[$0] * errors[$0] }.reduce(0, +) / Double(T * H)
+        }
+        let loss = A.RelativeMSELoss.forward(pred: tensor(p).pointer, target: tensor(t0).pointer, rows: T, cols: H)
+        let want = reference(p.map(Double.init), t0.map(Double.init))
+        XCTAssertEqual(Double(loss), want, accuracy: 1e-6 * want)
+        let dp = zeros([T * H])
+        A.RelativeMSELoss.backward(pred: tensor(p).pointer, target: tensor(t0).pointer, dPred: dp.pointer, rows: T, cols: H)
+        check("relative mse", inputs: [p], dY: [1], analytic: [0: dp.array]) { [reference($0[0], t0.map(Double.init))] }
+        // Token 0 scaled down 300×: divided by the window's mean square, the loss is the same; MSE is not.
+        var p2 = p, t2 = t0
+        for j in 0..<H { p2[j] /= 300; t2[j] /= 300 }
+        func meanSquare(_ v: [Float]) -> Float { v.map { $0 * $0 }.reduce(0, +) / Float(v.count) }
+        let loss2 = A.RelativeMSELoss.forward(pred: tensor(p2).pointer, target: tensor(t2).pointer, rows: T, cols: H)
+        XCTAssertEqual(loss2 / meanSquare(t2), loss / meanSquare(t0), accuracy: 1e-5 * loss / meanSquare(t0))
+        let mse = A.MSELoss.forward(pred: tensor(p).pointer, target: tensor(t0).pointer, count: T * H)
+        let mse2 = A.MSELoss.forward(pred: tensor(p2).pointer, target: tensor(t2).pointer, count: T * H)
+        XCTAssertGreaterThan((mse / meanSquare(t0)) / (mse2 / meanSquare(t2)), 2)
+        // Every token of the same norm: MSE.
+        var tn = t0
+        for r in 0..<T {
+            let norm = (0..<H).map { tn[r * H + $0] * tn[r * H + $0] }.reduce(0, +).squareRoot()
+            for j in 0..<H { tn[r * H + j] /= norm }
+        }
+        let same = A.RelativeMSELoss.forward(pred: tensor(p).pointer, target: tensor(tn).pointer, rows: T, cols: H)
+        XCTAssertEqual(same, A.MSELoss.forward(pred: tensor(p).pointer, target: tensor(tn).pointer, count: T * H),
+                       accuracy: 1e-5 * same)
+        // A zero target row is floored, not divided by zero.
+        let zero = [Float](repeating: 0, count: H) + t0[H...]
+        XCTAssertTrue(A.RelativeMSELoss.forward(pred: tensor(p).pointer, target: tensor(zero).pointer, rows: T, cols: H).isFinite)
+    }
+
     /// The whole block as a function of its input (weights fixed after fake-quantization, so it is smooth in x).
     func testLlamaBlockInputGradient() throws {
         let T = 5

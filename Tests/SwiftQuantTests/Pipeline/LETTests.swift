@@ -147,6 +147,42 @@ final class LETTests: XCTestCase {
         }
     }
 
+    /// `keep_best`: a run of E epochs whose loss rises after epoch k ends with exactly the parameters (and codes) of
+    /// a run of k epochs: LWC + LET on W4A4 and LWC alone on W2, learning rates high enough that the loss rises
+    /// (asserted, so the test cannot pass by keeping the last epoch).
+    func testKeepBestEndsWithTheBestEpochsParameters() throws {
+        let loaded = try tiny("tiny/llama_gqa"), m = loaded.model
+        let inputs = try windows(m).map { try m.embed($0) }
+        let targets = try inputs.map { try m.forwardBlock(0, hidden: $0) }
+        for (useLET, wformat, aformat, lr) in [(true, "int4", "int4" as String?, Float(0.5)), (false, "int2", nil, 5)] {
+            func train(epochs: Int, keepBest: Bool) throws -> BlockOutcome {
+                let r = QuantRecipe(method: .omniquant, wformat: wformat, groupSize: .perRow, epochs: epochs, nsamples: 4,
+                                    seqlen: 32, lr: lr, aformat: aformat, let: useLET, letLr: 0.5, keepBest: keepBest)
+                let job = BlockJob(model: m, index: 0, weights: try m.loadBlock(0), inputs: inputs, targets: targets,
+                                   recipe: r, log: { _ in })
+                return try r.algorithm().quantize(job)
+            }
+            let e = 8, best = try train(epochs: e, keepBest: true), plain = try train(epochs: e, keepBest: false)
+            let k = try XCTUnwrap(best.keptEpoch, "LET \(useLET)")
+            XCTAssertLessThan(k, e - 1, "LET \(useLET): the loss must rise for this test to mean anything")
+            XCTAssertNil(plain.keptEpoch)
+            XCTAssertEqual(best.lossLastEpoch, plain.lossLastEpoch)
+            let short = try train(epochs: k + 1, keepBest: false)
+            XCTAssertFalse(best.learned.isEmpty)
+            XCTAssertEqual(best.learned.keys.sorted(), short.learned.keys.sorted())
+            var differsFromLast = false
+            for (name, t) in best.learned {
+                XCTAssertEqual(t.array.map(\.bitPattern), short.learned[name]!.array.map(\.bitPattern), "LET \(useLET) \(name)")
+                differsFromLast = differsFromLast || t.array != plain.learned[name]!.array
+            }
+            XCTAssertTrue(differsFromLast, "LET \(useLET)")
+            for (name, q) in best.quantized {
+                XCTAssertEqual(q.codes, short.quantized[name]!.codes, "LET \(useLET) \(name)")
+                XCTAssertEqual(q.scales.map(\.bitPattern), short.quantized[name]!.scales.map(\.bitPattern), name)
+            }
+        }
+    }
+
     /// SmolLM2 block 0 (GQA 9/3 heads, RoPE): random scales (the initial SmoothQuant-style ones too) leave the FP
     /// block's output unchanged to 1e-5, and so does the whole model with every block transformed (the fused
     /// form a saved model holds).

@@ -211,6 +211,35 @@ final class OmniQuantTests: XCTestCase {
         XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "rtn", "wbits": 4, "group_size": "abc"}"#),
                                        contains: "per-row")
         XCTAssertEqual(try QuantRecipe.fromJSON(cpu.json), cpu)
+        // Beyond the paper, written only when not the default (older work directories still resume).
+        XCTAssertFalse(cpu.json.contains("keep_best") || cpu.json.contains("\"loss\""))
+        let extra = try QuantRecipe.fromJSON(#"{"method": "omniquant", "wformat": "int3", "loss": "relative", "keep_best": true}"#)
+        XCTAssertEqual(extra.loss, .relative)
+        XCTAssertTrue(extra.keepBest)
+        XCTAssertEqual(try QuantRecipe.fromJSON(extra.json), extra)
+        XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "omniquant", "wformat": "int3", "loss": "l1"}"#),
+                                       contains: "mse or relative")
+        for key in [#""loss": "relative""#, #""keep_best": true"#] {
+            XCTAssertThrowsSwiftQuantError(try QuantRecipe.fromJSON(#"{"method": "gptq", "wformat": "int4", "# + key + "}").validate(),
+                                           contains: "OmniQuant")
+        }
+    }
+
+    /// `loss: relative` trains every family through the pipeline, lowers its (relative) training loss, and ends
+    /// elsewhere than MSE's training.
+    func testRelativeLossTrainsThroughThePipeline() throws {
+        for family in Self.families {
+            var r = recipe()
+            r.loss = .relative
+            let (fused, result, _) = try run(r, family: family, workDir: nil)
+            // Summed over the blocks (block 1 of the random-token Qwen2 fixture moves by under 1% either way).
+            let first = try result.reports.map { try XCTUnwrap($0.lossFirstEpoch) }.reduce(0, +)
+            let last = try result.reports.map { try XCTUnwrap($0.lossLastEpoch) }.reduce(0, +)
+            XCTAssertLessThan(last, first, family)
+            XCTAssertLessThan(try XCTUnwrap(result.reports[0].lossLastEpoch), try XCTUnwrap(result.reports[0].lossFirstEpoch), family)
+            let (plain, _, _) = try run(recipe(), family: family, workDir: nil)
+            XCTAssertNotEqual(fused, plain, family)
+        }
     }
 
     /// The calibration text follows one rule whoever names the file: a WikiText line file has its rows rebuilt,

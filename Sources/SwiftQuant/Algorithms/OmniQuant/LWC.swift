@@ -94,8 +94,10 @@ public struct OmniQuantLWC: BlockAlgorithm {
         let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen,
                                              activations: try r.activationScheme)
         graph.precision = r.precision
+        graph.loss = r.loss
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let gradients = lwc.map(\.gradU) + lwc.map(\.gradL)
+        var best = BestEpoch(lwc.map(\.u) + lwc.map(\.l), enabled: r.keepBest)
         var first = 0.0, last = 0.0, skipped = 0
         for epoch in 0..<r.epochs {
             var sum = 0.0, counted = 0
@@ -115,10 +117,13 @@ public struct OmniQuantLWC: BlockAlgorithm {
             let mean = counted > 0 ? sum / Double(counted) : .nan
             if epoch == 0 { first = mean }
             last = mean
+            best.record(epoch: epoch, meanLoss: mean)
         }
+        best.restore()
         var out = try Self.quantize(job.weights, spec: spec, clipping: lwc, config: try r.quantizerConfig)
         out.lossFirstEpoch = first
         out.lossLastEpoch = last
+        out.keptEpoch = best.epoch
         out.skippedSteps = skipped
         out.finalLearningRate = adam.learningRate
         return out

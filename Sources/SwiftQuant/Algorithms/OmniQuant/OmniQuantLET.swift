@@ -85,11 +85,13 @@ public struct OmniQuantLET: BlockAlgorithm {
         let graph = try job.model.blockGraph(job.weights, hooks: lwc.map { LinearHooks(weight: $0) }, maxRows: r.seqlen,
                                              activations: try r.activationScheme)
         graph.precision = r.precision
+        graph.loss = r.loss
         graph.parameterGradients = true
         let adamLWC = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let adamLET = try AdamW(parameters: letp.parameters, learningRate: r.letLr)
         let lwcGrads = lwc.map(\.gradU) + lwc.map(\.gradL)
 
+        var best = BestEpoch(lwc.map(\.u) + lwc.map(\.l) + letp.parameters, enabled: r.keepBest)
         var first = 0.0, last = 0.0, skipped = 0
         for epoch in 0..<r.epochs {
             var sum = 0.0, counted = 0
@@ -116,7 +118,9 @@ public struct OmniQuantLET: BlockAlgorithm {
             let mean = counted > 0 ? sum / Double(counted) : .nan
             if epoch == 0 { first = mean }
             last = mean
+            best.record(epoch: epoch, meanLoss: mean)
         }
+        best.restore()
         // Fold: the transformed block, its weights quantized with the learned clipping.
         let transformed = try letp.apply(to: job.weights)
         var out = try OmniQuantLWC.quantize(transformed, spec: spec, clipping: lwc, config: try r.quantizerConfig)
@@ -124,6 +128,7 @@ public struct OmniQuantLET: BlockAlgorithm {
         out.transformed = transformed
         out.lossFirstEpoch = first
         out.lossLastEpoch = last
+        out.keptEpoch = best.epoch
         out.skippedSteps = skipped
         out.finalLearningRate = adamLWC.learningRate
         return out
