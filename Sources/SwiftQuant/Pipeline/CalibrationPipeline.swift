@@ -129,7 +129,7 @@ public final class CalibrationPipeline {
                 + (recipe.augLoss ? ", aug_loss (training losses against the mean of the FP block's outputs on the FP and the "
                     + "quantized inputs; fused and RTN losses against the FP path: about 4x the training loss where a "
                     + "block adds little error of its own)" : "")
-                + (recipe.loss == .relative ? ", relative loss (training losses are per-token relative errors; "
+                + (recipe.loss == .relative ? ", relative loss (training losses weigh each token by the window's mean token energy over its own; "
                     + "fused and RTN losses stay MSE)" : "")
                 + (recipe.keepBest ? ", keep_best" : ""))
         }

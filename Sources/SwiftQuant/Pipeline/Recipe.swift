@@ -205,7 +205,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   lr: try c.decodeIfPresent(Float.self, forKey: .lr),
                   augLoss: try c.decodeIfPresent(Bool.self, forKey: .augLoss),
                   seed: try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 2,
-                  scaleConstraint: try Self.decodeConstraint(c),
+                  scaleConstraint: try Self.decodeChoice(c, .scaleConstraint, default: ScaleConstraint.none,
+                                                         choices: "m1, m2 or none"),
                   aformat: try Self.decodeActivationFormat(c), kvFormat: try Self.decodeKV(c),
                   actOrder: try c.decodeIfPresent(Bool.self, forKey: .actOrder) ?? false,
                   lorcRank: try c.decodeIfPresent(Int.self, forKey: .lorcRank) ?? 0,
@@ -214,34 +215,19 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   letDown: try c.decodeIfPresent(Bool.self, forKey: .letDown) ?? false,
                   alpha: try c.decodeIfPresent(Float.self, forKey: .alpha),
                   letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3,
-                  precision: try Self.decodePrecision(c),
+                  precision: try Self.decodeChoice(c, .precision, default: GEMMPrecision.fp32, choices: "fp32 or bf16"),
                   keepBest: try c.decodeIfPresent(Bool.self, forKey: .keepBest) ?? false,
-                  loss: try Self.decodeLoss(c))
+                  loss: try Self.decodeChoice(c, .loss, default: CalibrationLoss.mse, choices: "mse or relative"))
     }
 
-    private static func decodeLoss(_ c: KeyedDecodingContainer<CodingKeys>) throws -> CalibrationLoss {
-        guard try c.contains(.loss) && !c.decodeNil(forKey: .loss) else { return .mse }
-        let name = try c.decode(String.self, forKey: .loss)
-        guard let l = CalibrationLoss(rawValue: name.lowercased()) else {
-            throw SwiftQuantError.invalidArgument("recipe: loss must be mse or relative, got '\(name)'")
-        }
-        return l
-    }
-
-    private static func decodePrecision(_ c: KeyedDecodingContainer<CodingKeys>) throws -> GEMMPrecision {
-        guard try c.contains(.precision) && !c.decodeNil(forKey: .precision) else { return .fp32 }
-        let name = try c.decode(String.self, forKey: .precision)
-        guard let p = GEMMPrecision(rawValue: name.lowercased()) else {
-            throw SwiftQuantError.invalidArgument("recipe: precision must be fp32 or bf16, got '\(name)'")
-        }
-        return p
-    }
-
-    private static func decodeConstraint(_ c: KeyedDecodingContainer<CodingKeys>) throws -> ScaleConstraint {
-        guard try c.contains(.scaleConstraint) && !c.decodeNil(forKey: .scaleConstraint) else { return .none }
-        let name = try c.decode(String.self, forKey: .scaleConstraint)
-        guard let v = ScaleConstraint(rawValue: name.lowercased()) else {
-            throw SwiftQuantError.invalidArgument("recipe: scale_constraint must be m1, m2 or none, got '\(name)'")
+    /// A named choice (`loss`, `precision`, `scale_constraint`), case-insensitive; absent or null: `default`.
+    private static func decodeChoice<V: RawRepresentable>(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys,
+                                                          default d: V, choices: String) throws -> V
+        where V.RawValue == String {
+        guard try c.contains(key) && !c.decodeNil(forKey: key) else { return d }
+        let name = try c.decode(String.self, forKey: key)
+        guard let v = V(rawValue: name.lowercased()) else {
+            throw SwiftQuantError.invalidArgument("recipe: \(key.stringValue) must be \(choices), got '\(name)'")
         }
         return v
     }
