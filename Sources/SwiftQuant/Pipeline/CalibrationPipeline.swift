@@ -9,7 +9,8 @@ public struct BlockReport: Sendable, Codable {
     public var lossLastEpoch: Double?
     /// With `keep_best`: the epoch (1-based) whose parameters the block kept.
     public var keptEpoch: Int? = nil
-    /// MSE against the FP targets of the fused block, and of plain RTN for comparison (calibrated runs).
+    /// The fused block's loss against the FP targets, and plain RTN's for comparison (calibrated runs), in the
+    /// recipe's training loss (`loss`: MSE unless `relative`).
     public var fusedLoss: Double?
     public var rtnLoss: Double?
     public var seconds: Double
@@ -129,8 +130,8 @@ public final class CalibrationPipeline {
                 + (recipe.augLoss ? ", aug_loss (training losses against the mean of the FP block's outputs on the FP and the "
                     + "quantized inputs; fused and RTN losses against the FP path: about 4x the training loss where a "
                     + "block adds little error of its own)" : "")
-                + (recipe.loss == .relative ? ", relative loss (training losses weigh each token by the window's mean token energy over its own; "
-                    + "fused and RTN losses stay MSE)" : "")
+                + (recipe.loss == .relative ? ", relative loss (each token weighed by the window's mean token energy over "
+                    + "its own: training, fused and RTN losses alike)" : "")
                 + (recipe.keepBest ? ", keep_best" : ""))
         }
         for i in 0..<n {
@@ -178,7 +179,7 @@ public final class CalibrationPipeline {
                 var fusedLoss = 0.0
                 for (x, t) in zip(qIn, fpOut) {
                     try model.forward(block: fused, hidden: x, workspace: ws, activations: scheme)
-                    fusedLoss += mse(x, t)
+                    fusedLoss += outputLoss(x, t)
                 }
                 if data { report.fusedLoss = fusedLoss / Double(qIn.count) }
                 report.seconds = sqs_now() - t0
@@ -260,15 +261,22 @@ public final class CalibrationPipeline {
         for (x, t) in zip(inputs, targets) {
             let y = x.copy()
             try model.forward(block: block, hidden: y, workspace: ws, activations: scheme)
-            s += mse(y, t)
+            s += outputLoss(y, t)
         }
         return s / Double(max(inputs.count, 1))
     }
 
-    private func mse(_ y: Tensor, _ t: Tensor) -> Double {
-        var e = 0.0
-        for k in 0..<y.count { let d = Double(y.pointer[k] - t.pointer[k]); e += d * d }
-        return e / Double(y.count)
+    /// The fused (or RTN) block's output against the FP target, in the recipe's training loss (MSE by default).
+    private func outputLoss(_ y: Tensor, _ t: Tensor) -> Double {
+        switch recipe.loss {
+        case .mse:
+            var e = 0.0
+            for k in 0..<y.count { let d = Double(y.pointer[k] - t.pointer[k]); e += d * d }
+            return e / Double(y.count)
+        case .relative:
+            return Double(Autodiff.RelativeMSELoss.forward(pred: y.pointer, target: t.pointer, rows: y.shape[0],
+                                                           cols: y.count / max(y.shape[0], 1)))
+        }
     }
 
     // MARK: work directory
