@@ -66,7 +66,8 @@ public final class BlockGraph {
     /// The arithmetic of the block's matrix products, forward and backward (`--precision bf16`: bf16 operands, fp32
     /// accumulation). Norms, RoPE, softmax, activation quantizers, the loss and every parameter stay fp32.
     public var precision: GEMMPrecision = .fp32
-    /// What `trainStep` minimises: the paper's MSE, or the per-token relative error (`CalibrationLoss`).
+    /// What `trainStep` minimises: the paper's MSE, or MSE with every token rescaled to the window's mean token
+    /// energy (`CalibrationLoss`).
     public var loss: CalibrationLoss = .mse
     public let normGradients: [(weight: Tensor, bias: Tensor)]
     public let biasGradients: [Tensor]
@@ -337,7 +338,7 @@ public final class BlockGraph {
     }
 
     /// Zeroes nothing itself: weight transforms own their gradients. Runs forward, the loss against `target`
-    /// (`loss`: MSE, or the per-token relative error) and backward (no input gradient); returns the loss.
+    /// (`loss`: MSE, or `RelativeMSELoss`) and backward (no input gradient); returns the loss.
     public func trainStep(input: Tensor, target: Tensor) throws -> Float {
         let y = try forward(input)
         try require(target.shape == y.shape, "block: target \(target.shape), output \(y.shape)")
