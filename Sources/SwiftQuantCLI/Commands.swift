@@ -113,7 +113,7 @@ struct Quantize: ParsableCommand {
     @Flag(help: "OmniQuant: end each block with the parameters of the epoch whose mean training loss was lowest, instead of the last epoch's (beyond the paper; guards long budgets whose loss rises).")
     var keepBest = false
 
-    @Option(help: "OmniQuant: what training minimises per block: mse (the paper's) or relative (each token's squared error relative to its target's squared norm, so massive-activation tokens do not own the loss; beyond the paper).")
+    @Option(help: "OmniQuant: what training minimises per block: mse (the paper's) or relative (each token's squared error rescaled to the window's mean token energy, so massive-activation tokens do not own the loss; beyond the paper).")
     var loss = "mse"
 
     @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16 or AMX).")

@@ -331,8 +331,9 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     AVX512-BF16, about twice the products' speed; elsewhere it raises ``ValueError``. ``keep_best=True`` ends
     each block with the parameters of the epoch whose mean training loss was lowest instead of the last epoch's
     (beyond the paper; the block log names the kept epoch): a guard for long budgets whose loss rises (W4A4).
-    ``loss="relative"`` trains on each token's squared error relative to its target's squared norm instead of the
-    paper's MSE, so a window's massive-activation tokens (SmolLM2's first token: 98% of the MSE from block 12 on)
+    ``loss="relative"`` trains on each token's squared error rescaled to the window's mean token energy
+    (``N̄ / ‖target_t‖²``; MSE when all tokens have the same norm) instead of the paper's MSE, so a window's
+    massive-activation tokens (SmolLM2's first token: 98% of the MSE from block 12 on)
     do not own the loss; beyond the paper, it matters at W4A4.
     """
     if precision not in ("fp32", "bf16"):

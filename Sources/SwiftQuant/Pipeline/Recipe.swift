@@ -391,8 +391,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
 public enum CalibrationLoss: String, Sendable, CaseIterable {
     /// Mean squared error over every element (the paper's, ALGORITHMS.md §3).
     case mse
-    /// Each token's squared error rescaled to the window's mean token energy (its relative error counts alike)
-    /// (`Autodiff.RelativeMSELoss`): beyond the paper. Under plain MSE a window's massive-activation tokens own the
-    /// loss (SmolLM2's first token holds 98% of it from block 12 on); relative, every token counts alike.
+    /// Each token's squared error rescaled to the window's mean token energy (`Autodiff.RelativeMSELoss`): beyond
+    /// the paper. Under plain MSE a window's massive-activation tokens own the loss (SmolLM2's first token holds 98%
+    /// of it from block 12 on); here every token's relative error counts alike.
     case relative
 }
