@@ -120,3 +120,20 @@ def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
         back = sq.load_model(tmp_path / name)
         np.testing.assert_array_equal(back.logits(x), before, err_msg=name)
     assert sq.load_model(tmp_path / "gptq").config["swiftquant"]["lorc_rank"] == 4
+
+
+def test_down_proj_cost_benchmark_quantizes_as_the_core():
+    """benchmarks/down_proj_cost.py re-implements the per-token activation quantizer in NumPy; its numbers are
+    only evidence if that quantizer is SwiftQuant's, bit for bit (heavy-tailed rows, as the down_proj input)."""
+    import sys
+    sys.path.insert(0, str(REPO / "python" / "benchmarks"))
+    from down_proj_cost import quantize_rows
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((129, 1536)) * rng.standard_normal((129, 1536)) ** 3).astype(np.float32)
+    x[3] = 0.0                        # a constant row: h at its 1e-5 floor
+    x[5, :] = np.abs(x[5, :]) + 1.0   # an all-positive row: the zero point leaves the grid
+    for bits in (2, 4, 6, 8):
+        ours = quantize_rows(x, bits)
+        core = sq.fake_quantize(x, f"int{bits}", group_size=None)
+        assert np.array_equal(ours, core), f"int{bits}: {np.count_nonzero(ours != core)} values differ"
+        assert np.count_nonzero(ours != x) > x.size // 2   # it quantized

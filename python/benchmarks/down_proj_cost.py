@@ -1,0 +1,129 @@
+"""What quantizing the down projection's input costs, and how much any per-channel scale can win back.
+
+An independent NumPy forward of a Llama-family model (SmolLM2 by default; weights read through ``swiftquant``,
+everything else plain NumPy) with every tensor FP except the down_proj input of every block, which goes through
+the per-token asymmetric MinMax quantizer of ALGORITHMS.md §1/§2b (INT ``--bits``, 6 by default). Rows:
+
+- ``FP``: no quantizer; checked against ``sq.perplexity`` on the same windows (the forward is right).
+- ``down_proj input, no transform``: what W6A6 pays there before LET.
+- ``... smoothed, alpha a``: the input divided per channel by ``s_j = max_t |x_tj|^a`` (and down_proj's columns
+  multiplied by it, which is exact because ``silu(gate) * up`` is linear in ``up``). The maxima come from the
+  evaluation windows themselves (an oracle) and the weights stay FP, so the scale costs nothing on the weight side:
+  a best case for the up → down pair (``let_down``) and for SmoothQuant-style scales.
+
+Run from the repository: ``python python/benchmarks/down_proj_cost.py [--windows 4] [--bits 6]``. Needs
+WikiText-2 in ``../shared/data/wikitext-2-raw``; exits 0 with a message when it is absent. About 20 s per window
+and row on 2 cores.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from _common import cpu_name, find_wikitext
+
+
+def quantize_rows(x, bits):
+    """ALGORITHMS.md §1 without LWC, per row (token): min/max of the row (0 not forced in), h clamped to
+    [1e-5, 1e4], plain-rounded zero point, codes clamped to [0, 2^bits - 1]; NumPy rounds half to even."""
+    top = 2 ** bits - 1
+    xmax, xmin = x.max(-1, keepdims=True), x.min(-1, keepdims=True)
+    h = np.clip((xmax - xmin) / top, 1e-5, 1e4)
+    z = np.round(np.clip(-xmin / h, -1e4, 1e4))
+    return ((np.clip(np.round(x / h) + z, 0, top) - z) * h).astype(np.float32)
+
+
+class Llama:
+    def __init__(self, model, heads, kv_heads, eps, theta):
+        self.w = {k: model.weights[k] for k in model.weights}
+        self.layers = sum(1 for k in self.w if k.endswith("input_layernorm.weight"))
+        self.h, self.kv, self.eps, self.theta = heads, kv_heads, eps, theta
+        self.d = self.w["model.layers.0.self_attn.q_proj.weight"].shape[0] // heads
+        self.head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
+
+    def norm(self, x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.eps) * w
+
+    def rope(self, x):
+        t, d = x.shape[1], self.d
+        ang = np.arange(t)[:, None] * self.theta ** (-np.arange(0, d, 2) / d)[None]
+        ang = np.concatenate([ang, ang], 1)
+        rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
+        return x * np.cos(ang).astype(np.float32) + rot * np.sin(ang).astype(np.float32)
+
+    def nll(self, tokens, down_input=None):
+        """Summed next-token NLL of one window; ``down_input(layer, x)`` replaces each down_proj input."""
+        t, w = len(tokens), self.w
+        x = w["model.embed_tokens.weight"][tokens].astype(np.float32)
+        mask = np.triu(np.full((t, t), -np.inf, np.float32), 1)
+        for i in range(self.layers):
+            p = f"model.layers.{i}."
+            a = self.norm(x, w[p + "input_layernorm.weight"])
+            q = (a @ w[p + "self_attn.q_proj.weight"].T).reshape(t, self.h, self.d).transpose(1, 0, 2)
+            k = (a @ w[p + "self_attn.k_proj.weight"].T).reshape(t, self.kv, self.d).transpose(1, 0, 2)
+            v = (a @ w[p + "self_attn.v_proj.weight"].T).reshape(t, self.kv, self.d).transpose(1, 0, 2)
+            q, k = self.rope(q), np.repeat(self.rope(k), self.h // self.kv, 0)
+            s = q @ k.transpose(0, 2, 1) / np.sqrt(self.d) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            att = (s @ np.repeat(v, self.h // self.kv, 0)).transpose(1, 0, 2).reshape(t, -1)
+            x = x + att @ w[p + "self_attn.o_proj.weight"].T
+            a = self.norm(x, w[p + "post_attention_layernorm.weight"])
+            g, u = a @ w[p + "mlp.gate_proj.weight"].T, a @ w[p + "mlp.up_proj.weight"].T
+            m = g / (1 + np.exp(-g)) * u
+            if down_input is not None:
+                m = down_input(i, m)
+            x = x + m @ w[p + "mlp.down_proj.weight"].T
+        logits = self.norm(x, w["model.norm.weight"]) @ self.head.T
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -float(logp[np.arange(t - 1), tokens[1:]].sum())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--windows", type=int, default=4, help="WikiText-2 test windows of 2048 tokens (default 4)")
+    ap.add_argument("--bits", type=int, default=6, help="activation bits of the down_proj input (default 6)")
+    ap.add_argument("--alphas", default="0.5,0.75,1", help="migration strengths to try (comma-separated)")
+    args = ap.parse_args()
+    text = find_wikitext()
+    if text is None:
+        print("skipped: ../shared/data/wikitext-2-raw/test.joined.txt not found")
+        return 0
+    import swiftquant as sq
+    model = sq.load_model(sq.smollm2_path())
+    # SmolLM2-135M's configuration (config.json of HuggingFaceTB/SmolLM2-135M-Instruct).
+    net = Llama(model, heads=9, kv_heads=3, eps=1e-5, theta=100000.0)
+    ids = model.tokenizer.encode(text.read_text(encoding="utf-8"))
+    wins = [ids[i * 2048:(i + 1) * 2048] for i in range(args.windows)]
+    n = args.windows * 2047
+    print(f"{cpu_name()}; SmolLM2-135M (Q4_1 weights, dequantized), WikiText-2 test, first {args.windows} windows; "
+          f"down_proj input at INT{args.bits} per token, everything else FP")
+
+    def ppl(down_input=None):
+        t0 = time.time()
+        v = float(np.exp(sum(net.nll(w, down_input) for w in wins) / n))
+        return v, time.time() - t0
+
+    amax = {}  # the oracle's channel maxima, observed on the evaluation windows during the FP pass
+
+    def observe(i, m):
+        amax[i] = np.maximum(amax.get(i, 0), np.abs(m).max(0))
+        return m
+
+    fp, sec = ppl(observe)
+    ref = sq.perplexity(model, ids=ids, limit=args.windows, progress=False)
+    print(f"FP                                {fp:8.3f}  ({sec:.0f} s; sq.perplexity {ref:.3f}, "
+          f"{abs(fp - ref) / ref:.1e} apart)")
+    plain, sec = ppl(lambda i, m: quantize_rows(m, args.bits))
+    print(f"down_proj input, no transform     {plain:8.3f}  {100 * (plain / fp - 1):+.2f}%  ({sec:.0f} s)")
+    for alpha in (float(a) for a in args.alphas.split(",")):
+        scale = {i: np.maximum(a ** alpha, 1e-5).astype(np.float32) for i, a in amax.items()}
+        v, sec = ppl(lambda i, m: quantize_rows(m / scale[i], args.bits) * scale[i])
+        print(f"  smoothed, alpha {alpha:<4} (oracle)    {v:8.3f}  {100 * (v / fp - 1):+.2f}%  ({sec:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
