@@ -4,7 +4,8 @@ An independent NumPy forward of a Llama-family model (SmolLM2 by default; weight
 everything else plain NumPy) with every tensor FP except the down_proj input of every block, which goes through
 the per-token asymmetric MinMax quantizer of ALGORITHMS.md §1/§2b (INT ``--bits``, 6 by default). Rows:
 
-- ``FP``: no quantizer; checked against ``sq.perplexity`` on the same windows (the forward is right).
+- ``FP``: no quantizer; checked against ``sq.perplexity`` on the same windows (the forward is right). This pass
+  also counts, per block, in how many channels the tokens' largest values sit: what a per-channel scale can reach.
 - ``down_proj input, no transform``: what W6A6 pays there before LET.
 - ``... smoothed, alpha a``: the input divided per channel by ``s_j = max_t |x_tj|^a`` (and down_proj's columns
   multiplied by it, which is exact because ``silu(gate) * up`` is linear in ``up``). The maxima come from the
@@ -107,15 +108,23 @@ def main():
         return v, time.time() - t0
 
     amax = {}  # the oracle's channel maxima, observed on the evaluation windows during the FP pass
+    argmax = {}  # per block: how often each channel holds a token's largest |value|
 
     def observe(i, m):
-        amax[i] = np.maximum(amax.get(i, 0), np.abs(m).max(0))
+        a = np.abs(m)
+        amax[i] = np.maximum(amax.get(i, 0), a.max(0))
+        argmax[i] = argmax.get(i, 0) + np.bincount(a.argmax(1), minlength=m.shape[1])
         return m
 
     fp, sec = ppl(observe)
     ref = sq.perplexity(model, ids=ids, limit=args.windows, progress=False)
     print(f"FP                                {fp:8.3f}  ({sec:.0f} s; sq.perplexity {ref:.3f}, "
           f"{abs(fp - ref) / ref:.1e} apart)")
+    print("where each token's largest |value| sits (block: distinct channels, share of tokens in the 16 most "
+          "frequent):")
+    shares = [f"{i}: {np.count_nonzero(c)}, {np.sort(c)[-16:].sum() / c.sum():.2f}" for i, c in sorted(argmax.items())]
+    for k in range(0, len(shares), 6):
+        print("  " + "; ".join(shares[k:k + 6]))
     plain, sec = ppl(lambda i, m: quantize_rows(m, args.bits))
     print(f"down_proj input, no transform     {plain:8.3f}  {100 * (plain / fp - 1):+.2f}%  ({sec:.0f} s)")
     for alpha in (float(a) for a in args.alphas.split(",")):
