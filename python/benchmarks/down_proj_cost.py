@@ -1,7 +1,7 @@
-"""What quantizing the down projection's input costs, and how much any per-channel scale can win back.
+"""What quantizing the down projection's input costs, and how much a per-channel scale wins back at best.
 
-An independent NumPy forward of a Llama-family model (SmolLM2 by default; weights read through ``swiftquant``,
-everything else plain NumPy) with every tensor FP except the down_proj input of every block, which goes through
+An independent NumPy forward of SmolLM2-135M (weights and tokenizer read through ``swiftquant``, everything else
+plain NumPy) with every tensor FP except the down_proj input of every block, which goes through
 the per-token asymmetric MinMax quantizer of ALGORITHMS.md §1/§2b (INT ``--bits``, 6 by default). Rows:
 
 - ``FP``: no quantizer; checked against ``sq.perplexity`` on the same windows (the forward is right). This pass
@@ -88,6 +88,8 @@ def main():
     ap.add_argument("--bits", type=int, default=6, help="activation bits of the down_proj input (default 6)")
     ap.add_argument("--alphas", default="0.5,0.75,1", help="migration strengths to try (comma-separated)")
     args = ap.parse_args()
+    if not 1 <= args.windows <= 148 or not 2 <= args.bits <= 16:
+        ap.error("--windows is 1..148 (WikiText-2 test has 148 windows of 2048) and --bits 2..16")
     text = find_wikitext()
     if text is None:
         print("skipped: ../shared/data/wikitext-2-raw/test.joined.txt not found")
