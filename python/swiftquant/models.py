@@ -345,8 +345,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
                seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha), precision=precision,
-               let_down=bool(let_down) or None, keep_best=bool(keep_best) or None,
-               loss=None if loss == "mse" else loss,
+               let_down=bool(let_down), keep_best=bool(keep_best), loss=loss,
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 

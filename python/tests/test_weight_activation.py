@@ -122,11 +122,10 @@ def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
     assert sq.load_model(tmp_path / "gptq").config["swiftquant"]["lorc_rank"] == 4
 
 
-def test_down_proj_cost_benchmark_quantizes_as_the_core():
+def test_down_proj_cost_benchmark_quantizes_as_the_core(monkeypatch):
     """benchmarks/down_proj_cost.py re-implements the per-token activation quantizer in NumPy; its numbers are
     only evidence if that quantizer is SwiftQuant's, bit for bit (heavy-tailed rows, as the down_proj input)."""
-    import sys
-    sys.path.insert(0, str(REPO / "python" / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "python" / "benchmarks"))
     from down_proj_cost import quantize_rows
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((129, 1536)) * rng.standard_normal((129, 1536)) ** 3).astype(np.float32)
