@@ -11,8 +11,12 @@ the per-token asymmetric MinMax quantizer of ALGORITHMS.md §1/§2b (INT ``--bit
   multiplied by it, which is exact because ``silu(gate) * up`` is linear in ``up``). The maxima come from the
   evaluation windows themselves (an oracle) and the weights stay FP, so the scale costs nothing on the weight side:
   a best case for the up → down pair (``let_down``) and for SmoothQuant-style scales.
+- With ``--wbits N``, down_proj's weights are quantized too (after the scale is folded into its columns): per output
+  row, INT N, the same MinMax formula (RTN, no clipping). Then the rows show the trade-off a scale on this pair
+  faces: what it takes out of the per-token input range it puts into the per-row weight range. A row
+  ``down_proj weights only`` (input FP) is added.
 
-Run from the repository: ``python python/benchmarks/down_proj_cost.py [--windows 4] [--bits 6]``. Needs
+Run from the repository: ``python python/benchmarks/down_proj_cost.py [--windows 4] [--bits 6] [--wbits 6]``. Needs
 WikiText-2 in ``../shared/data/wikitext-2-raw``; exits 0 with a message when it is absent. About 20 s per window
 and row on 2 cores.
 """
@@ -53,8 +57,9 @@ class Llama:
         rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
         return x * np.cos(ang).astype(np.float32) + rot * np.sin(ang).astype(np.float32)
 
-    def nll(self, tokens, down_input=None):
-        """Summed next-token NLL of one window; ``down_input(layer, x)`` replaces each down_proj input."""
+    def nll(self, tokens, down_input=None, down_weight=None):
+        """Summed next-token NLL of one window; ``down_input(layer, x)`` replaces each down_proj input and
+        ``down_weight[layer]`` (if given) each down_proj weight."""
         t, w = len(tokens), self.w
         x = w["model.embed_tokens.weight"][tokens].astype(np.float32)
         mask = np.triu(np.full((t, t), -np.inf, np.float32), 1)
@@ -75,7 +80,8 @@ class Llama:
             m = g / (1 + np.exp(-g)) * u
             if down_input is not None:
                 m = down_input(i, m)
-            x = x + m @ w[p + "mlp.down_proj.weight"].T
+            wd = w[p + "mlp.down_proj.weight"] if down_weight is None else down_weight[i]
+            x = x + m @ wd.T
         logits = self.norm(x, w["model.norm.weight"]) @ self.head.T
         logits -= logits.max(-1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -87,9 +93,11 @@ def main():
     ap.add_argument("--windows", type=int, default=4, help="WikiText-2 test windows of 2048 tokens (default 4)")
     ap.add_argument("--bits", type=int, default=6, help="activation bits of the down_proj input (default 6)")
     ap.add_argument("--alphas", default="0.5,0.75,1", help="migration strengths to try (comma-separated)")
+    ap.add_argument("--wbits", type=int, default=None,
+                    help="also quantize down_proj's weights per output row at this width (default: FP weights)")
     args = ap.parse_args()
-    if not 1 <= args.windows <= 148 or not 2 <= args.bits <= 16:
-        ap.error("--windows is 1..148 (WikiText-2 test has 148 windows of 2048) and --bits 2..16")
+    if not 1 <= args.windows <= 148 or not 2 <= args.bits <= 16 or not 2 <= (args.wbits or 2) <= 16:
+        ap.error("--windows is 1..148 (WikiText-2 test has 148 windows of 2048), --bits and --wbits 2..16")
     text = find_wikitext()
     if text is None:
         print("skipped: ../shared/data/wikitext-2-raw/test.joined.txt not found")
@@ -101,12 +109,21 @@ def main():
     ids = model.tokenizer.encode(text.read_text(encoding="utf-8"))
     wins = [ids[i * 2048:(i + 1) * 2048] for i in range(args.windows)]
     n = args.windows * 2047
+    weights = f"down_proj weights INT{args.wbits} per row" if args.wbits else "down_proj weights FP"
     print(f"{cpu_name()}; SmolLM2-135M (Q4_1 weights, dequantized), WikiText-2 test, first {args.windows} windows; "
-          f"down_proj input at INT{args.bits} per token, everything else FP")
+          f"down_proj input at INT{args.bits} per token, {weights}, everything else FP")
 
-    def ppl(down_input=None):
+    def ppl(down_input=None, scale=None, fp_weights=False):
+        """Perplexity with ``down_input`` on the down_proj inputs and, with --wbits, down_proj's weights (columns
+        multiplied by ``scale[layer]`` first, if given) quantized per row."""
         t0 = time.time()
-        v = float(np.exp(sum(net.nll(w, down_input) for w in wins) / n))
+        dw = None
+        if args.wbits and not fp_weights:
+            dw = {}
+            for i in range(net.layers):
+                wd = net.w[f"model.layers.{i}.mlp.down_proj.weight"]
+                dw[i] = quantize_rows(wd if scale is None else wd * scale[i][None], args.wbits)
+        v = float(np.exp(sum(net.nll(w, down_input, dw) for w in wins) / n))
         return v, time.time() - t0
 
     amax = {}  # the oracle's channel maxima, observed on the evaluation windows during the FP pass
@@ -118,7 +135,7 @@ def main():
         argmax[i] = argmax.get(i, 0) + np.bincount(a.argmax(1), minlength=m.shape[1])
         return m
 
-    fp, sec = ppl(observe)
+    fp, sec = ppl(observe, fp_weights=True)
     ref = sq.perplexity(model, ids=ids, limit=args.windows, progress=False)
     print(f"FP                                {fp:8.3f}  ({sec:.0f} s; sq.perplexity {ref:.3f}, "
           f"{abs(fp - ref) / ref:.1e} apart)")
@@ -127,11 +144,17 @@ def main():
     shares = [f"{i}: {np.count_nonzero(c)}, {np.sort(c)[-16:].sum() / c.sum():.2f}" for i, c in sorted(argmax.items())]
     for k in range(0, len(shares), 6):
         print("  " + "; ".join(shares[k:k + 6]))
+    if args.wbits:
+        v, sec = ppl(lambda i, m: m)
+        print(f"down_proj weights only            {v:8.3f}  {100 * (v / fp - 1):+.2f}%  ({sec:.0f} s)")
     plain, sec = ppl(lambda i, m: quantize_rows(m, args.bits))
     print(f"down_proj input, no transform     {plain:8.3f}  {100 * (plain / fp - 1):+.2f}%  ({sec:.0f} s)")
     for alpha in (float(a) for a in args.alphas.split(",")):
         scale = {i: np.maximum(a ** alpha, 1e-5).astype(np.float32) for i, a in amax.items()}
-        v, sec = ppl(lambda i, m: quantize_rows(m / scale[i], args.bits) * scale[i])
+        if args.wbits:  # the scale lives in the (quantized) weights: the input is only divided
+            v, sec = ppl(lambda i, m: quantize_rows(m / scale[i], args.bits), scale)
+        else:
+            v, sec = ppl(lambda i, m: quantize_rows(m / scale[i], args.bits) * scale[i])
         print(f"  smoothed, alpha {alpha:<4} (oracle)    {v:8.3f}  {100 * (v / fp - 1):+.2f}%  ({sec:.0f} s)")
     return 0
 

@@ -1,4 +1,6 @@
 """Weight-activation quantization, LoRC, act-order, SmoothQuant, LET and one-matrix GPTQ through the Python API."""
+import json
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,43 @@ def test_down_proj_cost_benchmark_quantizes_as_the_core(monkeypatch):
         core = sq.fake_quantize(x, f"int{bits}", group_size=None)
         assert np.array_equal(ours, core), f"int{bits}: {np.count_nonzero(ours != core)} values differ"
         assert np.count_nonzero(ours != x) > x.size // 2   # it quantized
+
+
+def test_wa_breakdown_reproduces_the_fused_model(tmp_path, smollm2_path, monkeypatch):
+    """benchmarks/wa_breakdown.py prices each activation quantizer of a W-A model in its own NumPy forward: its
+    rows are evidence only if that forward is SwiftQuant's model (FP, and fused with every quantizer on) and its
+    folding of the learned LET scales is exact. On SmolLM2's first two blocks (real weights and tokenizer): over
+    30 blocks, float-level differences flip 6-bit roundings and the flips compound (the perplexities still agree
+    to 0.2% on 4 WikiText-2 windows), so logits are compared where they can be exact."""
+    monkeypatch.syspath_prepend(str(REPO / "python" / "benchmarks"))
+    from wa_breakdown import SITES, setup
+    full = tmp_path / "smollm2"
+    sq.load_model(smollm2_path).save(full)
+    config = json.loads((full / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (full / "config.json").write_text(json.dumps(config))
+    r = sq.omniquant(full, 6, abits=6, group_size=None, let_down=True, epochs=2, nsamples=2, seqlen=64,
+                     resume=tmp_path / "work", progress=False)
+    r.save(tmp_path / "model")
+    net, fp, transformed, quantized, fused = setup(full, tmp_path / "work", tmp_path / "model")
+    assert net.layers == 2
+    x = np.asarray(fused.tokenizer.encode("The tower is 324 metres tall, about the same height as an 81-storey "
+                                          "building, and the tallest structure in Paris."), dtype=np.int32)
+
+    def logits(weights, sites=()):
+        net.w, net.sites = weights, set(sites)
+        return net.logits(x)
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    plain = logits(fp)
+    assert rel(plain, sq.load_model(full).logits(x)) < 1e-5
+    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight"):
+        assert rel(transformed[name], fp[name]) > 0.05, f"{name}: LET moved nothing, the next check would be empty"
+    assert rel(logits(transformed), plain) < 1e-5           # folding the learned scales is exact
+    every, want = logits(quantized, SITES), fused.logits(x)
+    assert rel(every, want) < 1e-5, "the fused model with every quantizer on"
+    assert rel(every, plain) > 1e-3
+    for site in SITES:                                      # each site alone does something
+        assert rel(logits(transformed, (site,)), plain) > 1e-4, site
