@@ -39,6 +39,13 @@ def quantize_rows(x, bits):
     return ((np.clip(np.round(x / h) + z, 0, top) - z) * h).astype(np.float32)
 
 
+def window_nll(logits, tokens):
+    """Summed next-token NLL of a window from its logits ``[tokens, vocab]``."""
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -float(logp[np.arange(len(tokens) - 1), tokens[1:]].sum())
+
+
 class Llama:
     def __init__(self, model, heads, kv_heads, eps, theta):
         self.w = {k: model.weights[k] for k in model.weights}
@@ -57,35 +64,43 @@ class Llama:
         rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
         return x * np.cos(ang).astype(np.float32) + rot * np.sin(ang).astype(np.float32)
 
-    def nll(self, tokens, down_input=None, down_weight=None):
-        """Summed next-token NLL of one window; ``down_input(layer, x)`` replaces each down_proj input and
-        ``down_weight[layer]`` (if given) each down_proj weight."""
+    def logits(self, tokens, hook=None, down_weight=None):
+        """Logits ``[tokens, vocab]`` of one window. ``hook(site, layer, x)`` may replace the tensor at each site:
+        ``"qkv"`` (the q/k/v input), ``"q"``, ``"k"``, ``"v"`` (``[heads, tokens, head_dim]``, Q and K after RoPE, K
+        and V before the query groups share them), ``"o"``, ``"fc1"`` (the gate/up input), ``"down"``;
+        ``down_weight[layer]`` (if given) replaces each down_proj weight."""
         t, w = len(tokens), self.w
+
+        def at(site, i, x):
+            return x if hook is None else hook(site, i, x)
+
         x = w["model.embed_tokens.weight"][tokens].astype(np.float32)
         mask = np.triu(np.full((t, t), -np.inf, np.float32), 1)
         for i in range(self.layers):
             p = f"model.layers.{i}."
-            a = self.norm(x, w[p + "input_layernorm.weight"])
+            a = at("qkv", i, self.norm(x, w[p + "input_layernorm.weight"]))
             q = (a @ w[p + "self_attn.q_proj.weight"].T).reshape(t, self.h, self.d).transpose(1, 0, 2)
             k = (a @ w[p + "self_attn.k_proj.weight"].T).reshape(t, self.kv, self.d).transpose(1, 0, 2)
             v = (a @ w[p + "self_attn.v_proj.weight"].T).reshape(t, self.kv, self.d).transpose(1, 0, 2)
-            q, k = self.rope(q), np.repeat(self.rope(k), self.h // self.kv, 0)
+            q, k, v = at("q", i, self.rope(q)), at("k", i, self.rope(k)), at("v", i, v)
+            k, v = np.repeat(k, self.h // self.kv, 0), np.repeat(v, self.h // self.kv, 0)
             s = q @ k.transpose(0, 2, 1) / np.sqrt(self.d) + mask
             s = np.exp(s - s.max(-1, keepdims=True))
             s /= s.sum(-1, keepdims=True)
-            att = (s @ np.repeat(v, self.h // self.kv, 0)).transpose(1, 0, 2).reshape(t, -1)
+            att = at("o", i, (s @ v).transpose(1, 0, 2).reshape(t, -1))
             x = x + att @ w[p + "self_attn.o_proj.weight"].T
-            a = self.norm(x, w[p + "post_attention_layernorm.weight"])
+            a = at("fc1", i, self.norm(x, w[p + "post_attention_layernorm.weight"]))
             g, u = a @ w[p + "mlp.gate_proj.weight"].T, a @ w[p + "mlp.up_proj.weight"].T
-            m = g / (1 + np.exp(-g)) * u
-            if down_input is not None:
-                m = down_input(i, m)
+            m = at("down", i, g / (1 + np.exp(-g)) * u)
             wd = w[p + "mlp.down_proj.weight"] if down_weight is None else down_weight[i]
             x = x + m @ wd.T
-        logits = self.norm(x, w["model.norm.weight"]) @ self.head.T
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        return -float(logp[np.arange(t - 1), tokens[1:]].sum())
+        return self.norm(x, w["model.norm.weight"]) @ self.head.T
+
+    def nll(self, tokens, down_input=None, down_weight=None):
+        """Summed next-token NLL of one window; ``down_input(layer, x)`` replaces each down_proj input and
+        ``down_weight[layer]`` (if given) each down_proj weight."""
+        hook = None if down_input is None else (lambda site, i, x: down_input(i, x) if site == "down" else x)
+        return window_nll(self.logits(tokens, hook, down_weight), tokens)
 
 
 def main():
@@ -96,7 +111,7 @@ def main():
     ap.add_argument("--wbits", type=int, default=None,
                     help="also quantize down_proj's weights per output row at this width (default: FP weights)")
     args = ap.parse_args()
-    if not 1 <= args.windows <= 148 or not 2 <= args.bits <= 16 or not 2 <= (args.wbits or 2) <= 16:
+    if not 1 <= args.windows <= 148 or not 2 <= args.bits <= 16 or (args.wbits is not None and not 2 <= args.wbits <= 16):
         ap.error("--windows is 1..148 (WikiText-2 test has 148 windows of 2048), --bits and --wbits 2..16")
     text = find_wikitext()
     if text is None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import cpu_name, find_wikitext
-from down_proj_cost import Llama, quantize_rows
+from down_proj_cost import Llama, quantize_rows, window_nll
 
 SITES = ("qkv", "o", "fc1", "down", "kv")
 
@@ -103,41 +103,15 @@ class Forward(Llama):
         self.layers = layers or self.layers  # a model file may hold more blocks than its config runs
 
     def logits(self, tokens):
-        t, w, on = len(tokens), self.w, self.sites
-        qa = (lambda x: quantize_rows(x, self.abits))
-        qkv = (lambda x: quantize_rows(x, self.kv_bits))
-        x = w["model.embed_tokens.weight"][tokens].astype(np.float32)
-        mask = np.triu(np.full((t, t), -np.inf, np.float32), 1)
-        for i in range(self.layers):
-            p = f"model.layers.{i}."
-            a = self.norm(x, w[p + "input_layernorm.weight"])
-            a = qa(a) if "qkv" in on else a
-            q = (a @ w[p + "self_attn.q_proj.weight"].T).reshape(t, self.h, self.d).transpose(1, 0, 2)
-            k = (a @ w[p + "self_attn.k_proj.weight"].T).reshape(t, self.kv, self.d).transpose(1, 0, 2)
-            v = (a @ w[p + "self_attn.v_proj.weight"].T).reshape(t, self.kv, self.d).transpose(1, 0, 2)
-            q, k = self.rope(q), self.rope(k)
-            if "kv" in on:  # per head per token, over head_dim (K's copies for each query group alike)
-                q, k, v = qkv(q), qkv(k), qkv(v)
-            k, v = np.repeat(k, self.h // self.kv, 0), np.repeat(v, self.h // self.kv, 0)
-            s = q @ k.transpose(0, 2, 1) / np.sqrt(self.d) + mask
-            s = np.exp(s - s.max(-1, keepdims=True))
-            s /= s.sum(-1, keepdims=True)
-            att = (s @ v).transpose(1, 0, 2).reshape(t, -1)
-            att = qa(att) if "o" in on else att
-            x = x + att @ w[p + "self_attn.o_proj.weight"].T
-            a = self.norm(x, w[p + "post_attention_layernorm.weight"])
-            a = qa(a) if "fc1" in on else a
-            g, u = a @ w[p + "mlp.gate_proj.weight"].T, a @ w[p + "mlp.up_proj.weight"].T
-            m = g / (1 + np.exp(-g)) * u
-            m = qa(m) if "down" in on else m
-            x = x + m @ w[p + "mlp.down_proj.weight"].T
-        return self.norm(x, w["model.norm.weight"]) @ self.head.T
+        def quantize(site, i, x):  # Q, K, V per head per token (the last axis is head_dim); linear inputs per token
+            if site in ("q", "k", "v"):
+                return quantize_rows(x, self.kv_bits) if "kv" in self.sites else x
+            return quantize_rows(x, self.abits) if site in self.sites else x
+        return super().logits(tokens, quantize)
 
-    def nll(self, tokens, down_input=None):
-        logits = self.logits(tokens)
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        return -float(logp[np.arange(len(tokens) - 1), tokens[1:]].sum())
+    def nll(self, tokens):
+        """Summed next-token NLL of one window, with the quantizers of ``sites``."""
+        return window_nll(self.logits(tokens), tokens)
 
 
 def int_bits(fmt, what):
