@@ -22,31 +22,17 @@ same model agree to about 0.2% on 4 windows, exactly on two blocks).
 """
 import argparse
 import json
-import struct
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from _common import cpu_name, find_wikitext
 from down_proj_cost import Llama, quantize_rows, window_nll
 
 SITES = ("qkv", "o", "fc1", "down", "kv")
-
-
-def read_f32(path):
-    """The float32 tensors of a safetensors file (NumPy only: the reader is not the one under test)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name != "__metadata__" and info["dtype"] == "F32":
-            a, b = info["data_offsets"]
-            out[name] = np.frombuffer(data[a:b], np.float32).reshape(info["shape"])
-    return out
 
 
 def truncate(s):
@@ -67,7 +53,7 @@ def transformed_weights(w, work, layers, heads, kv_heads, head_dim):
         path = Path(work) / f"block_{i:03d}.safetensors"
         if not path.is_file():
             raise SystemExit(f"{path}: missing; the run did not finish block {i}")
-        p, learned = f"model.layers.{i}.", read_f32(path)
+        p, learned = f"model.layers.{i}.", load_file(path)  # the safetensors package, not SwiftQuant's reader
         if any(k.endswith("_shift") for k in learned):
             raise SystemExit(f"{work}: block {i} has LET shifts; this script folds scales only (Llama-family runs)")
         if "let.qkv_scale" not in learned:
