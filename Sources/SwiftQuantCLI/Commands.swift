@@ -116,6 +116,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant: what training minimises per block: mse (the paper's) or relative (each token's squared error rescaled to the window's mean token energy, so massive-activation tokens do not own the loss; beyond the paper).")
     var loss = "mse"
 
+    @Option(help: "OmniQuant with activations quantized: how training differentiates the activation and KV quantizers: scale (the paper's code: round_ste plus the path through each token's scale) or ste (straight-through; beyond the paper).")
+    var activationGradient = "scale"
+
     @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16 or AMX).")
     var precision = "fp32"
 
@@ -185,6 +188,9 @@ struct Quantize: ParsableCommand {
             guard let calibrationLoss = CalibrationLoss(rawValue: loss.lowercased()) else {
                 throw SwiftQuantError.invalidArgument("--loss must be mse or relative, got '\(loss)'")
             }
+            guard let actGradient = ActivationGradient(rawValue: activationGradient.lowercased()) else {
+                throw SwiftQuantError.invalidArgument("--activation-gradient must be scale or ste, got '\(activationGradient)'")
+            }
             let act = aformat ?? abits.map { "int\($0)" }
             var kv: String?? = .none
             if let k = kvBits {
@@ -205,7 +211,7 @@ struct Quantize: ParsableCommand {
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
                                      let: useLET, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision,
-                                     keepBest: keepBest, loss: calibrationLoss)
+                                     keepBest: keepBest, loss: calibrationLoss, activationGradient: actGradient)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -182,17 +182,18 @@ class LWC:
 
 
 def act_quant(torch, bits):
-    """Per row (last dimension) asymmetric min/max fake quantization, straight-through (SwiftQuant's
-    DynamicActivationQuantizer with its identity backward)."""
+    """Per row (last dimension) asymmetric min/max fake quantization as OmniQuant's Q_a trains (SwiftQuant's
+    DynamicActivationQuantizer and its backward): round_ste, the scale h not detached (amax/amin carry its
+    gradient), z without gradient, the clamps passing the gradient at their bounds."""
     qmax = float(2 ** bits - 1)
 
     def f(x):
-        with torch.no_grad():
-            xmax, xmin = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
-            h = ((xmax - xmin) / qmax).clamp(1e-5, 1e4)
-            z = torch.round((-xmin / h).clamp(-1e4, 1e4))
-            q = (torch.clamp(torch.round(x / h) + z, 0, qmax) - z) * h
-        return x + (q - x).detach()
+        xmax, xmin = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
+        h = clamp_inclusive(torch, (xmax - xmin) / qmax, 1e-5, 1e4)
+        z = torch.round(torch.clamp(-xmin / h, -1e4, 1e4)).detach()
+        t = x / h
+        r = t + (torch.round(t) - t).detach()  # round_ste
+        return (clamp_inclusive(torch, r + z, 0.0, qmax) - z) * h
     return f
 
 

@@ -7,8 +7,10 @@ activation width (kv_bits = abits); softmax output, embeddings, norms and the LM
 scales from 16 × 512 calibration tokens folded into norm → q/k/v and norm → gate/up, RTN weights. OmniQuant:
 LWC + LET trained together (lr 5e-2 / 5e-3 at the CPU preset: 16 × 512 tokens, 5 epochs; lr 1e-2 / 5e-3 at
 32 × 512 tokens × 20 epochs), aug_loss for W4A4 as the paper's scripts. Calibration text: WikiText-2 validation
-windows (``sq.default_calibration_path()``), never the test text. Rows marked "relative loss" / "keep_best" (W6A6
-and W4A4) go beyond the paper: ``loss="relative"`` and ``keep_best=True`` of ``sq.omniquant``.
+windows (``sq.default_calibration_path()``), never the test text. Rows marked "up-down pair" / "relative loss" /
+"keep_best" (W6A6 and W4A4) go beyond the paper: ``let_down=True``, ``loss="relative"`` and ``keep_best=True`` of
+``sq.omniquant``. Training differentiates the activation quantizers as the paper's code does (through each token's
+scale); ``activation_gradient="ste"`` gives the straight-through training SwiftQuant used until 2026-12-07.
 
     python python/benchmarks/wa_table.py --out wa.json [--only LABEL,...] [--full LABEL,...] [--keep DIR]
 
@@ -35,7 +37,10 @@ def rows() -> dict:
         out[f"OmniQuant {kind} (32x512 x 20 epochs)"] = _tables.timed(
             lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                       preset="paper", nsamples=32, seqlen=512))
-        if a <= 6:  # beyond the paper: the per-token relative loss, and keep_best at the long budget
+        if a <= 6:  # beyond the paper: the up -> down pair, the per-token relative loss, keep_best at the long budget
+            out[f"OmniQuant {kind} (CPU preset; up-down pair)"] = _tables.timed(
+                lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                          preset="cpu", let_down=True))
             out[f"OmniQuant {kind} (CPU preset; relative loss)"] = _tables.timed(
                 lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                           preset="cpu", loss="relative"))

@@ -309,7 +309,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
               kv_bits=_FOLLOW, let: bool | None = None, let_lr: float | None = None, let_shifts: bool | None = None,
               alpha: float | None = None, precision: str = "fp32", let_down: bool = False,
-              keep_best: bool = False, loss: str = "mse") -> OmniQuantResult:
+              keep_best: bool = False, loss: str = "mse", activation_gradient: str = "scale") -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -335,6 +335,10 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     (``N̄ / ‖target_t‖²``; MSE when all tokens have the same norm) instead of the paper's MSE, so a window's
     massive-activation tokens (SmolLM2's first token: 98% of the MSE from block 12 on)
     do not own the loss; beyond the paper, it matters at W4A4.
+    ``activation_gradient`` says how training differentiates the activation and KV quantizers: ``"scale"`` (the
+    default, OmniQuant's code and ALGORITHMS.md §1: round_ste plus the gradient through each token's scale to its
+    largest and smallest values) or ``"ste"`` (straight-through, beyond the paper; SwiftQuant's training until
+    2026-12-07).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -345,7 +349,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
                nsamples=nsamples, seqlen=seqlen, lr=None if lr is None else float(lr), aug_loss=None if aug_loss is None else bool(aug_loss),
                seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha), precision=precision,
-               let_down=bool(let_down), keep_best=bool(keep_best), loss=loss,
+               let_down=bool(let_down), keep_best=bool(keep_best), loss=loss, activation_gradient=activation_gradient,
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 

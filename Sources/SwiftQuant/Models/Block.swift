@@ -15,9 +15,17 @@ public protocol WeightTransform: AnyObject {
 }
 
 /// Simulated quantization of a linear's input `[rows, features]`, dynamic (parameters from the values
-/// themselves). The backward pass is straight-through: the gradient reaches the unquantized input unchanged.
+/// themselves).
 public protocol ActivationQuantizer: AnyObject {
     func quantize(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int)
+    /// Turns `gradient` (`∂L/∂x̂` of the quantized values, `[rows, features]`) into `∂L/∂x` in place, given the
+    /// unquantized `input` the forward saw. The default is straight-through (the gradient passes unchanged);
+    /// `DynamicActivationQuantizer` also back-propagates through its scale (ALGORITHMS.md §1: `h` is not detached).
+    func backward(input: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, features: Int)
+}
+
+extension ActivationQuantizer {
+    public func backward(input: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, features: Int) {}
 }
 
 /// Sees what a linear consumes (after its input quantizer): `(input [rows, features], rows, features)`.
@@ -52,7 +60,8 @@ public final class BlockGraph {
     public let spec: BlockSpec
     public let weights: TransformerBlock
     public var hooks: [LinearHooks]
-    /// Quantizes Q and K (after RoPE) and V in place, per head per token (the KV cache); straight-through backward.
+    /// Quantizes Q and K (after RoPE) and V in place, per head per token (the KV cache); its `backward` runs on
+    /// their gradients (the tape keeps Q, K, V before quantization).
     public var kvQuantizer: ActivationQuantizer?
     public let maxRows: Int
     let rope: RopeTables?
@@ -69,6 +78,9 @@ public final class BlockGraph {
     /// What `trainStep` minimises: the paper's MSE, or MSE with every token rescaled to the window's mean token
     /// energy (`CalibrationLoss`).
     public var loss: CalibrationLoss = .mse
+    /// How `backward` passes the activation and KV quantizers: through their own backward (`.scale`, the paper's
+    /// code), or unchanged (`.ste`).
+    public var activationGradient: ActivationGradient = .scale
     public let normGradients: [(weight: Tensor, bias: Tensor)]
     public let biasGradients: [Tensor]
     private let tape: Tape
@@ -240,6 +252,8 @@ public final class BlockGraph {
         var mean1 = nullFloat, rstd1 = nullFloat, mean2 = nullFloat, rstd2 = nullFloat
         /// Quantized copies of the four linear inputs (q/k/v, o, gate/up, down) when an input quantizer is set.
         var sites = [UnsafeMutablePointer<Float>](repeating: nullFloat, count: 4)
+        /// Recording only: Q, K (after RoPE) and V before the KV quantizer (null in inference).
+        var qPre = nullFloat, kPre = nullFloat, vPre = nullFloat
     }
 
     // MARK: backward
@@ -268,15 +282,29 @@ public final class BlockGraph {
                               overwriteWeightGradient: true, rows: T, inFeatures: l.inFeatures, outFeatures: l.outFeatures,
                               precision: precision)
         }
+        // An input quantizer's own backward (through its scale) on the gradient of the input it quantized.
+        func quantizerBack(_ i: Int, _ more: [Int] = [], pre: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>,
+                           features: Int) throws {
+            guard activationGradient == .scale else { return }
+            guard let q = hooks[i].input else {
+                try require(more.allSatisfy { hooks[$0].input == nil }, "block: linears sharing an input must share its quantizer")
+                return
+            }
+            try require(more.allSatisfy { hooks[$0].input === q }, "block: linears sharing an input must share its quantizer")
+            q.backward(input: pre, gradient: grad, rows: T, features: features)
+        }
         // MLP
         linearBack(idown, dY: g, x: input(idown, site: 3, b.m), dX: d.dm, accumulate: false)
+        try quantizerBack(idown, pre: b.m, grad: d.dm, features: F)
         if let ig = igate {
             A.SiLUMul.backward(dY: d.dm, gate: b.a, up: b.b, dGate: d.da, dUp: d.db, count: T * F)
             linearBack(ig, dY: d.da, x: input(ig, site: 2, b.n2), dX: d.dn2, accumulate: false)
             linearBack(iup, dY: d.db, x: input(iup, site: 2, b.n2), dX: d.dn2, accumulate: true)
+            try quantizerBack(iup, [ig], pre: b.n2, grad: d.dn2, features: H)
         } else {
             A.ReLU.backward(dY: d.dm, x: b.a, dX: d.da, count: T * F)
             linearBack(iup, dY: d.da, x: input(iup, site: 2, b.n2), dX: d.dn2, accumulate: false)
+            try quantizerBack(iup, pre: b.n2, grad: d.dn2, features: H)
         }
         // second residual + MLP norm
         d.dh1.update(from: g, count: T * H)
@@ -284,7 +312,13 @@ public final class BlockGraph {
                      grads: parameterGradients ? normGradients[1] : nil)
         // o, attention, RoPE, q/k/v
         linearBack(io, dY: d.dh1, x: input(io, site: 1, b.attn), dX: d.dattn, accumulate: false)
+        try quantizerBack(io, pre: b.attn, grad: d.dattn, features: s.qDim)
         attention.backward(dOut: d.dattn, q: b.q, k: b.k, v: b.v, dQ: d.dq, dK: d.dk, dV: d.dv, rows: T)
+        if activationGradient == .scale, let kv = kvQuantizer {  // Q, K, V were quantized in place after RoPE; the tape kept them before
+            kv.backward(input: t.qPre.pointer, gradient: d.dq, rows: T, features: s.qDim)
+            kv.backward(input: t.kPre.pointer, gradient: d.dk, rows: T, features: s.kvDim)
+            kv.backward(input: t.vPre.pointer, gradient: d.dv, rows: T, features: s.kvDim)
+        }
         if s.rope, let r = rope {
             A.Rope.backward(dY: d.dq, dX: d.dq, cos: r.cos.pointer, sin: r.sin.pointer, rows: T, heads: s.heads,
                             headDim: s.headDim)
@@ -297,6 +331,7 @@ public final class BlockGraph {
         linearBack(ik, dY: d.dk, x: input(ik, site: 0, b.n1), dX: dn1, accumulate: true)
         linearBack(iv, dY: d.dv, x: input(iv, site: 0, b.n1), dX: dn1, accumulate: true)
         if wantsDn1 {
+            try quantizerBack(iq, [ik, iv], pre: b.n1, grad: d.dn1, features: H)
             d.dx.update(from: d.dh1, count: T * H)
             normBackward(s.attentionNorm, norm1, dY: d.dn1, x: t.xIn.pointer, mean: b.mean1, rstd: b.rstd1, dX: d.dx, T: T,
                          grads: parameterGradients ? normGradients[0] : nil)
@@ -397,6 +432,11 @@ private struct BlockForward {
                                   headDim: s.headDim)
         }
         if let kv {  // the KV cache (and Q): per head per token, after RoPE
+            if b.qPre != nullFloat {  // recording: keep them unquantized for the quantizer's backward
+                b.qPre.update(from: b.q, count: T * s.qDim)
+                b.kPre.update(from: b.k, count: T * s.kvDim)
+                b.vPre.update(from: b.v, count: T * s.kvDim)
+            }
             kv.quantize(b.q, rows: T, features: s.qDim)
             kv.quantize(b.k, rows: T, features: s.kvDim)
             kv.quantize(b.v, rows: T, features: s.kvDim)
@@ -497,6 +537,8 @@ private struct BlockForward {
 /// Everything a recording forward and its backward keep, for `rows` tokens.
 private final class Tape {
     let xIn: Tensor, out: Tensor, dLoss: Tensor
+    /// Q, K (after RoPE) and V before the KV quantizer.
+    let qPre: Tensor, kPre: Tensor, vPre: Tensor
     let weights: [Tensor], weightGrads: [Tensor]
     private let store: [Tensor]
     let buffers: BlockGraph.Buffers
@@ -515,6 +557,7 @@ private final class Tape {
             let t = Tensor(zeros: [n]); keep.append(t); return t.pointer
         }
         xIn = Tensor(zeros: [T, H]); out = Tensor(zeros: [T, H]); dLoss = Tensor(zeros: [T, H])
+        qPre = Tensor(zeros: [T, qd]); kPre = Tensor(zeros: [T, kd]); vPre = Tensor(zeros: [T, kd])
         weights = s.linears.map { Tensor(zeros: [$0.outFeatures, $0.inFeatures]) }
         weightGrads = s.linears.map { Tensor(zeros: [$0.outFeatures, $0.inFeatures]) }
         var b = BlockGraph.Buffers()
@@ -523,6 +566,7 @@ private final class Tape {
         b.out = out.pointer
         b.mean1 = z(T); b.rstd1 = z(T); b.mean2 = z(T); b.rstd2 = z(T)
         b.sites = [z(T * H), z(T * qd), z(T * H), z(T * F)]
+        b.qPre = qPre.pointer; b.kPre = kPre.pointer; b.vPre = vPre.pointer
         var g = Grads()
         g.dm = z(T * F); g.da = z(T * F); g.db = s.mlp == .gatedSiLU ? z(T * F) : nullFloat; g.dn2 = z(T * H)
         g.dh1 = z(T * H); g.dattn = z(T * qd); g.dq = z(T * qd); g.dk = z(T * kd); g.dv = z(T * kd)

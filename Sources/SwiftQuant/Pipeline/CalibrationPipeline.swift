@@ -132,7 +132,8 @@ public final class CalibrationPipeline {
                     + "block adds little error of its own)" : "")
                 + (recipe.loss == .relative ? ", relative loss (each token weighed by the window's mean token energy over "
                     + "its own: training, fused and RTN losses alike)" : "")
-                + (recipe.keepBest ? ", keep_best" : ""))
+                + (recipe.keepBest ? ", keep_best" : "")
+                + (recipe.activationGradient == .ste ? ", straight-through activation gradients" : ""))
         }
         for i in 0..<n {
             let t0 = sqs_now()

@@ -78,6 +78,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     public var letLr: Float
     /// OmniQuant: what training minimises per block (`mse`, the paper's; `relative`, beyond it).
     public var loss: CalibrationLoss
+    /// OmniQuant with activations quantized: how training differentiates the activation and KV quantizers
+    /// (`scale`, the paper's code and ALGORITHMS.md §1; `ste`, straight-through, beyond it).
+    public var activationGradient: ActivationGradient
     /// OmniQuant: end each block with the LWC (and LET) parameters of the epoch whose mean training loss was the
     /// lowest, instead of the last epoch's (beyond the paper, whose code keeps the last; off by default).
     public var keepBest: Bool
@@ -92,7 +95,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                 lr: Float? = nil, augLoss: Bool? = nil, seed: UInt64 = 2, scaleConstraint: ScaleConstraint = .none,
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
                 `let` let_: Bool? = nil, letShifts: Bool? = nil, letDown: Bool = false, alpha: Float? = nil, letLr: Float = 5e-3,
-                precision: GEMMPrecision = .fp32, keepBest: Bool = false, loss: CalibrationLoss = .mse) {
+                precision: GEMMPrecision = .fp32, keepBest: Bool = false, loss: CalibrationLoss = .mse,
+                activationGradient: ActivationGradient = .scale) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
@@ -107,7 +111,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         // OmniQuant's weight-activation mode is LWC + LET (ALGORITHMS.md §3); weight-only is LWC alone.
         self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
         self.letShifts = letShifts; self.letDown = letDown; self.letLr = letLr; self.precision = precision
-        self.keepBest = keepBest; self.loss = loss
+        self.keepBest = keepBest; self.loss = loss; self.activationGradient = activationGradient
         self.alpha = alpha ?? Self.paperAlpha(method: method, aformat: self.aformat)
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
@@ -139,7 +143,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
         case aformat, abits, kvFormat = "kv_format", kvBits = "kv_bits", actOrder = "act_order", lorcRank = "lorc_rank"
         case let_ = "let", letShifts = "let_shifts", letDown = "let_down", alpha, letLr = "let_lr", precision
-        case keepBest = "keep_best", loss
+        case keepBest = "keep_best", loss, activationGradient = "activation_gradient"
     }
 
     /// `abits: N` is a spelling of `aformat: "intN"`; both together are refused.
@@ -217,7 +221,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   letLr: try c.decodeIfPresent(Float.self, forKey: .letLr) ?? 5e-3,
                   precision: try Self.decodeChoice(c, .precision, default: GEMMPrecision.fp32, choices: "fp32 or bf16"),
                   keepBest: try c.decodeIfPresent(Bool.self, forKey: .keepBest) ?? false,
-                  loss: try Self.decodeChoice(c, .loss, default: CalibrationLoss.mse, choices: "mse or relative"))
+                  loss: try Self.decodeChoice(c, .loss, default: CalibrationLoss.mse, choices: "mse or relative"),
+                  activationGradient: try Self.decodeChoice(c, .activationGradient, default: ActivationGradient.scale,
+                                                            choices: "scale or ste"))
     }
 
     /// A named choice (`loss`, `precision`, `scale_constraint`), case-insensitive; absent or null: `default`.
@@ -258,6 +264,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try c.encode(precision.rawValue, forKey: .precision)
         if keepBest { try c.encode(keepBest, forKey: .keepBest) }  // written only when on, as let_down
         if loss != .mse { try c.encode(loss.rawValue, forKey: .loss) }
+        if activationGradient != .scale { try c.encode(activationGradient.rawValue, forKey: .activationGradient) }
     }
 
     /// The activation quantization of the quantized path and of the result's inference (nil: FP).
@@ -329,6 +336,8 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try require(!letDown || let_, "let_down adds a pair to LET: it needs let (OmniQuant with let true)")
         try require(loss == .mse || method == .omniquant, "loss \(loss.rawValue) is what OmniQuant's training minimises (method \(method.rawValue))")
         try require(!keepBest || method == .omniquant, "keep_best chooses among OmniQuant's training epochs (method \(method.rawValue))")
+        try require(activationGradient == .scale || (method == .omniquant && (aformat != nil || kvFormat != nil)),
+                    "activation_gradient says how OmniQuant trains through activation quantizers; this recipe has none")
         try require(method != .smoothquant || aformat != nil,
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
@@ -388,6 +397,17 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
 }
 
 /// What OmniQuant's block-wise training minimises between the quantized block's output and its target.
+/// How OmniQuant's training differentiates the dynamic activation and KV quantizers.
+public enum ActivationGradient: String, Sendable, CaseIterable {
+    /// As PyTorch autograd differentiates OmniQuant's `Q_a` (ALGORITHMS.md §1, "its `h` is not detached"):
+    /// `round_ste`, plus the path through each token's scale to its largest and smallest values
+    /// (`DynamicActivationQuantizer.backward`). The default.
+    case scale
+    /// Straight-through: the gradient passes every quantizer unchanged (beyond the paper; how SwiftQuant trained
+    /// until 2026-12-07).
+    case ste
+}
+
 public enum CalibrationLoss: String, Sendable, CaseIterable {
     /// Mean squared error over every element (the paper's, ALGORITHMS.md §3).
     case mse

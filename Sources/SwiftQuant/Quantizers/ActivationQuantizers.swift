@@ -18,8 +18,20 @@
 /// constant row follows §1's clamps literally (h = 1e-5, z clamped to ±1e4), as OmniQuant's `Q_a` does: a
 /// constant 3.7 comes out as (2^N − 1 + 1e4)·1e-5, not 3.7.
 ///
-/// The quantizer is immutable: one instance can serve several linears and threads. Its backward pass is the
-/// caller's (straight-through, `ActivationQuantizer`).
+/// The quantizer is immutable: one instance can serve several linears and threads.
+///
+/// Backward (`backward(input:gradient:rows:features:)`), as PyTorch autograd differentiates OmniQuant's `Q_a`:
+/// `round_ste`, the scale `h` not detached (ALGORITHMS.md §1), `z = round(·)` without gradient, `amax`/`amin`
+/// sharing their gradient evenly among ties. Per group, with `g = ∂L/∂x̂`:
+/// - INT: `t = x/h`, `p = round(t) + z`, inside = `0 ≤ p ≤ 2^N − 1` (PyTorch's clamp passes at its bounds, as
+///   `FakeQuantLWC`'s `.inclusive`). `∂x̂/∂x = [inside]`, `∂x̂/∂h = (q − z) − [inside]·t`; `∂L/∂h = Σ g·∂x̂/∂h`
+///   (summed in float64) passes the scale clamp where `1e-5 ≤ raw h ≤ 1e4` and reaches the group's max element(s)
+///   as `+∂L/∂h/(2^N − 1)` and its min element(s) as `−∂L/∂h/(2^N − 1)`.
+/// - Minifloat (our extension of the same rule; ZeroQuant-FP does not train): `y = x/s`, inside = `|y| ≤ Fmax`,
+///   `c = decode(cast(clamp(y)))`; `∂x̂/∂x = [inside]`, `∂x̂/∂s = c − [inside]·y`; `∂L/∂s = Σ g·∂x̂/∂s` reaches the
+///   element(s) of largest `|x|` as `sign(x)·∂L/∂s/Fmax` (none when the group is all zeros: `s = 1` is a constant).
+/// So training sees how a transform that narrows a token's range shrinks its rounding error, which a plain
+/// straight-through estimator hides.
 ///
 /// Non-finite inputs: `quantize` cannot throw (`ActivationQuantizer`). A group holding a NaN or ±Inf comes out
 /// as NaN in every one of its elements (other groups and rows are unaffected), so a loss computed from it is
@@ -58,6 +70,78 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
     /// Same results bit for bit.
     public func quantizeReference(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int) {
         run(x, rows: rows, features: features, reference: true)
+    }
+
+    /// Turns `gradient` (`∂L/∂x̂`, `[rows, features]`) into `∂L/∂x` in place, `input` being the values before
+    /// quantization (the type's documentation gives the math). A group whose input holds NaN or ±Inf gets NaN
+    /// gradients, as its forward gave NaN values. Rows run in parallel.
+    public func backward(input: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, features: Int) {
+        precondition(rows >= 0 && features >= 0, "negative shape [\(rows), \(features)]")
+        guard rows > 0, features > 0 else { return }
+        let w = min(width ?? features, features)
+        let format = self.format, fmax = self.fmax
+        parallelFor(rows, minChunk: max(1, 16384 / features)) { range in
+            for r in range {
+                var lo = 0
+                while lo < features {
+                    let n = min(w, features - lo)
+                    Self.groupBackward(input + r * features + lo, gradient + r * features + lo, n, format: format,
+                                       fmax: fmax)
+                    lo += n
+                }
+            }
+        }
+    }
+
+    /// One group of `backward`, in place.
+    private static func groupBackward(_ x: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int,
+                                      format: NumberFormat, fmax: Float) {
+        guard let (xmin, xmax) = QuantKernels.minMax(x, n) else {
+            g.update(repeating: .nan, count: n)
+            return
+        }
+        switch format {
+        case .int(let bits):
+            let grid = IntGrid(bits: bits)
+            let (h, z, raw) = grid.params(xmin: xmin, xmax: xmax)
+            var dh: Double = 0
+            for i in 0..<n {
+                let (d, inside) = Autodiff.FakeQuantLWC.steTerm(x[i], h: h, z: z, qmax: grid.qmax, inclusive: true)
+                dh += Double(g[i] * d)
+                if !inside { g[i] = 0 }
+            }
+            guard IntGrid.scalePasses(raw, inclusive: true) else { return }
+            let d = Float(dh) / grid.qmax
+            spread(d, over: x, g, n) { $0 == xmax }
+            spread(-d, over: x, g, n) { $0 == xmin }
+        case .minifloat(let f):
+            let absmax = max(abs(xmin), abs(xmax))
+            guard absmax > 0 else { return }  // all zeros: s = 1, a constant; every value is inside
+            let s = absmax / fmax
+            var ds: Double = 0
+            for i in 0..<n {
+                let y = x[i] / s
+                let c = f.decode(f.encode(min(max(y, -fmax), fmax)))
+                let inside = abs(y) <= fmax
+                ds += Double(g[i] * (inside ? c - y : c))
+                if !inside { g[i] = 0 }
+            }
+            let d = Float(ds) / fmax
+            var ties = 0
+            for i in 0..<n where abs(x[i]) == absmax { ties += 1 }
+            let share = d / Float(ties)
+            for i in 0..<n where abs(x[i]) == absmax { g[i] += x[i] > 0 ? share : -share }
+        }
+    }
+
+    /// Adds `d`, shared evenly, to the gradient of the elements `selected` picks (the ties of a max or min).
+    @inline(__always)
+    private static func spread(_ d: Float, over x: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int,
+                               _ selected: (Float) -> Bool) {
+        var ties = 0
+        for i in 0..<n where selected(x[i]) { ties += 1 }
+        let share = d / Float(ties)
+        for i in 0..<n where selected(x[i]) { g[i] += share }
     }
 
     private func run(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int, reference: Bool) {

@@ -14,11 +14,14 @@ decoder layer (eager attention) through torch.func.functional_call:
   LETParameters.apply documents (GQA: out/qkt scales repeated over each query group).
 - LWC on every linear's transformed weight: 4 bits asymmetric, groups of 24 columns, u, l = 2 + 1.5·randn.
 - Activations: every linear's input fake-quantized per token, INT4 asymmetric min/max (§1 without clipping),
-  straight-through (x + stopgrad(fq(x) − x)); Q and K after RoPE and V per head per token (groups of head_dim),
-  INT4, straight-through. (OPT: Q before transformers' q scaling, as SwiftQuant's block applies it in attention.)
+  differentiated as OmniQuant's Q_a is (round_ste; the scale h not detached, so amax/amin carry its gradient;
+  z without gradient); Q and K after RoPE and V per head per token (groups of head_dim), INT4, the same.
+  (OPT: Q before transformers' q scaling, as SwiftQuant's block applies it in attention.)
 - loss = MSE(out, target), target = FP layer output + 0.05·randn.
 Stored: x, target, loss, the LET parameters and their gradients, and every linear's u, l, du, dl. Draws are
 redone until every rounded value (weights and activations) sits at least MARGIN from a rounding tie.
+Also `actgrad.<case>.{x, g, y, dx}`: the activation quantizer's own gradient (INT4, INT8 per token, INT4 per 16
+features, E4M3 per token) on a [5, 40] input with a tie for a row's max and a constant row.
 """
 import importlib.util
 import json
@@ -47,24 +50,68 @@ def _load(name):
 
 
 blk = _load("make_block_fixtures")
-lwc = blk.lwc
+lwc, clamp_g = blk.lwc, blk.clamp_g
 
 margins = []
 
 
 def fake_quant_rows(x, width, bits=ABITS):
-    """Per row (groups of `width` features) asymmetric min/max fake quant, straight-through."""
+    """Per row (groups of `width` features) asymmetric min/max fake quant as OmniQuant's Q_a trains: round_ste,
+    h = clamp((xmax − xmin)/(2^N − 1), 1e-5, 1e4) NOT detached (amax/amin carry its gradient), z = round(·)
+    without gradient, both clamps passing the gradient at their bounds (the "inclusive" torch ≤ 2.12 semantics)."""
     shape = x.shape
     xs = x.reshape(-1, width)
+    xmax, xmin = xs.amax(1, keepdim=True), xs.amin(1, keepdim=True)
+    h = clamp_g((xmax - xmin) / (2 ** bits - 1), 1e-5, 1e4, "inclusive")
+    t = xs / h
     with torch.no_grad():
-        xmax, xmin = xs.amax(1, keepdim=True), xs.amin(1, keepdim=True)
-        h = ((xmax - xmin) / (2 ** bits - 1)).clamp(1e-5, 1e4)
         z = (-xmin / h).clamp(-1e4, 1e4)
-        t = xs / h
         margins.append(min(((t - t.floor()) - 0.5).abs().min().item(), ((z - z.floor()) - 0.5).abs().min().item()))
         z = z.round()
-        q = ((t.round() + z).clamp(0, 2 ** bits - 1) - z) * h
-    return (xs + (q - xs).detach()).reshape(shape)
+    x_int = t + (t.round() - t).detach()
+    q = (clamp_g(x_int + z, 0.0, float(2 ** bits - 1), "inclusive") - z) * h
+    return q.reshape(shape)
+
+
+def fake_quant_fp8_rows(x, width):
+    """Per row (groups of `width`) symmetric absmax E4M3 fake quant with the same rule: s = absmax/448 not detached
+    (gradient to the element(s) of largest |x|, by abs().amax()), the cast straight-through, the ±448 clamp
+    passing at its bounds."""
+    shape = x.shape
+    xs = x.reshape(-1, width)
+    s = xs.abs().amax(1, keepdim=True) / 448.0
+    y = clamp_g(xs / s, -448.0, 448.0, "inclusive")
+    c = y + (y.detach().to(torch.float8_e4m3fn).to(torch.float32) - y).detach()
+    return (c * s).reshape(shape)
+
+
+def activation_gradient_cases(tensors):
+    """`DynamicActivationQuantizer.backward` alone: x [5, 40] (one row with a value tied for the max and one
+    all-equal row), upstream g, dx = autograd; INT4 / INT8 per token and per 16 features, E4M3 per token."""
+    gen = torch.Generator().manual_seed(77)
+    for name, fn in (("int4", lambda x: fake_quant_rows(x, 40, 4)), ("int8", lambda x: fake_quant_rows(x, 40, 8)),
+                     ("int4_g16", lambda x: _grouped(x, 16, 4)), ("e4m3fn", lambda x: fake_quant_fp8_rows(x, 40))):
+        for attempt in range(100):
+            x = 2 * torch.randn(5, 40, generator=gen)
+            x[1, 7] = x[1].max().item()          # a tie for the max (amax shares the gradient)
+            x[3] = 0.75                          # a constant row: h clamps to 1e-5, no scale gradient
+            x.requires_grad_(True)
+            margins.clear()
+            y = fn(x)
+            if name.startswith("int") and min(margins) < MARGIN:
+                continue
+            break
+        g = torch.randn(5, 40, generator=gen)
+        (dx,) = torch.autograd.grad(y, (x,), g)
+        for k, t in (("x", x), ("g", g), ("y", y), ("dx", dx)):
+            tensors[f"actgrad.{name}.{k}"] = np.ascontiguousarray(t.detach().numpy(), dtype="<f4")
+
+
+def _grouped(x, width, bits):
+    """Groups of `width` along each row (40 = 16 + 16 + a ragged 8, each its own min/max)."""
+    parts = [fake_quant_rows(x[:, a:a + width].contiguous(), x[:, a:a + width].shape[1], bits)
+             for a in range(0, x.shape[1], width)]
+    return torch.cat(parts, dim=1)
 
 
 def trunc(s):
@@ -216,6 +263,7 @@ def main():
     tensors, cases = {}, {}
     for i, m in enumerate(("llama_gqa", "qwen2", "opt")):
         make_case(tensors, cases, m, 300 + i)
+    activation_gradient_cases(tensors)
     meta = dict(cases=cases, versions={"torch": torch.__version__, "transformers": transformers.__version__})
     save_file(dict(sorted(tensors.items())), OUT, metadata={"meta": json.dumps(meta, sort_keys=True)})
     print(f"wrote {OUT}: {len(tensors)} tensors, {os.path.getsize(OUT)} bytes")

@@ -154,10 +154,10 @@ final class LETTests: XCTestCase {
         let loaded = try tiny("tiny/llama_gqa"), m = loaded.model
         let inputs = try windows(m).map { try m.embed($0) }
         let targets = try inputs.map { try m.forwardBlock(0, hidden: $0) }
-        for (useLET, wformat, aformat, lr) in [(true, "int4", "int4" as String?, Float(0.5)), (false, "int2", nil, 5)] {
+        for (useLET, wformat, aformat, lr) in [(true, "int4", "int4" as String?, Float(8)), (false, "int2", nil, 5)] {
             func train(epochs: Int, keepBest: Bool) throws -> BlockOutcome {
                 let r = QuantRecipe(method: .omniquant, wformat: wformat, groupSize: .perRow, epochs: epochs, nsamples: 4,
-                                    seqlen: 32, lr: lr, aformat: aformat, let: useLET, letLr: 0.5, keepBest: keepBest)
+                                    seqlen: 32, lr: lr, aformat: aformat, let: useLET, letLr: lr, keepBest: keepBest)
                 let job = BlockJob(model: m, index: 0, weights: try m.loadBlock(0), inputs: inputs, targets: targets,
                                    recipe: r, log: { _ in })
                 return try r.algorithm().quantize(job)
@@ -301,5 +301,50 @@ final class LETParityTests: XCTestCase {
                 compare(lwc[k].gradL, try t(l.name + ".dl"), l.name + ".dl")
             }
         }
+    }
+
+    /// `activationGradient = .ste` passes every activation and KV quantizer's gradient unchanged: the same LET and
+    /// LWC gradients as quantizers whose backward is the protocol's straight-through default, and different from
+    /// `.scale` (the paper's, checked against PyTorch above).
+    func testStraightThroughOption() throws {
+        final class PlainSTE: ActivationQuantizer {
+            let inner: ActivationQuantizer
+            init(_ q: ActivationQuantizer) { inner = q }
+            func quantize(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int) {
+                inner.quantize(x, rows: rows, features: features)
+            }
+        }
+        let file = try SafetensorsFile(path: Fixtures.url("let_fixtures.safetensors").path)
+        let family = "llama_gqa"
+        let m = try LoadedModel.load(path: Fixtures.url("tiny/" + family).path).model, spec = m.blockSpec
+        func t(_ n: String) throws -> Tensor { try file.float32(family + "." + n) }
+        let x = try t("x"), target = try t("target"), block = try m.block(0)
+        func gradients(_ mode: ActivationGradient, wrapped: Bool) throws -> [Float] {
+            let p = try LETParameters(spec: spec, shifts: false, qkvScale: try t("let.qkv_scale").array,
+                                      fc1Scale: try t("let.fc1_scale").array, outScale: try t("let.out_scale").array)
+            let lwc = try spec.linears.map { l -> LWCTransform in
+                let w = try LWCTransform(rows: l.outFeatures, columns: l.inFeatures, bits: 4, group: 24, symmetric: false,
+                                         u: try t(l.name + ".u"), l: try t(l.name + ".l"))
+                w.gradWeight = Tensor(zeros: [l.outFeatures, l.inFeatures])
+                return w
+            }
+            let plain = try ActivationQuantization.make(format: "int4")
+            let kv = try ActivationQuantization.make(format: "int4", width: spec.headDim)
+            let linear = wrapped ? PlainSTE(plain) : plain  // one instance: linears sharing an input share it
+            let graph = try m.blockGraph(block, hooks: lwc.map { LinearHooks(weight: $0, input: linear) },
+                                         maxRows: x.shape[0])
+            graph.kvQuantizer = wrapped ? PlainSTE(kv) : kv
+            graph.activationGradient = mode
+            graph.parameterGradients = true
+            try graph.install(try p.apply(to: block))
+            p.zeroGradients()
+            _ = try graph.trainStep(input: x, target: target)
+            p.backward(block: block, dWeights: lwc.map(\.gradWeight), dBiases: graph.biasGradients, dNorms: graph.normGradients)
+            return [p.qkvScaleGrad, p.fc1ScaleGrad, p.outScaleGrad].flatMap(\.array) + lwc.flatMap { $0.gradU.array }
+        }
+        let ste = try gradients(.ste, wrapped: false)
+        XCTAssertEqual(ste, try gradients(.scale, wrapped: true))
+        XCTAssertEqual(ste, try gradients(.ste, wrapped: true))
+        XCTAssertNotEqual(ste, try gradients(.scale, wrapped: false))
     }
 }

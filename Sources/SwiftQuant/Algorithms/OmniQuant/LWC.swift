@@ -95,6 +95,7 @@ public struct OmniQuantLWC: BlockAlgorithm {
                                              activations: try r.activationScheme)
         graph.precision = r.precision
         graph.loss = r.loss
+        graph.activationGradient = r.activationGradient
         let adam = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let gradients = lwc.map(\.gradU) + lwc.map(\.gradL)
         var best = BestEpoch(lwc.map(\.u) + lwc.map(\.l), enabled: r.keepBest)

@@ -2,8 +2,9 @@ import Foundation
 
 /// OmniQuant with LWC and LET trained together (ALGORITHMS.md §2–§3): at every step the transformed weights,
 /// norms and biases are recomputed from the frozen FP block and the current scales and shifts, LWC fake-quantizes
-/// the transformed weights, the block runs with the recipe's activation quantizers (straight-through), and AdamW
-/// updates the LWC parameters (lr `lr`) and the LET parameters (lr `let_lr`) from `MSE(block_q(x), target)`.
+/// the transformed weights, the block runs with the recipe's activation quantizers (whose gradients go through
+/// their scales too, as in the paper's code), and AdamW updates the LWC parameters (lr `lr`) and the LET
+/// parameters (lr `let_lr`) from `MSE(block_q(x), target)`.
 /// At the end the learned transformation is folded into the block (the pipeline's `transformed`), whose weights
 /// are quantized with the learned clipping. A non-finite loss or gradient skips the step and halves both rates.
 ///
@@ -86,6 +87,7 @@ public struct OmniQuantLET: BlockAlgorithm {
                                              activations: try r.activationScheme)
         graph.precision = r.precision
         graph.loss = r.loss
+        graph.activationGradient = r.activationGradient
         graph.parameterGradients = true
         let adamLWC = try AdamW(parameters: lwc.map(\.u) + lwc.map(\.l), learningRate: r.lr)
         let adamLET = try AdamW(parameters: letp.parameters, learningRate: r.letLr)
