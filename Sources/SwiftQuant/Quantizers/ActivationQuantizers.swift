@@ -74,8 +74,21 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
 
     /// Turns `gradient` (`∂L/∂x̂`, `[rows, features]`) into `∂L/∂x` in place, `input` being the values before
     /// quantization (the type's documentation gives the math). A group whose input holds NaN or ±Inf gets NaN
-    /// gradients, as its forward gave NaN values. Rows run in parallel.
+    /// gradients, as its forward gave NaN values. Rows run in parallel. INT groups run a SIMD loop; the scalar
+    /// twin is `backwardReference` (run instead when `$SWIFTQUANT_KERNELS=reference`), equal except for the order
+    /// in which `∂L/∂h` is summed (in float64 either way).
     public func backward(input: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, features: Int) {
+        backward(input: input, gradient: gradient, rows: rows, features: features, reference: KernelDispatch.reference)
+    }
+
+    /// The scalar definition of `backward`, element by element.
+    public func backwardReference(input: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int,
+                                  features: Int) {
+        backward(input: input, gradient: gradient, rows: rows, features: features, reference: true)
+    }
+
+    private func backward(input: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, features: Int,
+                          reference: Bool) {
         precondition(rows >= 0 && features >= 0, "negative shape [\(rows), \(features)]")
         guard rows > 0, features > 0 else { return }
         let w = min(width ?? features, features)
@@ -86,7 +99,7 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
                 while lo < features {
                     let n = min(w, features - lo)
                     Self.groupBackward(input + r * features + lo, gradient + r * features + lo, n, format: format,
-                                       fmax: fmax)
+                                       fmax: fmax, reference: reference)
                     lo += n
                 }
             }
@@ -95,7 +108,7 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
 
     /// One group of `backward`, in place.
     private static func groupBackward(_ x: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int,
-                                      format: NumberFormat, fmax: Float) {
+                                      format: NumberFormat, fmax: Float, reference: Bool) {
         guard let (xmin, xmax) = QuantKernels.minMax(x, n) else {
             g.update(repeating: .nan, count: n)
             return
@@ -105,10 +118,15 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
             let grid = IntGrid(bits: bits)
             let (h, z, raw) = grid.params(xmin: xmin, xmax: xmax)
             var dh: Double = 0
-            for i in 0..<n {
+            var i = 0
+            if !reference && max(abs(xmax), abs(xmin)) / h < QuantKernels.exactRoundLimit {
+                dh = ActivationKernels.intBackward(x, g, n, h: h, z: z, qmax: grid.qmax, done: &i)
+            }
+            while i < n {
                 let (d, inside) = Autodiff.FakeQuantLWC.steTerm(x[i], h: h, z: z, qmax: grid.qmax, inclusive: true)
                 dh += Double(g[i] * d)
                 if !inside { g[i] = 0 }
+                i += 1
             }
             guard IntGrid.scalePasses(raw, inclusive: true) else { return }
             let d = Float(dh) / grid.qmax
@@ -240,6 +258,40 @@ enum ActivationKernels {
             p[i] = IntGrid.fakeQuant(p[i], h: h, z: z, qmax: qmax)
             i += 1
         }
+    }
+
+    /// The INT backward of `DynamicActivationQuantizer` over the first `8·⌊n/8⌋` values of a group (`done` is set to
+    /// that count; the caller finishes the tail with `FakeQuantLWC.steTerm`): zeroes `g` outside the clamp's
+    /// pass-through region and returns `Σ g·∂x̂/∂h` (float64, two 4-lane accumulators). Exact rounding needs
+    /// `|x/h| < QuantKernels.exactRoundLimit` (checked by the caller).
+    @inline(__always)
+    static func intBackward(_ x: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int, h: Float, z: Float,
+                            qmax: Float, done: inout Int) -> Double {
+        let hv = V(repeating: h), zv = V(repeating: z), top = V(repeating: qmax), zero = V()
+        let mv = V(repeating: QuantKernels.magic)
+        var acc0 = SIMD4<Double>(), acc1 = SIMD4<Double>()
+        var i = 0
+        while i + 8 <= n {
+            let t = loadSIMD8(x + i) / hv
+            let p = ((t + mv) - mv) + zv
+            let inside = (p .>= zero) .& (p .<= top)
+            var q = p
+            q.replace(with: zero, where: p .< zero)
+            q.replace(with: top, where: p .> top)
+            let qz = q - zv
+            var d = qz - t
+            d.replace(with: qz, where: .!inside)
+            var gy = loadSIMD8(g + i)
+            let prod = gy * d
+            acc0 += SIMD4<Double>(Double(prod[0]), Double(prod[1]), Double(prod[2]), Double(prod[3]))
+            acc1 += SIMD4<Double>(Double(prod[4]), Double(prod[5]), Double(prod[6]), Double(prod[7]))
+            gy.replace(with: zero, where: .!inside)
+            storeSIMD8(gy, g + i)
+            i += 8
+        }
+        done = i
+        acc0 += acc1
+        return (acc0[0] + acc0[1]) + (acc0[2] + acc0[3])
     }
 
     /// `decode(cast(clamp(x/s, ±Fmax)))·s` of `n` finite values in place. Since `|y| ≤ Fmax`, the cast never

@@ -136,6 +136,43 @@ final class ActivationQuantizerTests: XCTestCase {
         }
     }
 
+    /// The backward's SIMD path against its scalar twin on the same stress rows (ties, constant and huge-range
+    /// groups, every width): the pass-through mask is identical (every value off a group's max and min equal bit
+    /// for bit), and the max/min values, which receive `∂L/∂h` summed in another order, agree to 1e-5.
+    func testBackwardFastPathMatchesScalarTwin() throws {
+        for features in [67, 128] {
+            let rows = 48
+            let x = stressRows(rows: rows, features: features, seed: UInt64(features) + 5)
+            var rng = SplitMix64(seed: 11)
+            let g = (0..<(rows * features)).map { _ in Float(rng.nextUnit() * 2 - 1) }
+            for name in Self.allFormats {
+                for width in [nil, 1, 3, 8, 13, 32, 64, 1000] as [Int?] {
+                    let q = try DynamicActivationQuantizer(format: NumberFormat.parse(name), width: width)
+                    var fast = g, ref = g
+                    fast.withUnsafeMutableBufferPointer { q.backward(input: x, gradient: $0.baseAddress!, rows: rows, features: features) }
+                    ref.withUnsafeMutableBufferPointer { q.backwardReference(input: x, gradient: $0.baseAddress!, rows: rows, features: features) }
+                    let w = min(width ?? features, features)
+                    var worst: Float = 0
+                    for r in 0..<rows {
+                        var lo = 0
+                        while lo < features {
+                            let group = (r * features + lo)..<(r * features + min(lo + w, features))
+                            let values = group.map { x[$0] }
+                            let (mn, mx) = (values.min()!, values.max()!)
+                            for i in group where fast[i].bitPattern != ref[i].bitPattern && !(fast[i].isNaN && ref[i].isNaN) {
+                                XCTAssertTrue(x[i] == mn || x[i] == mx || abs(x[i]) == max(abs(mn), abs(mx)),
+                                              "\(q) F=\(features): element \(i) off the group's extremes differs")
+                                worst = max(worst, abs(fast[i] - ref[i]) / max(1, abs(ref[i])))
+                            }
+                            lo += w
+                        }
+                    }
+                    XCTAssertLessThanOrEqual(worst, 1e-5, "\(q) F=\(features)")
+                }
+            }
+        }
+    }
+
     /// The minifloat SIMD rounding against the cast on dense inputs at s = 1: every finite value of each
     /// format, the midpoints between neighbours, one float32 ulp either side of both, and the subnormal range.
     func testMinifloatFastRoundingOnEveryTieAndNeighbour() throws {
