@@ -314,7 +314,8 @@ public final class BlockGraph {
         linearBack(io, dY: d.dh1, x: input(io, site: 1, b.attn), dX: d.dattn, accumulate: false)
         try quantizerBack(io, pre: b.attn, grad: d.dattn, features: s.qDim)
         attention.backward(dOut: d.dattn, q: b.q, k: b.k, v: b.v, dQ: d.dq, dK: d.dk, dV: d.dv, rows: T)
-        if activationGradient == .scale, let kv = kvQuantizer {  // Q, K, V were quantized in place after RoPE; the tape kept them before
+        // Q, K, V were quantized in place after RoPE; the tape kept them unquantized for the KV quantizer's backward.
+        if activationGradient == .scale, let kv = kvQuantizer {
             kv.backward(input: t.qPre.pointer, gradient: d.dq, rows: T, features: s.qDim)
             kv.backward(input: t.kPre.pointer, gradient: d.dk, rows: T, features: s.kvDim)
             kv.backward(input: t.vPre.pointer, gradient: d.dv, rows: T, features: s.kvDim)
