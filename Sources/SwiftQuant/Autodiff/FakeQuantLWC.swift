@@ -211,19 +211,10 @@ extension Autodiff {
                             let top = SIMD8<Float>(repeating: qmax), zero = SIMD8<Float>()
                             let mv = SIMD8<Float>(repeating: QuantKernels.magic)
                             while i + 8 <= n {
-                                let t = loadSIMD8(w + i) / hv
-                                let p = ((t + mv) - mv) + zv
-                                let inside = inclusive ? (p .>= zero) .& (p .<= top) : (p .> zero) .& (p .< top)
-                                var q = p
-                                q.replace(with: zero, where: p .< zero)
-                                q.replace(with: top, where: p .> top)
-                                let qz = q - zv
-                                var dWhat = qz - t
-                                dWhat.replace(with: qz, where: .!inside)
+                                let (dWhat, inside) = Self.steTerm8(loadSIMD8(w + i), h: hv, z: zv, qmax: top,
+                                                                    magic: mv, inclusive: inclusive)
                                 let gy = loadSIMD8(dy + i)
-                                let prod = gy * dWhat
-                                acc0 += SIMD4<Double>(Double(prod[0]), Double(prod[1]), Double(prod[2]), Double(prod[3]))
-                                acc1 += SIMD4<Double>(Double(prod[4]), Double(prod[5]), Double(prod[6]), Double(prod[7]))
+                                Self.accumulate(gy * dWhat, &acc0, &acc1)
                                 if let dwg {
                                     var add = gy
                                     add.replace(with: zero, where: .!inside)
@@ -254,6 +245,30 @@ extension Autodiff {
             let inside = inclusive ? (p >= 0 && p <= qmax) : (p > 0 && p < qmax)
             let q = Swift.min(Swift.max(p, 0), qmax)
             return (inside ? (q - z) - t : (q - z), inside)
+        }
+
+        /// `steTerm` of 8 values (magic-number rounding, exact while `|w/h| < QuantKernels.exactRoundLimit`).
+        @inline(__always)
+        static func steTerm8(_ w: SIMD8<Float>, h: SIMD8<Float>, z: SIMD8<Float>, qmax: SIMD8<Float>,
+                             magic: SIMD8<Float>, inclusive: Bool) -> (SIMD8<Float>, SIMDMask<SIMD8<Int32>>) {
+            let zero = SIMD8<Float>()
+            let t = w / h
+            let p = ((t + magic) - magic) + z
+            let inside = inclusive ? (p .>= zero) .& (p .<= qmax) : (p .> zero) .& (p .< qmax)
+            var q = p
+            q.replace(with: zero, where: p .< zero)
+            q.replace(with: qmax, where: p .> qmax)
+            let qz = q - z
+            var d = qz - t
+            d.replace(with: qz, where: .!inside)
+            return (d, inside)
+        }
+
+        /// Adds 8 products into two float64 4-lane accumulators (`∂L/∂h` of a group).
+        @inline(__always)
+        static func accumulate(_ prod: SIMD8<Float>, _ acc0: inout SIMD4<Double>, _ acc1: inout SIMD4<Double>) {
+            acc0 += SIMD4<Double>(Double(prod[0]), Double(prod[1]), Double(prod[2]), Double(prod[3]))
+            acc1 += SIMD4<Double>(Double(prod[4]), Double(prod[5]), Double(prod[6]), Double(prod[7]))
         }
 
         /// From the group's `∂L/∂h` (before the scale clamp): `∂L/∂u`, `∂L/∂l`, and the min/max path of `∂L/∂W`.

@@ -272,19 +272,10 @@ enum ActivationKernels {
         var acc0 = SIMD4<Double>(), acc1 = SIMD4<Double>()
         var i = 0
         while i + 8 <= n {
-            let t = loadSIMD8(x + i) / hv
-            let p = ((t + mv) - mv) + zv
-            let inside = (p .>= zero) .& (p .<= top)
-            var q = p
-            q.replace(with: zero, where: p .< zero)
-            q.replace(with: top, where: p .> top)
-            let qz = q - zv
-            var d = qz - t
-            d.replace(with: qz, where: .!inside)
+            let (d, inside) = Autodiff.FakeQuantLWC.steTerm8(loadSIMD8(x + i), h: hv, z: zv, qmax: top, magic: mv,
+                                                             inclusive: true)
             var gy = loadSIMD8(g + i)
-            let prod = gy * d
-            acc0 += SIMD4<Double>(Double(prod[0]), Double(prod[1]), Double(prod[2]), Double(prod[3]))
-            acc1 += SIMD4<Double>(Double(prod[4]), Double(prod[5]), Double(prod[6]), Double(prod[7]))
+            Autodiff.FakeQuantLWC.accumulate(gy * d, &acc0, &acc1)
             gy.replace(with: zero, where: .!inside)
             storeSIMD8(gy, g + i)
             i += 8
