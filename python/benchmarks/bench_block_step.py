@@ -171,30 +171,27 @@ class LWC:
             mn.append(tail.amin(-1, keepdim=True))
         xmax = torch.sigmoid(self.u) * torch.cat(mx, 1)
         xmin = torch.sigmoid(self.l) * torch.cat(mn, 1)
-        h = clamp_inclusive(torch, (xmax - xmin) / qmax, 1e-5, 1e4)
-        z = torch.round(torch.clamp(-xmin / h, -1e4, 1e4)).detach()
-        h = torch.repeat_interleave(h, self.counts, dim=1)
-        z = torch.repeat_interleave(z, self.counts, dim=1)
-        t = w / h
-        r = t + (torch.round(t) - t).detach()  # round_ste
-        q = clamp_inclusive(torch, r + z, 0.0, qmax)
-        return (q - z) * h
+        return affine_fake_quant(torch, w, xmax, xmin, qmax,
+                                 lambda p: torch.repeat_interleave(p, self.counts, dim=1))
+
+
+def affine_fake_quant(torch, x, xmax, xmin, qmax, expand=lambda p: p):
+    """ALGORITHMS.md §1's asymmetric fake quantization of x from its (clipped) range, as OmniQuant trains it:
+    h = clamp((xmax − xmin)/qmax, 1e-5, 1e4) not detached, z = round(·) without gradient, round_ste, the clamps
+    passing the gradient at their bounds. `expand` spreads per-group h and z over their columns."""
+    h = clamp_inclusive(torch, (xmax - xmin) / qmax, 1e-5, 1e4)
+    z = torch.round(torch.clamp(-xmin / h, -1e4, 1e4)).detach()
+    h, z = expand(h), expand(z)
+    t = x / h
+    r = t + (torch.round(t) - t).detach()  # round_ste
+    return (clamp_inclusive(torch, r + z, 0.0, qmax) - z) * h
 
 
 def act_quant(torch, bits):
     """Per row (last dimension) asymmetric min/max fake quantization as OmniQuant's Q_a trains (SwiftQuant's
-    DynamicActivationQuantizer and its backward): round_ste, the scale h not detached (amax/amin carry its
-    gradient), z without gradient, the clamps passing the gradient at their bounds."""
+    DynamicActivationQuantizer and its backward): §1 without clipping."""
     qmax = float(2 ** bits - 1)
-
-    def f(x):
-        xmax, xmin = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
-        h = clamp_inclusive(torch, (xmax - xmin) / qmax, 1e-5, 1e4)
-        z = torch.round(torch.clamp(-xmin / h, -1e4, 1e4)).detach()
-        t = x / h
-        r = t + (torch.round(t) - t).detach()  # round_ste
-        return (clamp_inclusive(torch, r + z, 0.0, qmax) - z) * h
-    return f
+    return lambda x: affine_fake_quant(torch, x, x.amax(-1, keepdim=True), x.amin(-1, keepdim=True), qmax)
 
 
 class LET:

@@ -144,22 +144,19 @@ public final class DynamicActivationQuantizer: ActivationQuantizer, Sendable, Cu
                 ds += Double(g[i] * (inside ? c - y : c))
                 if !inside { g[i] = 0 }
             }
-            let d = Float(ds) / fmax
-            var ties = 0
-            for i in 0..<n where abs(x[i]) == absmax { ties += 1 }
-            let share = d / Float(ties)
-            for i in 0..<n where abs(x[i]) == absmax { g[i] += x[i] > 0 ? share : -share }
+            spread(Float(ds) / fmax, over: x, g, n, signed: true) { abs($0) == absmax }
         }
     }
 
-    /// Adds `d`, shared evenly, to the gradient of the elements `selected` picks (the ties of a max or min).
+    /// Adds `d`, shared evenly, to the gradient of the elements `selected` picks (the ties of a max or min; of
+    /// the largest `|x|` with `signed`, each share times the sign of its value).
     @inline(__always)
     private static func spread(_ d: Float, over x: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int,
-                               _ selected: (Float) -> Bool) {
+                               signed: Bool = false, _ selected: (Float) -> Bool) {
         var ties = 0
         for i in 0..<n where selected(x[i]) { ties += 1 }
         let share = d / Float(ties)
-        for i in 0..<n where selected(x[i]) { g[i] += share }
+        for i in 0..<n where selected(x[i]) { g[i] += signed && x[i] < 0 ? -share : share }
     }
 
     private func run(_ x: UnsafeMutablePointer<Float>, rows: Int, features: Int, reference: Bool) {
