@@ -119,6 +119,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant with activations quantized: how training differentiates the activation and KV quantizers: scale (the paper's code: round_ste plus the path through each token's scale) or ste (straight-through; beyond the paper).")
     var activationGradient = "scale"
 
+    @Option(help: "SmoothQuant and OmniQuant: how the transformed weights are finally rounded: rtn (to nearest on the grid, LWC's learned clipping included; the papers') or gptq (GPTQ's error-feedback sweep on the same grid; llm-compressor's SmoothQuant → GPTQ).")
+    var weightRounding = "rtn"
+
     @Option(help: "OmniQuant: arithmetic of the block's matrix products while training, fp32 or bf16 (bf16 operands, fp32 accumulation; CPUs with AVX512-BF16 or AMX).")
     var precision = "fp32"
 
@@ -191,6 +194,9 @@ struct Quantize: ParsableCommand {
             guard let actGradient = ActivationGradient(rawValue: activationGradient.lowercased()) else {
                 throw SwiftQuantError.invalidArgument("--activation-gradient must be scale or ste, got '\(activationGradient)'")
             }
+            guard let rounding = WeightRounding(rawValue: weightRounding.lowercased()) else {
+                throw SwiftQuantError.invalidArgument("--weight-rounding must be rtn or gptq, got '\(weightRounding)'")
+            }
             let act = aformat ?? abits.map { "int\($0)" }
             var kv: String?? = .none
             if let k = kvBits {
@@ -211,7 +217,8 @@ struct Quantize: ParsableCommand {
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
                                      let: useLET, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision,
-                                     keepBest: keepBest, loss: calibrationLoss, activationGradient: actGradient)
+                                     keepBest: keepBest, loss: calibrationLoss, activationGradient: actGradient,
+                                     weightRounding: rounding)
             try recipe.validate()
             let config = try recipe.quantizerConfig
             try QuantizedExport.checkOutput(out)

@@ -255,12 +255,15 @@ def rtn(model: Model | str, wbits: int | None = None, group_size: int | None = 1
 def smoothquant(model_or_path, wbits: int, abits: int | None = None, group_size: int | None = None,
                 alpha: float = 0.5, aformat: str | None = None, kv_bits=_FOLLOW, nsamples: int | None = None,
                 seqlen: int | None = None, calib=None, seed: int = 2, preset: str = "paper", progress: bool = True,
-                symmetric: bool = False) -> "OmniQuantResult":
+                symmetric: bool = False, weight_rounding: str = "rtn") -> "OmniQuantResult":
     """SmoothQuant: per-channel scales ``s = a^alpha / w^(1-alpha)`` from the calibration activations, folded
     into norm -> q/k/v and norm -> gate/up (fc1), then round-to-nearest weights (per channel by default) and
-    activations quantized per token (``abits`` or ``aformat``), Q/K/V at ``kv_bits``. No training."""
+    activations quantized per token (``abits`` or ``aformat``), Q/K/V at ``kv_bits``. No training.
+    ``weight_rounding="gptq"`` rounds the smoothed weights with GPTQ instead (llm-compressor's SmoothQuant ->
+    GPTQ recipe; Hessians of the smoothed block's quantized-path inputs)."""
     r = recipe("smoothquant", None, group_size, wbits=wbits, alpha=float(alpha), nsamples=nsamples, seqlen=seqlen,
-               seed=int(seed), preset=preset, symmetric=bool(symmetric), **_activation_settings(abits, aformat, kv_bits))
+               seed=int(seed), preset=preset, symmetric=bool(symmetric), weight_rounding=weight_rounding,
+               **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, None, progress)
 
 
@@ -309,7 +312,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
               symmetric: bool = False, abits: int | None = None, aformat: str | None = None,
               kv_bits=_FOLLOW, let: bool | None = None, let_lr: float | None = None, let_shifts: bool | None = None,
               alpha: float | None = None, precision: str = "fp32", let_down: bool = False,
-              keep_best: bool = False, loss: str = "mse", activation_gradient: str = "scale") -> OmniQuantResult:
+              keep_best: bool = False, loss: str = "mse", activation_gradient: str = "scale",
+              weight_rounding: str = "rtn") -> OmniQuantResult:
     """OmniQuant weight-only calibration with Learnable Weight Clipping, block by block (ALGORITHMS.md §3).
 
     Defaults are the paper's (``preset="paper"``: 128 windows × 2048 tokens, 20 epochs, lr 1e-2); ``preset="cpu"``
@@ -339,6 +343,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     default, OmniQuant's code and ALGORITHMS.md §1: round_ste plus the gradient through each token's scale to its
     largest and smallest values) or ``"ste"`` (straight-through, beyond the paper; SwiftQuant's training until
     2026-12-07).
+    ``weight_rounding="gptq"`` (beyond the paper) rounds the trained, transformed weights with GPTQ on LWC's learned
+    grid instead of to nearest (Hessians of the transformed block's quantized-path inputs, activation quantizers on).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -350,6 +356,7 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
                seed=int(seed), let=None if let is None else bool(let), let_lr=None if let_lr is None else float(let_lr),
                let_shifts=let_shifts, alpha=None if alpha is None else float(alpha), precision=precision,
                let_down=bool(let_down), keep_best=bool(keep_best), loss=loss, activation_gradient=activation_gradient,
+               weight_rounding=weight_rounding,
                **_activation_settings(abits, aformat, kv_bits))
     return _calibrate(model_or_path, r, calib, resume, progress)
 

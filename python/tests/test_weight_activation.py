@@ -59,6 +59,10 @@ def test_gptq_lorc_act_order_and_let_refusals(smollm2_path):
         sq.omniquant(m, 4, abits=4, let=True, let_shifts=True, nsamples=1, seqlen=32)
     with pytest.raises(ValueError, match="abits or aformat"):
         sq.recipe("smoothquant", "int8", None)
+    with pytest.raises(ValueError, match="rtn or gptq"):
+        sq.smoothquant(m, wbits=8, abits=8, nsamples=1, seqlen=32, weight_rounding="nearest")
+    with pytest.raises(ValueError, match="method gptq"):
+        sq.recipe("gptq", "int4", 128, weight_rounding="gptq")
 
 
 def test_gptq_quantize_with_identity_hessian_is_rtn():
@@ -105,10 +109,17 @@ def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
         "gptq": sq.gptq(m, wbits=4, group_size=64, act_order=True, lorc_rank=4, nsamples=1, seqlen=32,
                         progress=False),
         "smoothquant": sq.smoothquant(m, wbits=8, abits=8, nsamples=1, seqlen=32, progress=False),
+        "smoothquant_gptq": sq.smoothquant(m, wbits=8, abits=8, nsamples=1, seqlen=32, progress=False,
+                                           weight_rounding="gptq"),
         "let": sq.omniquant(m, 4, group_size=None, abits=8, let=True, epochs=1, nsamples=1, seqlen=32,
                             progress=False),
     }
     assert runs["gptq"].model.quantization["lorc_rank"] == 4
+    assert runs["smoothquant_gptq"].model.quantization["weight_rounding"] == "gptq"
+    name = "model.layers.0.self_attn.q_proj.weight"  # same smoothing, same grid, GPTQ's codes
+    a, b = runs["smoothquant"].weights[name], runs["smoothquant_gptq"].weights[name]
+    np.testing.assert_array_equal(a.scales, b.scales)
+    assert not np.array_equal(a.codes, b.codes)
     # act-order's weights carry their column groups, and dequantize to the model's (fake-quantized) weights.
     weights = runs["gptq"].weights
     permuted = [n for n, q in weights.items() if q.g_idx is not None]

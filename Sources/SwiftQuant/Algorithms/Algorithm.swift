@@ -39,6 +39,9 @@ public struct BlockOutcome {
     /// grid (algorithms that see the inputs, e.g. GPTQ).
     public var linearErrors: [String: (quantized: Double, rtn: Double)] = [:]
     public var finalLearningRate: Float?
+    /// LWC's learned clipping by linear name: σ(u), σ(l) per row and group ([out · groups] each), the grid
+    /// `quantized` was rounded on (empty for algorithms without clipping).
+    public var clipping: [String: (up: [Float], low: [Float])] = [:]
 
     public init(quantized: [String: QuantizedTensor]) { self.quantized = quantized }
 }
@@ -56,9 +59,13 @@ extension QuantRecipe {
     public func algorithm() -> BlockAlgorithm {
         switch method {
         case .rtn: return RTN()
-        case .omniquant: return let_ ? OmniQuantLET() : OmniQuantLWC()
+        case .omniquant: return rounded(let_ ? OmniQuantLET() : OmniQuantLWC())
         case .gptq: return GPTQAlgorithm()
-        case .smoothquant: return SmoothQuant()
+        case .smoothquant: return rounded(SmoothQuant())
         }
+    }
+
+    private func rounded(_ a: BlockAlgorithm) -> BlockAlgorithm {
+        weightRounding == .gptq ? GPTQRounding(a) : a
     }
 }

@@ -84,6 +84,10 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
     /// OmniQuant: end each block with the LWC (and LET) parameters of the epoch whose mean training loss was the
     /// lowest, instead of the last epoch's (beyond the paper, whose code keeps the last; off by default).
     public var keepBest: Bool
+    /// SmoothQuant and OmniQuant: how the (transformed) weights are finally rounded: `rtn` (to nearest on the grid,
+    /// LWC's learned clipping included; the papers') or `gptq` (GPTQ's error-feedback sweep on the same grid, with
+    /// Hessians of the transformed block's quantized-path inputs; llm-compressor's SmoothQuant → GPTQ recipe).
+    public var weightRounding: WeightRounding
     /// Arithmetic of the matrix products while OmniQuant trains a block: `fp32`, or `bf16` (bf16 operands, fp32
     /// accumulation, on CPUs with AVX512-BF16 or AMX-BF16); parameters, norms, softmax and the loss stay fp32. The fused result
     /// is computed in fp32 either way.
@@ -96,7 +100,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                 aformat: String? = nil, kvFormat: String?? = .none, actOrder: Bool = false, lorcRank: Int = 0,
                 `let` let_: Bool? = nil, letShifts: Bool? = nil, letDown: Bool = false, alpha: Float? = nil, letLr: Float = 5e-3,
                 precision: GEMMPrecision = .fp32, keepBest: Bool = false, loss: CalibrationLoss = .mse,
-                activationGradient: ActivationGradient = .scale) {
+                activationGradient: ActivationGradient = .scale, weightRounding: WeightRounding = .rtn) {
         let b = preset.budget(method)
         self.method = method; self.wformat = wformat; self.groupSize = groupSize; self.symmetric = symmetric
         self.preset = preset; self.epochs = epochs ?? b.epochs; self.nsamples = nsamples ?? b.nsamples
@@ -112,6 +116,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         self.let_ = let_ ?? (method == .omniquant && self.aformat != nil)
         self.letShifts = letShifts; self.letDown = letDown; self.letLr = letLr; self.precision = precision
         self.keepBest = keepBest; self.loss = loss; self.activationGradient = activationGradient
+        self.weightRounding = weightRounding
         self.alpha = alpha ?? Self.paperAlpha(method: method, aformat: self.aformat)
         self.augLoss = augLoss ?? Self.paperAugLoss(method: method, preset: preset, wformat: wformat,
                                                     aformat: self.aformat)
@@ -143,7 +148,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         case augLoss = "aug_loss", seed, scaleConstraint = "scale_constraint"
         case aformat, abits, kvFormat = "kv_format", kvBits = "kv_bits", actOrder = "act_order", lorcRank = "lorc_rank"
         case let_ = "let", letShifts = "let_shifts", letDown = "let_down", alpha, letLr = "let_lr", precision
-        case keepBest = "keep_best", loss, activationGradient = "activation_gradient"
+        case keepBest = "keep_best", loss, activationGradient = "activation_gradient", weightRounding = "weight_rounding"
     }
 
     /// `abits: N` is a spelling of `aformat: "intN"`; both together are refused.
@@ -223,7 +228,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                   keepBest: try c.decodeIfPresent(Bool.self, forKey: .keepBest) ?? false,
                   loss: try Self.decodeChoice(c, .loss, default: CalibrationLoss.mse, choices: "mse or relative"),
                   activationGradient: try Self.decodeChoice(c, .activationGradient, default: ActivationGradient.scale,
-                                                            choices: "scale or ste"))
+                                                            choices: "scale or ste"),
+                  weightRounding: try Self.decodeChoice(c, .weightRounding, default: WeightRounding.rtn,
+                                                        choices: "rtn or gptq"))
     }
 
     /// A named choice (`loss`, `precision`, `scale_constraint`), case-insensitive; absent or null: `default`.
@@ -265,6 +272,7 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         if keepBest { try c.encode(keepBest, forKey: .keepBest) }  // written only when on, as let_down
         if loss != .mse { try c.encode(loss.rawValue, forKey: .loss) }
         if activationGradient != .scale { try c.encode(activationGradient.rawValue, forKey: .activationGradient) }
+        if weightRounding != .rtn { try c.encode(weightRounding.rawValue, forKey: .weightRounding) }
     }
 
     /// The activation quantization of the quantized path and of the result's inference (nil: FP).
@@ -338,6 +346,9 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
         try require(!keepBest || method == .omniquant, "keep_best chooses among OmniQuant's training epochs (method \(method.rawValue))")
         try require(activationGradient == .scale || (method == .omniquant && (aformat != nil || kvFormat != nil)),
                     "activation_gradient says how OmniQuant trains through activation quantizers; this recipe has none")
+        try require(weightRounding == .rtn || method == .omniquant || method == .smoothquant,
+                    "weight_rounding gptq rounds SmoothQuant's or OmniQuant's transformed weights; for GPTQ alone use "
+                        + "method gptq (method \(method.rawValue))")
         try require(method != .smoothquant || aformat != nil,
                     "smoothquant moves activation outliers into weights: give abits or aformat")
         try require(alpha > 0 && alpha < 1, "alpha must lie in (0, 1), got \(alpha)")
@@ -398,6 +409,14 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
 
 /// What OmniQuant's block-wise training minimises between the quantized block's output and its target.
 /// How OmniQuant's training differentiates the dynamic activation and KV quantizers.
+/// How SmoothQuant and OmniQuant round their (transformed) weights at the end of a block.
+public enum WeightRounding: String, Sendable, CaseIterable {
+    /// To nearest on the grid (LWC's learned clipping included): the papers'.
+    case rtn
+    /// GPTQ's sweep (ALGORITHMS.md §5) on the same grid, beyond the papers.
+    case gptq
+}
+
 public enum ActivationGradient: String, Sendable, CaseIterable {
     /// As PyTorch autograd differentiates OmniQuant's `Q_a` (ALGORITHMS.md §1, "its `h` is not detached"):
     /// `round_ste`, plus the path through each token's scale to its largest and smallest values

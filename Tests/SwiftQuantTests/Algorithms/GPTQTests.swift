@@ -204,6 +204,59 @@ final class GPTQTests: XCTestCase {
         }
     }
 
+    // MARK: learned clipping (weight_rounding gptq after LWC)
+
+    /// With clipping multipliers GPTQ rounds on LWC's grid: at H = I it is `Quantizer.quantize` with the same
+    /// `clipUp`/`clipLow` bit for bit (codes, scales, zero-points), and on a real Hessian its output error is not
+    /// above that grid's plain rounding; all-ones multipliers are GPTQ without clipping.
+    func testLearnedClippingGrid() throws {
+        let rows = 24, cols = 64
+        let w = Self.randomMatrix(rows, cols, seed: 31)
+        w.pointer[2 * cols + 9] = 0.8  // an outlier for the clipping to cut
+        var rng = SplitMix64(seed: 32)
+        for (fmt, group) in [("int4", 16), ("int3", nil), ("int6", nil)] as [(String, Int?)] {
+            let cfg = QuantizerConfig(format: try NumberFormat.parse(fmt), groupSize: GroupSize(group), symmetric: false,
+                                      policy: .minmax)
+            let n = rows * cfg.groupCount(cols: cols)
+            let up = (0..<n).map { _ in Float(0.6) + Float(rng.next() % 400) / 1000 }
+            let low = (0..<n).map { _ in Float(0.6) + Float(rng.next() % 400) / 1000 }
+            let plain = try up.withUnsafeBufferPointer { u in
+                try low.withUnsafeBufferPointer { l in
+                    try Quantizer.quantize(UnsafeBufferPointer(w.buffer), rows: rows, cols: cols, config: cfg, clipUp: u,
+                                           clipLow: l)
+                }
+            }
+            let atI = try GPTQ.quantize(weight: w, hessian: Self.identity(cols), config: cfg, clipUp: up, clipLow: low)
+            XCTAssertEqual(atI.quantized.codes, plain.codes, "\(fmt) g\(String(describing: group))")
+            XCTAssertEqual(atI.quantized.scales.map(\.bitPattern), plain.scales.map(\.bitPattern))
+            XCTAssertEqual(atI.quantized.zeros, plain.zeros)
+            XCTAssertNotEqual(atI.quantized.codes,
+                              try GPTQ.quantize(weight: w, hessian: Self.identity(cols), config: cfg).quantized.codes,
+                              "the clipping changes the grid")
+            let ones = [Float](repeating: 1, count: n)
+            let (x, h) = Self.inputsAndHessian(cols, tokens: 256, seed: 33)
+            XCTAssertEqual(try GPTQ.quantize(weight: w, hessian: h, config: cfg, clipUp: ones, clipLow: ones).quantized.codes,
+                           try GPTQ.quantize(weight: w, hessian: h, config: cfg).quantized.codes)
+            let g = try GPTQ.quantize(weight: w, hessian: h, config: cfg, clipUp: up, clipLow: low)
+            let eg = Self.outputError(w, g.dequantized, x), ep = Self.outputError(w, try plain.dequantized(), x)
+            print("GPTQ on a learned clipping grid \(fmt): ‖(W−Ŵ)X‖ GPTQ \(eg), plain rounding \(ep)")
+            XCTAssertLessThan(eg, ep, fmt)
+        }
+        let cfg = QuantizerConfig(format: .int(bits: 4), groupSize: 16, symmetric: false, policy: .minmax)
+        let h = Self.identity(cols), ok = [Float](repeating: 1, count: rows * 4)
+        XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: cfg, clipUp: ok, clipLow: nil),
+                                       contains: "both clipUp and clipLow")
+        XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: cfg, clipUp: [1], clipLow: [1]),
+                                       contains: "96 multipliers")
+        XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: cfg, clipUp: ok.map { $0 + 1 },
+                                                         clipLow: ok), contains: "[0, 1]")
+        XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: cfg, actOrder: true, clipUp: ok,
+                                                         clipLow: ok), contains: "act_order")
+        let fp4 = try Self.config("e2m1", group: 16)
+        XCTAssertThrowsSwiftQuantError(try GPTQ.quantize(weight: w, hessian: h, config: fp4, clipUp: ok, clipLow: ok),
+                                       contains: "integer grids")
+    }
+
     // MARK: M1/M2: the FP4 → FP8 shift
 
     /// Every E2M1 weight × its group's power-of-two factor `ŝ / c_r` is exactly representable in E4M3, with

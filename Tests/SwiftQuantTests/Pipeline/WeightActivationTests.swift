@@ -240,6 +240,46 @@ final class WeightActivationTests: XCTestCase {
         }
     }
 
+    /// `weight_rounding: gptq` after SmoothQuant and after OmniQuant LWC + LET (W4A8, per row), on every family:
+    /// block 0 (same inputs, same training) keeps the grid the inner algorithm chose (scales and zero-points
+    /// bit-identical: per row, GPTQ fixes them before any error update) and only re-chooses codes; every block's
+    /// GPTQ output error on the calibration inputs is below that grid's plain rounding; the result reloads.
+    func testGPTQRoundingKeepsTheGridAndLowersTheOutputError() throws {
+        for family in ["tiny/llama_gqa", "tiny/qwen2", "tiny/opt"] {
+            for method in [QuantRecipe.Method.smoothquant, .omniquant] {
+                func run(_ rounding: WeightRounding) throws -> (LoadedModel, QuantizationResult) {
+                    let loaded = try tiny(family)
+                    let r = QuantRecipe(method: method, wformat: "int4", groupSize: .perRow, epochs: 2, nsamples: 4,
+                                        seqlen: 32, aformat: "int8", weightRounding: rounding)
+                    return (loaded, try CalibrationPipeline(recipe: r, progress: false).run(loaded,
+                                                                                         windows: try windows(loaded.model)))
+                }
+                let (_, plain) = try run(.rtn)
+                let (loaded, rounded) = try run(.gptq)
+                let m = loaded.model
+                for name in m.blockSpec.linears.map(\.name) {
+                    let key = m.blockPrefix(0) + name + ".weight"
+                    let a = try XCTUnwrap(plain.quantized[key]), b = try XCTUnwrap(rounded.quantized[key])
+                    XCTAssertEqual(a.scales.map(\.bitPattern), b.scales.map(\.bitPattern), "\(family) \(method) \(name)")
+                    XCTAssertEqual(a.zeros, b.zeros, "\(family) \(method) \(name)")
+                    XCTAssertNotEqual(a.codes, b.codes, "\(family) \(method) \(name): GPTQ re-chose no code")
+                }
+                XCTAssertNil(plain.reports[0].linearErrors)
+                for rep in rounded.reports {
+                    let e = try XCTUnwrap(rep.linearErrors, "\(family) \(method) block \(rep.block)")
+                    XCTAssertEqual(Set(e.keys), Set(m.blockSpec.linears.map(\.name)))
+                    let (g, p) = e.values.reduce((0.0, 0.0)) { ($0.0 + $1[0], $0.1 + $1[1]) }
+                    XCTAssertLessThan(g, p, "\(family) \(method) block \(rep.block)")
+                }
+                let ids = try windows(m, count: 1, length: 24, seed: 3)[0]
+                let dir = tempDir()
+                try QuantizedExport.write(loaded, to: dir)
+                XCTAssertEqual(Self.bits(try LoadedModel.load(path: dir).model.logits(ids: ids)),
+                               Self.bits(try m.logits(ids: ids)), "\(family) \(method)")
+            }
+        }
+    }
+
     // MARK: bad settings
 
     func testBadWeightActivationSettingsFailBeforeAnyWork() throws {
@@ -257,6 +297,9 @@ final class WeightActivationTests: XCTestCase {
         refused(#"{"method":"gptq","wbits":4,"lorc_rank":100000}"#, "lorc_rank")
         refused(#"{"method":"rtn","wbits":4,"act_order":true}"#, "act_order")
         refused(#"{"method":"smoothquant","wbits":8}"#, "abits or aformat")
+        refused(#"{"method":"rtn","wbits":4,"weight_rounding":"gptq"}"#, "weight_rounding gptq")
+        refused(#"{"method":"gptq","wbits":4,"weight_rounding":"gptq"}"#, "method gptq")
+        refused(#"{"method":"omniquant","wbits":4,"weight_rounding":"adaround"}"#, "rtn or gptq")
         refused(#"{"method":"omniquant","wbits":4,"let":true,"let_shifts":true}"#, "let_shifts")
         refused(#"{"method":"gptq","wformat":"int4","scale_constraint":"m1"}"#, "minifloat")
         refused(#"{"method":"gptq","wformat":"e2m1","wbits":4}"#, "not both")
@@ -266,6 +309,10 @@ final class WeightActivationTests: XCTestCase {
         XCTAssertNil(try QuantRecipe.fromJSON(#"{"method":"rtn","wbits":4,"abits":8,"kv_bits":"none"}"#).kvFormat)
         let canonical = try QuantRecipe.fromJSON(#"{"method":"rtn","wbits":4,"abits":8,"kv_bits":null}"#)
         XCTAssertEqual(try QuantRecipe.fromJSON(canonical.json), canonical, "canonical JSON round-trips")
+        let rounded = try QuantRecipe.fromJSON(#"{"method":"smoothquant","wbits":6,"abits":6,"weight_rounding":"GPTQ"}"#)
+        XCTAssertEqual(rounded.weightRounding, .gptq)
+        XCTAssertEqual(try QuantRecipe.fromJSON(rounded.json), rounded, "weight_rounding round-trips")
+        XCTAssertFalse(canonical.json.contains("weight_rounding"), "written only when gptq: older work dirs resume")
     }
 
     /// `aug_loss` and `let` follow the paper's scripts when not given (aug_loss: W4A4 and W2 weight-only OmniQuant at

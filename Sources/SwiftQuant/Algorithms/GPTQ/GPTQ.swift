@@ -58,10 +58,15 @@ public enum GPTQ {
     /// accumulation noise: `(H + Hᵀ)/2` is used) under `config`. Throws `.invalidArgument` for impossible settings (shapes, group larger
     /// than the row, M1/M2 on an INT grid, block size < 1, dampening not positive) and `.nonFinite` for NaN/Inf
     /// inputs, before any work (also for a Hessian with a negative diagonal entry or that is not symmetric).
+    ///
+    /// `clipUp` / `clipLow` ([out · groups], in [0, 1]) multiply each group's max and min at its group start, as
+    /// `Quantizer.quantize` applies LWC's learned clipping: GPTQ then rounds on the grid LWC trained (INT grids,
+    /// column-order groups: not with `actOrder`).
     public static func quantize(weight: Tensor, hessian: Tensor, config: QuantizerConfig, actOrder: Bool = false,
-                                blockSize: Int = 128, dampening: Float = 0.01) throws -> GPTQResult {
+                                blockSize: Int = 128, dampening: Float = 0.01, clipUp: [Float]? = nil,
+                                clipLow: [Float]? = nil) throws -> GPTQResult {
         try _run(weight: weight, hessian: hessian, config: config, actOrder: actOrder, blockSize: blockSize,
-                 dampening: dampening)
+                 dampening: dampening, clipUp: clipUp, clipLow: clipLow)
     }
 
     /// The factor GPTQ sweeps with: the upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = Uᵀ·U`) of a symmetric positive
@@ -77,7 +82,8 @@ public enum GPTQ {
     /// `hinvOverride` [in·in] replaces the computed `U` (in sweep order), and `exactGEMM` runs every product through
     /// `Reference.sgemm` (a fixed summation order, no FMA) so the other side can reproduce each float32 operation.
     public static func _run(weight: Tensor, hessian: Tensor, config: QuantizerConfig, actOrder: Bool, blockSize: Int,
-                    dampening: Float, hinvOverride: [Float]? = nil, exactGEMM: Bool = false) throws -> GPTQResult {
+                    dampening: Float, hinvOverride: [Float]? = nil, exactGEMM: Bool = false, clipUp: [Float]? = nil,
+                    clipLow: [Float]? = nil) throws -> GPTQResult {
         try require(weight.rank == 2, "GPTQ: the weight must be 2-D [out, in], got shape \(weight.shape)")
         let m = weight.shape[0], n = weight.shape[1]
         try require(hessian.rank == 2 && hessian.shape[0] == hessian.shape[1],
@@ -94,6 +100,19 @@ public enum GPTQ {
             throw SwiftQuantError.nonFinite("GPTQ: the Hessian contains \(hessian.buffer[bad]) at [\(bad / n), \(bad % n)]")
         }
         if let h = hinvOverride { try require(h.count == n * n, "GPTQ: hinvOverride needs \(n * n) values") }
+        if clipUp != nil || clipLow != nil {
+            let want = m * config.groupCount(cols: n)
+            guard let up = clipUp, let low = clipLow else {
+                throw SwiftQuantError.invalidArgument("GPTQ: clipping needs both clipUp and clipLow")
+            }
+            try require(up.count == want && low.count == want,
+                        "GPTQ: clipping needs \(want) multipliers per side (rows × groups), got \(up.count) and \(low.count)")
+            try require((up + low).allSatisfy { $0 >= 0 && $0 <= 1 }, "GPTQ: clipping multipliers must lie in [0, 1]")
+            guard case .int = config.format else {
+                throw SwiftQuantError.invalidArgument("GPTQ: learned clipping applies to integer grids, got \(config.format)")
+            }
+            try require(!actOrder, "GPTQ: learned clipping belongs to column-order groups; act_order reorders them")
+        }
 
         // Dead inputs and the sweep order.
         let h0 = hessian.buffer
@@ -167,7 +186,8 @@ public enum GPTQ {
         let rowScales: [Float]? = config.scaleConstraint == .m2 ? m2RowScales(wt, n: n, m: m, width: width,
                                                                               config: config) : nil
         try sweep(&wt, u: u, n: n, m: m, config: config, blockSize: blockSize, rowScales: rowScales,
-                  exactGEMM: exactGEMM, codesT: &codesT, qT: &qT, scales: &scales, zeros: &zeros)
+                  exactGEMM: exactGEMM, clipUp: clipUp, clipLow: clipLow, codesT: &codesT, qT: &qT, scales: &scales,
+                  zeros: &zeros)
 
         // Un-permute.
         var codes = [UInt8](repeating: 0, count: m * n)
@@ -228,8 +248,10 @@ public enum GPTQ {
 
     /// The column sweep over `wt` [n, m] (sweep order, transposed) with `u` [n, n] the upper Cholesky factor of
     /// `H⁻¹`. Writes codes and dequantized values (transposed) and per-row, per-group scales and zero-points.
+    /// `clipUp`/`clipLow` [m · groups]: multipliers of each group's max and min (learned clipping), or nil.
     static func sweep(_ wt: inout [Float], u: [Float], n: Int, m: Int, config: QuantizerConfig, blockSize: Int,
-                      rowScales: [Float]?, exactGEMM: Bool, codesT: inout [UInt8], qT: inout [Float],
+                      rowScales: [Float]?, exactGEMM: Bool, clipUp: [Float]? = nil, clipLow: [Float]? = nil,
+                      codesT: inout [UInt8], qT: inout [Float],
                       scales: inout [Float], zeros: inout [Int32]) throws {
         let groups = config.groupCount(cols: n), width = config.groupWidth(cols: n)
         let table = Quantizer.decodeTable(config)
@@ -246,6 +268,9 @@ public enum GPTQ {
                     if let r = (0..<m).first(where: { !lo[$0].isFinite || !hi[$0].isFinite }) {
                         throw SwiftQuantError.nonFinite(
                             "GPTQ: the error updates overflowed in row \(r) at sweep column \(i); the Hessian is ill-conditioned")
+                    }
+                    if let up = clipUp, let low = clipLow {
+                        for r in 0..<m { hi[r] = up[r * groups + g] * hi[r]; lo[r] = low[r * groups + g] * lo[r] }
                     }
                     switch config.format {
                     case .int(let bits):

@@ -33,8 +33,17 @@ public struct GPTQAlgorithm: BlockAlgorithm {
     }
 
     public func quantize(_ job: BlockJob) throws -> BlockOutcome {
+        try Self.round(job.weights, job: job, actOrder: job.recipe.actOrder)
+    }
+
+    /// GPTQ over every linear of `block` (the job's FP block, or its equivalent transform), group by group on the
+    /// job's quantized-path inputs. `clipping` (by linear name; [out · groups] multipliers of each group's max and
+    /// min) puts GPTQ on a learned clipping grid; each linear's reference error is then that grid's plain rounding
+    /// (what LWC alone would have written), otherwise RTN's.
+    static func round(_ block: TransformerBlock, job: BlockJob, actOrder: Bool,
+                      clipping: [String: (up: [Float], low: [Float])] = [:]) throws -> BlockOutcome {
         let spec = job.model.blockSpec, cfg = try job.recipe.quantizerConfig
-        var linears = job.weights.linears
+        var linears = block.linears
         var out = BlockOutcome(quantized: [:])
         let ws = Workspace()
         // Hessians of what the linears consume at inference: with activation quantization, the quantized inputs.
@@ -51,8 +60,8 @@ public struct GPTQAlgorithm: BlockAlgorithm {
                            b: x, ldb: features, beta: n / (n + m), c: h.pointer, ldc: features)
                 tokens += rows
             }
-            let current = TransformerBlock(index: job.index, linearNames: job.weights.linearNames, linears: linears,
-                                           norms: job.weights.norms)
+            let current = TransformerBlock(index: job.index, linearNames: block.linearNames, linears: linears,
+                                           norms: block.norms)
             for x in job.inputs {
                 let y = x.copy()
                 try job.model.forward(block: current, hidden: y, workspace: ws, hooks: hooks, stopAt: group[0],
@@ -60,20 +69,52 @@ public struct GPTQAlgorithm: BlockAlgorithm {
             }
             for i in group {
                 let name = spec.linears[i].name
-                let r = try GPTQ.quantize(weight: job.weights.linear(name).weight, hessian: h, config: cfg,
-                                       actOrder: job.recipe.actOrder)
+                let w = block.linear(name).weight
+                let clip = clipping[name]
+                let r = try GPTQ.quantize(weight: w, hessian: h, config: cfg, actOrder: actOrder, clipUp: clip?.up,
+                                          clipLow: clip?.low)
                 if r.dampingRetries > 0 {
                     job.log("block \(job.index + 1) \(name): Cholesky needed \(r.dampingRetries) damping retries")
                 }
                 out.quantized[name] = r.quantized
-                // ‖(W − Ŵ)X‖² on the captured inputs (as tr(E·H·Eᵀ)·n/2), GPTQ's and plain RTN's on the same grid.
-                let w = job.weights.linear(name).weight
-                let rtn = try RTN.quantizeWeight(w, config: cfg, name: name).1
+                // ‖(W − Ŵ)X‖² on the captured inputs (as tr(E·H·Eᵀ)·n/2), GPTQ's and plain rounding's on the same grid.
+                let plain: Tensor
+                if let clip {
+                    plain = try clip.up.withUnsafeBufferPointer { u in
+                        try clip.low.withUnsafeBufferPointer { lo in
+                            try Quantizer.quantize(UnsafeBufferPointer(w.buffer), rows: w.shape[0], cols: w.shape[1],
+                                                   config: cfg, clipUp: u, clipLow: lo).dequantized()
+                        }
+                    }
+                } else {
+                    plain = try RTN.quantizeWeight(w, config: cfg, name: name).1
+                }
                 out.linearErrors[name] = (Self.outputError(w, r.dequantized, h, tokens: tokens),
-                                          Self.outputError(w, rtn, h, tokens: tokens))
-                linears[name] = Linear(weight: r.dequantized, bias: job.weights.linear(name).bias)
+                                          Self.outputError(w, plain, h, tokens: tokens))
+                linears[name] = Linear(weight: r.dequantized, bias: block.linear(name).bias)
             }
         }
+        return out
+    }
+}
+
+/// GPTQ as the last step of another algorithm (`weight_rounding: gptq`): the inner algorithm (SmoothQuant,
+/// OmniQuant LWC or LWC + LET) chooses the transform and, for OmniQuant, the clipping; instead of rounding each
+/// weight to nearest on that grid, GPTQ rounds the transformed weights column by column with its error feedback,
+/// on the Hessians of the transformed block's quantized-path inputs — llm-compressor's SmoothQuant → GPTQ recipe,
+/// and the same composition for OmniQuant. Everything else of the inner outcome (transform, learned parameters,
+/// losses) is kept.
+public struct GPTQRounding: BlockAlgorithm {
+    public let inner: BlockAlgorithm
+    public init(_ inner: BlockAlgorithm) { self.inner = inner }
+    public var needsCalibrationData: Bool { true }
+
+    public func quantize(_ job: BlockJob) throws -> BlockOutcome {
+        var out = try inner.quantize(job)
+        let rounded = try GPTQAlgorithm.round(out.transformed ?? job.weights, job: job, actOrder: false,
+                                              clipping: out.clipping)
+        out.quantized = rounded.quantized
+        out.linearErrors = rounded.linearErrors
         return out
     }
 }

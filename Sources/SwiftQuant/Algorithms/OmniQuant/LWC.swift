@@ -78,6 +78,7 @@ public struct OmniQuantLWC: BlockAlgorithm {
             }
             out.learned[l.name + ".lwc_u"] = lwc[k].u
             out.learned[l.name + ".lwc_l"] = lwc[k].l
+            out.clipping[l.name] = (up, low)
         }
         return out
     }
