@@ -9,7 +9,8 @@ LWC + LET trained together (lr 5e-2 / 5e-3 at the CPU preset: 16 × 512 tokens, 
 32 × 512 tokens × 20 epochs), aug_loss for W4A4 as the paper's scripts. Calibration text: WikiText-2 validation
 windows (``sq.default_calibration_path()``), never the test text. Rows marked "up-down pair" / "relative loss" /
 "keep_best" (W6A6 and W4A4) go beyond the paper: ``let_down=True``, ``loss="relative"`` and ``keep_best=True`` of
-``sq.omniquant``. Training differentiates the activation quantizers as the paper's code does (through each token's
+``sq.omniquant``; rows marked "GPTQ weights" round the transformed weights with GPTQ (``weight_rounding="gptq"``,
+beyond the papers). Training differentiates the activation quantizers as the paper's code does (through each token's
 scale); ``activation_gradient="ste"`` gives the straight-through training SwiftQuant used until 2026-12-07.
 
     python python/benchmarks/wa_table.py --out wa.json [--only LABEL,...] [--full LABEL,...] [--keep DIR]
@@ -31,9 +32,16 @@ def rows() -> dict:
         out[f"RTN {kind}"] = _tables.timed(lambda m, w=w, a=a: sq.rtn(m, wbits=w, group_size=None, abits=a))
         out[f"SmoothQuant {kind}"] = _tables.timed(
             lambda m, w=w, a=a: sq.smoothquant(m, wbits=w, abits=a, preset="cpu", progress=False))
+        # beyond the papers: the smoothed weights rounded by GPTQ (llm-compressor's SmoothQuant -> GPTQ recipe)
+        out[f"SmoothQuant {kind} (GPTQ weights)"] = _tables.timed(
+            lambda m, w=w, a=a: sq.smoothquant(m, wbits=w, abits=a, preset="cpu", progress=False,
+                                               weight_rounding="gptq"))
         out[f"OmniQuant {kind} (CPU preset)"] = _tables.timed(
             lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                       preset="cpu"))
+        out[f"OmniQuant {kind} (CPU preset; GPTQ weights)"] = _tables.timed(
+            lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                      preset="cpu", weight_rounding="gptq"))
         out[f"OmniQuant {kind} (32x512 x 20 epochs)"] = _tables.timed(
             lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                       preset="paper", nsamples=32, seqlen=512))

@@ -17,7 +17,8 @@ public struct BlockReport: Sendable, Codable {
     public var skippedSteps: Int
     public var finalLearningRate: Float?
     public var resumed: Bool
-    /// Per linear `[algorithm, RTN]` output error `‖(W − Ŵ)X‖²` on the calibration inputs (GPTQ).
+    /// Per linear `[GPTQ, plain rounding]` output error `‖(W − Ŵ)X‖²` on the calibration inputs (GPTQ and
+    /// `weight_rounding: gptq`; plain rounding: to nearest on the same grid, learned clipping included).
     public var linearErrors: [String: [Double]]? = nil
 }
 
@@ -168,7 +169,8 @@ public final class CalibrationPipeline {
                 if !outcome.linearErrors.isEmpty {
                     report.linearErrors = outcome.linearErrors.mapValues { [$0.quantized, $0.rtn] }
                     for (name, e) in outcome.linearErrors.sorted(by: { $0.key < $1.key }) where e.quantized > e.rtn {
-                        log(String(format: "block %d %@: output error %.4e above RTN's %.4e", i + 1, name, e.quantized, e.rtn))
+                        log(String(format: "block %d %@: GPTQ's output error %.4e above round-to-nearest's %.4e on the same grid",
+                                      i + 1, name, e.quantized, e.rtn))
                     }
                 }
                 if data {
