@@ -211,3 +211,24 @@ def test_written_tokenizer_json_matches_tokenizers_on_fixtures():
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(d, "gguf_llama"))
     for c in g["cases"]:
         assert tok(c["text"])["input_ids"] == c["ids"], c["text"]
+
+
+def test_cli_weight_rounding(tmp_path, smollm2_path, wikitext_test):
+    """`--weight-rounding gptq` reaches the recipe (SmoothQuant W8A8 with GPTQ weights, saved and reloaded); a bad
+    value fails before any work and writes nothing."""
+    cli = _cli()
+    if cli is None:
+        pytest.skip("swiftquant CLI not found (set SWIFTQUANT_CLI or build with swift build -c release)")
+    common = [cli, "quantize", "--model", str(smollm2_path), "--method", "smoothquant", "--wbits", "8", "--abits", "8",
+              "--group-size", "per-row", "--nsamples", "1", "--seqlen", "32", "--calib", str(wikitext_test)]
+    bad = subprocess.run(common + ["--weight-rounding", "nearest", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "rtn or gptq" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()
+    ok = subprocess.run(common + ["--weight-rounding", "gptq", "--out", str(tmp_path / "ok")],
+                        capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr
+    back = sq.load_model(tmp_path / "ok")
+    recipe = json.loads(json.loads((tmp_path / "ok" / "swiftquant.json").read_text())["recipe"])
+    assert recipe["weight_rounding"] == "gptq"
+    assert back.config["swiftquant"]["aformat"] == "int8"
