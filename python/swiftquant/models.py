@@ -326,7 +326,8 @@ def omniquant(model_or_path, wbits: int, group_size: int | None = 128, epochs: i
     alone) trains OmniQuant's Learnable Equivalent Transformation with LWC
     (scales initialised SmoothQuant-style with ``alpha``, default 0.5, 0.75 for INT activations of 4 bits or fewer
     as the paper's W4A4 scripts; learning rate ``let_lr``, default 5e-3;
-    shifts on by default for OPT, refused on RMSNorm families), folded into norms, weights and biases at the end.
+    shifts on by default for OPT, ``let_shifts=True`` for Llama and Qwen2, where they fold into new RMSNorm and linear
+    biases that only SwiftQuant loads), folded into norms, weights and biases at the end.
     ``let_down=True`` adds an up -> down scale pair (gated MLPs: Llama, Qwen2), beyond the paper, which leaves the
     down projection's input untransformed: exact in FP, it moves that input's outliers into the down weights.
     ``aug_loss`` (also match the FP block's output on the quantized inputs) defaults to the paper's scripts: on for

@@ -55,8 +55,8 @@ def test_gptq_lorc_act_order_and_let_refusals(smollm2_path):
     m = sq.load_model(smollm2_path)
     with pytest.raises(ValueError, match="lorc_rank"):
         sq.gptq(m, wbits=4, group_size=64, lorc_rank=10**6, nsamples=1, seqlen=32)
-    with pytest.raises(ValueError, match="let_shifts"):
-        sq.omniquant(m, 4, abits=4, let=True, let_shifts=True, nsamples=1, seqlen=32)
+    with pytest.raises(ValueError, match="let_down"):
+        sq.omniquant(m, 4, abits=4, let=False, let_down=True, nsamples=1, seqlen=32)
     with pytest.raises(ValueError, match="abits or aformat"):
         sq.recipe("smoothquant", "int8", None)
     with pytest.raises(ValueError, match="rtn or gptq"):
@@ -113,6 +113,9 @@ def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
                                            weight_rounding="gptq"),
         "let": sq.omniquant(m, 4, group_size=None, abits=8, let=True, epochs=1, nsamples=1, seqlen=32,
                             progress=False),
+        # LET shifts on a Llama-family model: new RMSNorm and q/k/v/o/gate/up biases, which only SwiftQuant loads
+        "let_shifts": sq.omniquant(m, 4, group_size=32, let=True, let_shifts=True, epochs=1, nsamples=1, seqlen=32,
+                                   progress=False),
     }
     assert runs["gptq"].model.quantization["lorc_rank"] == 4
     assert runs["smoothquant_gptq"].model.quantization["weight_rounding"] == "gptq"
@@ -133,6 +136,13 @@ def test_lorc_act_order_smoothquant_and_let_round_trip(tmp_path, smollm2_path):
         back = sq.load_model(tmp_path / name)
         np.testing.assert_array_equal(back.logits(x), before, err_msg=name)
     assert sq.load_model(tmp_path / "gptq").config["swiftquant"]["lorc_rank"] == 4
+    shifted = sq.load_model(tmp_path / "let_shifts")
+    assert "model.layers.0.input_layernorm.bias" in shifted.weights
+    assert "model.layers.0.self_attn.o_proj.bias" in shifted.weights
+    for fmt in ("gguf", "gptq"):
+        with pytest.raises(NotImplementedError, match="RMSNorm.*let_shifts"):
+            runs["let_shifts"].save(tmp_path / f"shifted-{fmt}", format=fmt, requantize=True, progress=False)
+        assert not (tmp_path / f"shifted-{fmt}").exists()
 
 
 def test_down_proj_cost_benchmark_quantizes_as_the_core(monkeypatch):

@@ -310,6 +310,11 @@ public enum GGUFExport {
                                           hfName: p + hf + ".weight", block: i, permuteHeads: nil, source: .floats(exactCheck: false)))
                     }
                     if let b = n.bias {
+                        guard [spec.attentionNorm, spec.mlpNorm].first(where: { $0.name == hf })?.bias ?? false else {
+                            throw SwiftQuantError.unsupported(
+                                "GGUF export: \(p + hf) carries a bias (LET shifts folded into an RMSNorm family), which "
+                                    + "llama.cpp's RMSNorm has no place for; quantize without let_shifts to export")
+                        }
                         plan.append(Entry(declaration: GGUFTensorDeclaration(name: "blk.\(i).\(g).bias", type: .f32, dims: [b.count]),
                                           hfName: p + hf + ".bias", block: i, permuteHeads: nil, source: .floats(exactCheck: false)))
                     }

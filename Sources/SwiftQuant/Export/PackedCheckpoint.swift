@@ -219,7 +219,8 @@ enum RuntimeExport {
         if !created.isEmpty {
             throw SwiftQuantError.unsupported(
                 "the quantized blocks have tensors the source model has no place for (\(created.prefix(3).joined(separator: ", ")) …): "
-                    + "shifts on a family without linear biases cannot be saved as a \(model.modelType) model; quantize without let_shifts")
+                    + "LET shifts folded into an RMSNorm family (norm biases, biases on linears that had none) have no place in a "
+                    + "\(model.modelType) checkpoint a runtime loads; quantize without let_shifts to export")
         }
         return entries
     }

@@ -34,14 +34,21 @@ public enum SavedModelFiles {
                 blockTensor[p + n + ".bias"] = (i, n, true, true)
             }
         }
-        // A bias the blocks run with but the source has no tensor for (shifts folded into a bias-free family)
-        // cannot be written as this model type.
+        // Biases the blocks run with but the source has no tensor for (LET shifts folded into an RMSNorm family:
+        // norm biases, and biases on linears that had none) are written after the source's tensors; the loader
+        // reads a bias wherever the file has one.
+        var created: [(name: String, shape: [Int])] = []
         for i in 0..<model.numBlocks where loaded.quantization != nil {
             let b = try model.block(i), p = model.blockPrefix(i)
-            for (n, l) in b.linears where l.bias != nil && loaded.source.info(p + n + ".bias") == nil {
-                throw SwiftQuantError.unsupported(
-                    "\(p + n): the quantized block has a bias the \(model.modelType) model has no place for "
-                        + "(shifts folded into a family without linear biases); quantize without let_shifts")
+            for n in model.blockLinearNames {
+                if let bias = b.linear(n).bias, loaded.source.info(p + n + ".bias") == nil {
+                    created.append((p + n + ".bias", bias.shape))
+                }
+            }
+            for (n, nw) in b.norms.sorted(by: { $0.key < $1.key }) {
+                if let bias = nw.bias, loaded.source.info(p + n + ".bias") == nil {
+                    created.append((p + n + ".bias", bias.shape))
+                }
             }
         }
         // One block at a time (the writer visits a block's tensors one after the other: names are sorted).
@@ -69,9 +76,8 @@ public enum SavedModelFiles {
             return out
         }
         var entries: [SafetensorsEntry] = []
-        for info in source.tensorInfos {
-            if info.name == "lm_head.weight" && tied { continue }
-            let name = info.name, shape = info.shape
+        for (name, shape) in source.tensorInfos.filter({ !($0.name == "lm_head.weight" && tied) }).map({ ($0.name, $0.shape) })
+            + created {
             entries.append(SafetensorsEntry(name: name, dtype: .f32, shape: shape, deferred: {
                 SafetensorsEntry(name: name, tensor: try tensor(name, shape: shape)).bytes
             }))

@@ -124,12 +124,12 @@ public final class BlockGraph {
         linears[i] = Linear(weight: weight, bias: bias)
     }
 
-    /// Replaces the two norms' weights and biases (a bias only where the norm kind has one) for the next forward.
+    /// Replaces the two norms' weights and biases for the next forward. An RMSNorm may carry a bias too (added
+    /// after the scaling): where LET shifts fold on RMSNorm families (`let_shifts`).
     public func setNorms(attention: (weight: Tensor, bias: Tensor?), mlp: (weight: Tensor, bias: Tensor?)) throws {
         for (p, n) in [(attention, spec.attentionNorm), (mlp, spec.mlpNorm)] {
             try require(p.weight.count == spec.hidden && (p.bias?.count ?? spec.hidden) == spec.hidden,
                         "block: norm '\(n.name)' must have \(spec.hidden) values")
-            try require(p.bias == nil || n.kind == .layer, "block: norm '\(n.name)' (RMSNorm) has no bias")
         }
         norm1 = attention
         norm2 = mlp
@@ -366,6 +366,10 @@ public final class BlockGraph {
         case .rms:
             Autodiff.RMSNorm.backward(dY: dY, x: x, weight: p.weight.pointer, rstd: rstd, dX: dX, accumulate: true,
                                       dWeight: grads?.weight.pointer, rows: T, dim: spec.hidden)
+            if let grads, p.bias != nil {  // ∂L/∂b: the column sums of dY
+                let H = spec.hidden, db = grads.bias.pointer
+                for r in 0..<T { let row = dY + r * H; for j in 0..<H { db[j] += row[j] } }
+            }
         case .layer:
             Autodiff.LayerNorm.backward(dY: dY, x: x, weight: p.weight.pointer, mean: mean, rstd: rstd, dX: dX,
                                         accumulate: true, dWeight: grads?.weight.pointer, dBias: grads?.bias.pointer,
@@ -492,8 +496,10 @@ private struct BlockForward {
         switch (n.kind, recording) {
         case (.rms, true):
             Autodiff.RMSNorm.forward(x: x, weight: p.weight.pointer, y: y, rstd: rstd, rows: T, dim: H, eps: n.eps)
+            if let b = p.bias { Kernels.addBias(y, rows: T, b.pointer, H) }
         case (.rms, false):
             Kernels.rmsNorm(x, rows: T, dim: H, weight: p.weight.pointer, eps: n.eps, y)
+            if let b = p.bias { Kernels.addBias(y, rows: T, b.pointer, H) }
         case (.layer, true):
             Autodiff.LayerNorm.forward(x: x, weight: p.weight.pointer, bias: p.bias?.pointer, y: y, mean: mean,
                                        rstd: rstd, rows: T, dim: H, eps: n.eps)

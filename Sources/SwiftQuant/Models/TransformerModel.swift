@@ -228,16 +228,20 @@ struct WeightLoader {
         Linear(weight: try load(name + ".weight", [out, inF]), bias: bias ? try load(name + ".bias", [out]) : nil)
     }
 
-    /// Block `i`'s linears and norms as `spec` declares them, under `prefix`.
+    /// Block `i`'s linears and norms as `spec` declares them, under `prefix`. A bias the family does not declare
+    /// is read when the file has it: a SwiftQuant model whose LET shifts were folded into an RMSNorm family
+    /// (norm biases, and biases on linears that had none).
     func block(_ i: Int, prefix p: String, spec: BlockSpec) throws -> TransformerBlock {
         var linears: [String: Linear] = [:]
         for l in spec.linears {
-            linears[l.name] = try linear(p + l.name, out: l.outFeatures, in: l.inFeatures, bias: l.bias)
+            linears[l.name] = try linear(p + l.name, out: l.outFeatures, in: l.inFeatures,
+                                         bias: l.bias || has(p + l.name + ".bias"))
         }
         var norms: [String: NormWeights] = [:]
         for n in [spec.attentionNorm, spec.mlpNorm] where n.affine {
+            let bias = n.bias || has(p + n.name + ".bias")
             norms[n.name] = NormWeights(weight: try load(p + n.name + ".weight", [spec.hidden]),
-                                        bias: n.bias ? try load(p + n.name + ".bias", [spec.hidden]) : nil)
+                                        bias: bias ? try load(p + n.name + ".bias", [spec.hidden]) : nil)
         }
         return TransformerBlock(index: i, linearNames: spec.linearNames, linears: linears, norms: norms)
     }

@@ -397,12 +397,6 @@ public struct QuantRecipe: Codable, Sendable, Equatable {
                             "let_down: the up → down pair is exact only for gated MLPs (silu(gate) ⊙ up → down); "
                                 + "\(m.modelType) has none")
             }
-            if let_ && usesShifts(m) {
-                let spec = m.blockSpec
-                let biased = spec.attentionNorm.bias && spec.mlpNorm.bias && spec.linears.allSatisfy(\.bias)
-                try require(biased, "let_shifts: \(m.modelType) has RMSNorm or linears without biases, where a shift has "
-                                + "nowhere to be folded; quantize with let_shifts false (the default for this family)")
-            }
         }
     }
 }

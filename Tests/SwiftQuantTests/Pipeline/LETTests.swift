@@ -37,8 +37,9 @@ final class LETTests: XCTestCase {
     }
 
     /// With every quantizer off, the transformed block computes the original block's output (1e-5 relative), for
-    /// random scales (negative ones and ones below the truncation bound included), shifts on OPT, per-kv-head
-    /// out/qkt scales on GQA and RoPE-tied qkt scales.
+    /// random scales (negative ones and ones below the truncation bound included) and shifts on every family (on
+    /// Llama and Qwen2 they fold into new RMSNorm and linear biases), per-kv-head out/qkt scales on GQA and
+    /// RoPE-tied qkt scales.
     /// The up → down pair (`downPair`, gated MLPs) included; OPT (fc1 → ReLU → fc2) refuses it.
     func testTransformIsExactInFP() throws {
         for family in Self.families {
@@ -52,7 +53,7 @@ final class LETTests: XCTestCase {
             }
             for b in 0..<m.numBlocks {
                 let block = try m.block(b)
-                let p = try LETParameters(spec: spec, shifts: !gated, downPair: gated)
+                let p = try LETParameters(spec: spec, shifts: true, downPair: gated)
                 XCTAssertEqual(p.downScale.count, gated ? spec.linears[spec.index(of: .down)!].inFeatures : 0)
                 randomize(p, seed: UInt64(7 + b), truncated: true)
                 let t = try p.apply(to: block)
@@ -61,19 +62,24 @@ final class LETTests: XCTestCase {
                 try m.forward(block: block, hidden: a, workspace: Workspace())
                 try m.forward(block: t, hidden: c, workspace: Workspace())
                 XCTAssertLessThan(Self.maxRelative(c, a), 1e-5, "\(family) block \(b)")
+                for n in [spec.attentionNorm.name, spec.mlpNorm.name] { XCTAssertNotNil(t.norms[n]?.bias, "\(family) \(n)") }
+                for role in [LinearRole.q, .o, .up] {
+                    let n = spec.linears[spec.index(of: role)!].name
+                    XCTAssertNotNil(t.linears[n]?.bias, "\(family) \(n)")
+                }
             }
         }
     }
 
     /// `LETParameters.backward` through the recording graph (norm and bias gradients, the graph's `∂L/∂Ŵ`) agrees
     /// with central finite differences of the loss in float64 sums, for a sample of every parameter kind (the up →
-    /// down `down_scale` on the gated families).
+    /// down `down_scale` on the gated families; shifts on every family: the RMSNorm biases they create included).
     func testGradientsMatchFiniteDifferences() throws {
         for family in Self.families {
             let loaded = try tiny(family)
             let m = loaded.model, spec = m.blockSpec
             let block = try m.block(0)
-            let p = try LETParameters(spec: spec, shifts: family.hasSuffix("opt"), downPair: !family.hasSuffix("opt"))
+            let p = try LETParameters(spec: spec, shifts: true, downPair: !family.hasSuffix("opt"))
             randomize(p, seed: 3)
             let T = 16
             let x = try m.embed(try windows(m, count: 1, length: T)[0])
@@ -118,15 +124,17 @@ final class LETTests: XCTestCase {
         }
     }
 
-    /// W4A4 (KV 4) OmniQuant with LWC + LET through the pipeline on every family: finite losses, and the saved
-    /// model reloads with bit-identical logits (folded norms, biases and activation settings). On OPT (shifts on)
+    /// W4A4 (KV 4) OmniQuant with LWC + LET through the pipeline on every family, with and without shifts: finite
+    /// losses, and the saved model reloads with bit-identical logits (folded norms, biases and activation
+    /// settings; on Llama and Qwen2 the RMSNorm and linear biases shifts create). Exports a runtime loads refuse a
+    /// model with RMSNorm biases, before writing anything. On OPT (shifts on by default)
     /// training lowers the loss and the folded block beats RTN W4A4 (the tiny random-token Llama/Qwen2 fixtures
     /// are too small to show a trend there; the SmolLM2 test below does).
     func testTrainingThroughThePipelineAndReload() throws {
-        for family in Self.families {
+        for (family, shifts) in Self.families.map({ ($0, nil as Bool?) }) + [("tiny/llama_gqa", true), ("tiny/qwen2", true)] {
             let loaded = try tiny(family)
             let r = QuantRecipe(method: .omniquant, wformat: "int4", groupSize: .perRow, epochs: 10, nsamples: 4, seqlen: 32,
-                                lr: 1e-2, aformat: "int4", let: true, letLr: 5e-3)
+                                lr: 1e-2, aformat: "int4", let: true, letShifts: shifts, letLr: 5e-3)
             let result = try CalibrationPipeline(recipe: r, progress: false).run(loaded, windows: try windows(loaded.model))
             for rep in result.reports {
                 let first = try XCTUnwrap(rep.lossFirstEpoch), last = try XCTUnwrap(rep.lossLastEpoch)
@@ -144,6 +152,26 @@ final class LETTests: XCTestCase {
             let back = try LoadedModel.load(path: dir)
             XCTAssertEqual(back.model.activations, try ActivationScheme(linear: "int4", kv: "int4"))
             XCTAssertEqual(try back.model.logits(ids: ids).array.map(\.bitPattern), before.array.map(\.bitPattern), family)
+            let normBias = try back.model.block(0).norms[back.model.blockSpec.attentionNorm.name]?.bias != nil
+            XCTAssertEqual(normBias, shifts == true || family.hasSuffix("opt"), "\(family) shifts \(String(describing: shifts))")
+            if shifts == true {  // weight-only LET with shifts, g32: what the runtime exports would otherwise take
+                let wo = try tiny(family)
+                let llama = family.hasSuffix("llama_gqa")  // GGUF writes the llama architecture only
+                let r = QuantRecipe(method: .omniquant, wformat: "int4", groupSize: llama ? 32 : 16, epochs: 1, nsamples: 2,
+                                    seqlen: 32, let: true, letShifts: true)
+                _ = try CalibrationPipeline(recipe: r, progress: false).run(wo, windows: try windows(wo.model, count: 2))
+                let options = ExportOptions(progress: false, log: { _ in })
+                let gguf = dir + "-model.gguf", gptq = dir + "-gptq"
+                if llama {
+                    XCTAssertThrowsError(try GGUFExport.write(wo, to: gguf, options: options)) { e in
+                        XCTAssertTrue("\(e)".contains("RMSNorm"), "\(family): \(e)")
+                    }
+                }
+                XCTAssertThrowsError(try GPTQExport.write(wo, to: gptq, options: options)) { e in
+                    XCTAssertTrue("\(e)".contains("let_shifts"), "\(family): \(e)")
+                }
+                XCTAssertFalse(FileManager.default.fileExists(atPath: gguf) || FileManager.default.fileExists(atPath: gptq))
+            }
         }
     }
 

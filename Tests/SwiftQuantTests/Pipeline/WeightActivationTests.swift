@@ -300,7 +300,6 @@ final class WeightActivationTests: XCTestCase {
         refused(#"{"method":"rtn","wbits":4,"weight_rounding":"gptq"}"#, "weight_rounding gptq")
         refused(#"{"method":"gptq","wbits":4,"weight_rounding":"gptq"}"#, "method gptq")
         refused(#"{"method":"omniquant","wbits":4,"weight_rounding":"adaround"}"#, "rtn or gptq")
-        refused(#"{"method":"omniquant","wbits":4,"let":true,"let_shifts":true}"#, "let_shifts")
         refused(#"{"method":"gptq","wformat":"int4","scale_constraint":"m1"}"#, "minifloat")
         refused(#"{"method":"gptq","wformat":"e2m1","wbits":4}"#, "not both")
         refused(#"{"method":"gptq","wformat":"e2m1","group_size":100000}"#, "larger than the row")

@@ -1,7 +1,8 @@
 import Foundation
 
-/// OmniQuant's Learnable Equivalent Transformation of one block (ALGORITHMS.md §2): per-channel scales (and, for
-/// families with biases everywhere, shifts) that move activation outliers into the weights, exact in FP.
+/// OmniQuant's Learnable Equivalent Transformation of one block (ALGORITHMS.md §2): per-channel scales and
+/// shifts that move activation outliers into the weights, exact in FP. Shifts fold into biases: on RMSNorm
+/// families (Llama, Qwen2) the norms and the linears that had none gain them (`b' = −δ/s`, `c' = W·δ`).
 ///
 /// | pair | parameters | transform |
 /// |---|---|---|
@@ -167,10 +168,10 @@ public final class LETParameters {
             }
             var bias: Tensor?
             if l.bias != nil || map.colShift != nil || map.rowShift != nil {
-                try require(l.bias != nil, "let: shifts need a bias on \(name); \(spec.linears[i].name) has none")
+                // A linear without a bias (Llama, Qwen2's o/gate/up) gains one where a shift folds into it.
                 let b = Tensor(zeros: [rows])
                 for r in 0..<rows {
-                    var u = Double(l.bias!.pointer[r])
+                    var u = l.bias.map { Double($0.pointer[r]) } ?? 0
                     if let cs = map.colShift {
                         let src = l.weight.pointer + r * cols
                         for j in 0..<cols { u += Double(src[j]) * Double(cs[j]) }
@@ -190,10 +191,12 @@ public final class LETParameters {
             let g2 = Tensor(zeros: [g.count])
             for j in 0..<g.count { g2.pointer[j] = g.pointer[j] / s[j] }
             var b2: Tensor?
-            if nw.bias != nil || shifts {
-                guard let b = nw.bias else { throw SwiftQuantError.unsupported("let: shifts need a bias on norm '\(name)'") }
+            if nw.bias != nil || shifts {  // an RMSNorm gains a bias −δ/s where the shift folds
                 let t = Tensor(zeros: [g.count])
-                for j in 0..<g.count { t.pointer[j] = (b.pointer[j] - (shifts ? shift.pointer[j] : 0)) / s[j] }
+                for j in 0..<g.count {
+                    let b = nw.bias?.pointer[j] ?? 0
+                    t.pointer[j] = (b - (shifts ? shift.pointer[j] : 0)) / s[j]
+                }
                 b2 = t
             }
             norms[name] = NormWeights(weight: g2, bias: b2)
@@ -232,11 +235,11 @@ public final class LETParameters {
                     drow[r] += acc
                 }
             }
-            if l.bias != nil || map.colShift != nil || map.rowShift != nil, let c = l.bias {
+            if l.bias != nil || map.colShift != nil || map.rowShift != nil {
                 let dc = dBiases[i]
                 for r in 0..<rows {
                     let gr = Double(dc.pointer[r]), rm = Double(map.row?[r] ?? 1)
-                    var u = Double(c.pointer[r])
+                    var u = l.bias.map { Double($0.pointer[r]) } ?? 0
                     if let cs = map.colShift {
                         let w = l.weight.pointer + r * cols
                         for j in 0..<cols {
@@ -285,8 +288,8 @@ public final class LETParameters {
             for j in 0..<H {
                 let sj = Double(s[j])
                 var d = -Double(dg.pointer[j]) * Double(g.pointer[j]) / (sj * sj)
-                if let b = nw.bias {
-                    let u = Double(b.pointer[j]) - (shifts ? Double(shift.pointer[j]) : 0)
+                if nw.bias != nil || shifts {
+                    let u = Double(nw.bias?.pointer[j] ?? 0) - (shifts ? Double(shift.pointer[j]) : 0)
                     d -= Double(db.pointer[j]) * u / (sj * sj)
                     if shifts {
                         if k == 0 { dd1[j] -= Double(db.pointer[j]) / sj } else { dd2[j] -= Double(db.pointer[j]) / sj }
