@@ -107,6 +107,10 @@ struct Quantize: ParsableCommand {
     @Option(help: "OmniQuant LET: learning rate of the scales and shifts (default 5e-3).")
     var letLr: Float = 5e-3
 
+    @Flag(name: .customLong("let-shifts"), inversion: .prefixedNo,
+          help: "OmniQuant LET: train shifts too (default: on for OPT, off for Llama and Qwen2, whose shifts fold into new RMSNorm and linear biases that only SwiftQuant loads: runtime exports refuse them).")
+    var letShifts: Bool?
+
     @Flag(help: "OmniQuant LET: also train an up → down scale (gated MLPs; beyond the paper, which leaves the down projection's input untransformed).")
     var letDown = false
 
@@ -216,7 +220,7 @@ struct Quantize: ParsableCommand {
                                          }
                                          return c
                                      } ?? .none, aformat: act, kvFormat: kv, actOrder: actOrder, lorcRank: lorc,
-                                     let: useLET, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision,
+                                     let: useLET, letShifts: letShifts, letDown: letDown, alpha: alpha, letLr: letLr, precision: gemmPrecision,
                                      keepBest: keepBest, loss: calibrationLoss, activationGradient: actGradient,
                                      weightRounding: rounding)
             try recipe.validate()
