@@ -9,7 +9,7 @@ LWC + LET trained together (lr 5e-2 / 5e-3 at the CPU preset: 16 × 512 tokens, 
 32 × 512 tokens × 20 epochs), aug_loss for W4A4 as the paper's scripts. Calibration text: WikiText-2 validation
 windows (``sq.default_calibration_path()``), never the test text. Rows marked "up-down pair" / "relative loss" /
 "keep_best" (W6A6 and W4A4) go beyond the paper: ``let_down=True``, ``loss="relative"`` and ``keep_best=True`` of
-``sq.omniquant``; rows marked "GPTQ weights" round the transformed weights with GPTQ (``weight_rounding="gptq"``,
+``sq.omniquant``; "shifts" is ``let_shifts=True`` (the paper's LET shifts, an option on Llama-family models); rows marked "GPTQ weights" round the transformed weights with GPTQ (``weight_rounding="gptq"``,
 beyond the papers). Training differentiates the activation quantizers as the paper's code does (through each token's
 scale); ``activation_gradient="ste"`` gives the straight-through training SwiftQuant used until 2026-12-07.
 
@@ -49,6 +49,12 @@ def rows() -> dict:
             out[f"OmniQuant {kind} (CPU preset; up-down pair)"] = _tables.timed(
                 lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                           preset="cpu", let_down=True))
+            out[f"OmniQuant {kind} (CPU preset; shifts)"] = _tables.timed(
+                lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                          preset="cpu", let_shifts=True))
+            out[f"OmniQuant {kind} (CPU preset; up-down pair; shifts)"] = _tables.timed(
+                lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                          preset="cpu", let_down=True, let_shifts=True))
             out[f"OmniQuant {kind} (CPU preset; relative loss)"] = _tables.timed(
                 lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                           preset="cpu", loss="relative"))
