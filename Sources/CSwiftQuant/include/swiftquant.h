@@ -200,7 +200,9 @@ int sq_model_perplexity(sq_model *model, const int32_t *ids, int64_t n, int64_t 
  *    "nsamples": .., "seqlen": .., "lr": .., "aug_loss": .., "seed": 2, "scale_constraint": null | "m1" | "m2",
  *    "aformat": null | "int8" | "e4m3fn" | ... (or "abits": 8), "kv_format" (or "kv_bits"; null/"none": FP),
  *    "act_order": false, "lorc_rank": 0, "let": .., "let_shifts": null, "alpha": 0.5, "let_lr": 5e-3,
- *    "precision": "fp32" | "bf16" (OmniQuant training's matrix products; bf16 needs AVX512-BF16)}
+ *    "precision": "fp32" | "bf16" (OmniQuant training's matrix products; bf16 needs AVX512-BF16),
+ *    "let_down": false, "keep_best": false, "loss": "mse" | "relative", "activation_gradient": "scale" | "ste",
+ *    "weight_rounding": "rtn" | "gptq" (SmoothQuant / OmniQuant: GPTQ rounds the transformed weights)}
  * Only method and wformat are required; missing budget fields come from the preset ("paper": 128 x 2048 tokens,
  * 20 epochs, lr 1e-2; "cpu": 16 x 512, 5 epochs, lr 5e-2; GPTQ's "cpu": 32 x 512), the KV format follows the
  * activations, aug_loss is on for OmniQuant W2 weight-only and W4A4 at the paper preset, and let (LET with LWC)
