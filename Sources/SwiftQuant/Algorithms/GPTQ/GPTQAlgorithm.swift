@@ -38,10 +38,11 @@ public struct GPTQAlgorithm: BlockAlgorithm {
 
     /// GPTQ over every linear of `block` (the job's FP block, or its equivalent transform), group by group on the
     /// job's quantized-path inputs. `clipping` (by linear name; [out · groups] multipliers of each group's max and
-    /// min) puts GPTQ on a learned clipping grid; each linear's reference error is then that grid's plain rounding
-    /// (what LWC alone would have written), otherwise RTN's.
+    /// min) puts GPTQ on a learned clipping grid. Each linear's reference error is that of `plain[name]`, the same
+    /// grid's round-to-nearest the caller already has (what the inner algorithm wrote), or else RTN's.
     static func round(_ block: TransformerBlock, job: BlockJob, actOrder: Bool,
-                      clipping: [String: (up: [Float], low: [Float])] = [:]) throws -> BlockOutcome {
+                      clipping: [String: (up: [Float], low: [Float])] = [:],
+                      plain rounded: [String: QuantizedTensor] = [:]) throws -> BlockOutcome {
         let spec = job.model.blockSpec, cfg = try job.recipe.quantizerConfig
         var linears = block.linears
         var out = BlockOutcome(quantized: [:])
@@ -78,17 +79,7 @@ public struct GPTQAlgorithm: BlockAlgorithm {
                 }
                 out.quantized[name] = r.quantized
                 // ‖(W − Ŵ)X‖² on the captured inputs (as tr(E·H·Eᵀ)·n/2), GPTQ's and plain rounding's on the same grid.
-                let plain: Tensor
-                if let clip {
-                    plain = try clip.up.withUnsafeBufferPointer { u in
-                        try clip.low.withUnsafeBufferPointer { lo in
-                            try Quantizer.quantize(UnsafeBufferPointer(w.buffer), rows: w.shape[0], cols: w.shape[1],
-                                                   config: cfg, clipUp: u, clipLow: lo).dequantized()
-                        }
-                    }
-                } else {
-                    plain = try RTN.quantizeWeight(w, config: cfg, name: name).1
-                }
+                let plain = try rounded[name]?.dequantized() ?? RTN.quantizeWeight(w, config: cfg, name: name).1
                 out.linearErrors[name] = (Self.outputError(w, r.dequantized, h, tokens: tokens),
                                           Self.outputError(w, plain, h, tokens: tokens))
                 linears[name] = Linear(weight: r.dequantized, bias: block.linear(name).bias)
@@ -112,7 +103,7 @@ public struct GPTQRounding: BlockAlgorithm {
     public func quantize(_ job: BlockJob) throws -> BlockOutcome {
         var out = try inner.quantize(job)
         let rounded = try GPTQAlgorithm.round(out.transformed ?? job.weights, job: job, actOrder: false,
-                                              clipping: out.clipping)
+                                              clipping: out.clipping, plain: out.quantized)
         out.quantized = rounded.quantized
         out.linearErrors = rounded.linearErrors
         return out
