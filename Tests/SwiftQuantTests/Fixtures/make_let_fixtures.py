@@ -9,9 +9,11 @@ One case per tiny model (llama_gqa, qwen2, opt), decoder layer 0, T = 12 tokens,
 decoder layer (eager attention) through torch.func.functional_call:
 - LET parameters (random, seeded): qkv_scale, fc1_scale [hidden] in ±[0.5, 2]; out_scale [kv_dim];
   qkt_scale [kv_dim/2] for RoPE families (one per rotated pair (j, j + head_dim/2) of each kv head), [kv_dim]
-  otherwise; OPT also qkv_shift, fc1_shift, out_shift (in [−0.3, 0.3]). Truncation |s| < 1e-2 → ±1e-2 with an
-  identity backward. The transformed norms, weights and biases are built from the frozen layer exactly as
-  LETParameters.apply documents (GQA: out/qkt scales repeated over each query group).
+  otherwise; OPT also qkv_shift, fc1_shift, out_shift (in [−0.3, 0.3]); `llama_gqa_shifts` and `qwen2_shifts` the
+  same three shifts on the RMSNorm families (the option `let_shifts`): their norms gain the bias −δ/s and their
+  bias-less linears the bias W·δ (forward hooks add what transformers' modules have no parameter for).
+  Truncation |s| < 1e-2 → ±1e-2 with an identity backward. The transformed norms, weights and biases are built
+  from the frozen layer exactly as LETParameters.apply documents (GQA: out/qkt scales repeated over each query group).
 - LWC on every linear's transformed weight: 4 bits asymmetric, groups of 24 columns, u, l = 2 + 1.5·randn.
 - Activations: every linear's input fake-quantized per token, INT4 asymmetric min/max (§1 without clipping),
   differentiated as OmniQuant's Q_a is (round_ste; the scale h not detached, so amax/amin carry its gradient;
@@ -120,7 +122,7 @@ def trunc(s):
     return s + (t - s).detach()
 
 
-def make_case(tensors, cases, mname, seed):
+def make_case(tensors, cases, mname, seed, shifts=None):
     model = blk.load(mname)
     opt = blk.is_opt(model)
     layer = blk.decoder(model).layers[0]
@@ -137,7 +139,7 @@ def make_case(tensors, cases, mname, seed):
                  o="self_attn.out_proj" if opt else "self_attn.o_proj")
     fc = ["fc1"] if opt else ["mlp.gate_proj", "mlp.up_proj"]
     n1, n2 = ("self_attn_layer_norm", "final_layer_norm") if opt else ("input_layernorm", "post_attention_layernorm")
-    shifts = opt
+    shifts = opt if shifts is None else shifts
     q_rows = torch.tensor([(c // D // group) * D + c % D for c in range(heads * D)])
     pair = torch.tensor([(c // D) * (D // 2) + (c % D) % (D // 2) for c in range(K)]) if not opt else torch.arange(K)
 
@@ -178,8 +180,9 @@ def make_case(tensors, cases, mname, seed):
         def lin(n, col=None, colshift=None, row=None, rowshift=None):
             w = W[n] * (col[None, :] if col is not None else 1) * (row[:, None] if row is not None else 1)
             b = None
-            if B[n] is not None:
-                u = B[n] + (W[n] @ colshift if colshift is not None else 0) - (rowshift if rowshift is not None else 0)
+            if B[n] is not None or shifts:  # shifts create a bias where the family has none (Llama, Qwen2's o/gate/up)
+                u = ((B[n] if B[n] is not None else 0) + (W[n] @ colshift if colshift is not None else 0)
+                     - (rowshift if rowshift is not None else 0))
                 b = u * (row if row is not None else 1)
             return w, b
 
@@ -192,21 +195,28 @@ def make_case(tensors, cases, mname, seed):
             tw[n] = lin(n, s2, d2)
         for n in order:
             tw.setdefault(n, (W[n], B[n]))
-        params = {}
+        params, added = {}, {}  # added: biases the module does not have, added to its output by a forward hook
         for n in order:
             w, b = tw[n]
             params[f"{n}.weight"] = lwc(w, UL[n][0], UL[n][1], BITS, G, False, "inclusive")
             if b is not None:
-                params[f"{n}.bias"] = b
+                if B[n] is not None:
+                    params[f"{n}.bias"] = b
+                else:
+                    added[n] = b
         for nn_, s, d in ((n1, s1, d1), (n2, s2, d2)):
             norm = mods[nn_]
             params[f"{nn_}.weight"] = norm.weight / s
             if getattr(norm, "bias", None) is not None:
                 params[f"{nn_}.bias"] = (norm.bias - d) / s
+            elif shifts:  # RMSNorm gains the bias −δ/s (SwiftQuant's RMSNorm bias)
+                added[nn_] = -d / s
 
         # activation quantizers: linear inputs (pre-hooks), V (hook on v_proj), Q/K after RoPE
         margins.clear()
-        hooks = [mods[n].register_forward_pre_hook(lambda m, a: (fake_quant_rows(a[0], a[0].shape[-1]),))
+        # the added biases first: V's quantizer hook below must see v_proj's output with its bias
+        hooks = [mods[n].register_forward_hook(lambda m, a, o, b=b: o + b) for n, b in added.items()]
+        hooks += [mods[n].register_forward_pre_hook(lambda m, a: (fake_quant_rows(a[0], a[0].shape[-1]),))
                  for n in order]
         if opt:
             for n in (names["q"], names["k"], names["v"]):
@@ -241,7 +251,7 @@ def make_case(tensors, cases, mname, seed):
     else:
         raise RuntimeError(f"{mname}: no draw with rounding margin >= {MARGIN}")
 
-    key = mname
+    key = mname + ("_shifts" if shifts and not opt else "")
 
     def put(name, t):
         tensors[f"{key}.{name}"] = np.ascontiguousarray(t.detach().to(torch.float32).numpy(), dtype="<f4")
@@ -263,6 +273,8 @@ def main():
     tensors, cases = {}, {}
     for i, m in enumerate(("llama_gqa", "qwen2", "opt")):
         make_case(tensors, cases, m, 300 + i)
+    for i, m in enumerate(("llama_gqa", "qwen2")):  # LET shifts on the RMSNorm families (an option there)
+        make_case(tensors, cases, m, 310 + i, shifts=True)
     activation_gradient_cases(tensors)
     meta = dict(cases=cases, versions={"torch": torch.__version__, "transformers": transformers.__version__})
     save_file(dict(sorted(tensors.items())), OUT, metadata={"meta": json.dumps(meta, sort_keys=True)})

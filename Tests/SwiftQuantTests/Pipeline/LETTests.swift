@@ -277,15 +277,17 @@ final class LETTests: XCTestCase {
 
 /// LET + LWC gradients with INT4 activation and KV quantization on, against PyTorch autograd through
 /// transformers' own decoder layers (`Fixtures/make_let_fixtures.py`): loss within 1e-5, every LET and LWC
-/// parameter gradient within 1e-4 of the largest of its tensor.
+/// parameter gradient within 1e-4 of the largest of its tensor. Shifts on OPT (its default) and, as the option
+/// `let_shifts`, on Llama-GQA and Qwen2 (the cases `*_shifts`: RMSNorm and linear biases the shifts create).
 final class LETParityTests: XCTestCase {
     func testGradientsMatchPyTorch() throws {
         let file = try SafetensorsFile(path: Fixtures.url("let_fixtures.safetensors").path)
-        for family in ["llama_gqa", "qwen2", "opt"] {
-            let loaded = try LoadedModel.load(path: Fixtures.url("tiny/" + family).path)
+        for family in ["llama_gqa", "qwen2", "opt", "llama_gqa_shifts", "qwen2_shifts"] {
+            let model = family.hasSuffix("_shifts") ? String(family.dropLast("_shifts".count)) : family
+            let loaded = try LoadedModel.load(path: Fixtures.url("tiny/" + model).path)
             let m = loaded.model, spec = m.blockSpec
             func t(_ n: String) throws -> Tensor { try file.float32(family + "." + n) }
-            let shifts = family == "opt"
+            let shifts = family == "opt" || family.hasSuffix("_shifts")
             func vals(_ n: String) throws -> [Float]? { file.info(family + ".let." + n) == nil ? nil : try t("let." + n).array }
             let p = try LETParameters(spec: spec, shifts: shifts, qkvScale: try vals("qkv_scale"), qkvShift: try vals("qkv_shift"),
                                       fc1Scale: try vals("fc1_scale"), fc1Shift: try vals("fc1_shift"),
