@@ -36,6 +36,7 @@ def arguments(description: str, default_out: str) -> argparse.ArgumentParser:
 
 def run(rows: dict, args, note: str) -> None:
     """Evaluate FP32 and ``rows`` as ``args`` asks; print the table (``note`` under it)."""
+    assert not any("," in label for label in rows), "row labels are comma-separated on the command line"
     if args.list:
         print("\n".join(rows))
         return

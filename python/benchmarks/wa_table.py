@@ -55,9 +55,13 @@ def rows() -> dict:
             out[f"OmniQuant {kind} (CPU preset; up-down pair; shifts)"] = _tables.timed(
                 lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                           preset="cpu", let_down=True, let_shifts=True))
-            out[f"OmniQuant {kind} (CPU preset, 10 epochs; up-down pair; shifts)"] = _tables.timed(
+            out[f"OmniQuant {kind} (CPU preset; 10 epochs; up-down pair; shifts)"] = _tables.timed(
                 lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                           preset="cpu", epochs=10, let_down=True, let_shifts=True))
+            out[f"OmniQuant {kind} (32x512 x 20 epochs; up-down pair; shifts)"] = _tables.timed(
+                lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
+                                                          preset="paper", nsamples=32, seqlen=512, let_down=True,
+                                                          let_shifts=True))
             out[f"OmniQuant {kind} (CPU preset; relative loss)"] = _tables.timed(
                 lambda m, w=w, a=a, aug=aug: sq.omniquant(m, wbits=w, abits=a, group_size=None, let=True, aug_loss=aug,
                                                           preset="cpu", loss="relative"))
